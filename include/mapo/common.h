@@ -1,0 +1,42 @@
+/* common.h -- errors, checked allocation, logging.
+ * Library functions report failure by returning -1 (or NULL) after recording one
+ * clear message with mapo_error(); the CLI prints it as "mapo: error: ..." and exits 1.
+ * Out-of-memory is the one exception: xmalloc prints and exits (nothing sane to do). */
+#ifndef MAPO_COMMON_H
+#define MAPO_COMMON_H
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#if defined(__GNUC__)
+#define MAPO_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define MAPO_PRINTF(a, b)
+#endif
+
+/* Record an error message (printf-style); always returns -1. */
+int mapo_error(const char *fmt, ...) MAPO_PRINTF(1, 2);
+/* The last recorded message ("" if none). */
+const char *mapo_last_error(void);
+/* Prefix the current message: "<prefix>: <old message>"; returns -1. */
+int mapo_error_prefix(const char *fmt, ...) MAPO_PRINTF(1, 2);
+
+void *mapo_xmalloc_(size_t n, const char *file, int line);
+void *mapo_xcalloc_(size_t n, size_t sz, const char *file, int line);
+void *mapo_xrealloc_(void *p, size_t n, const char *file, int line);
+char *mapo_xstrdup_(const char *s, const char *file, int line);
+#define xmalloc(n) mapo_xmalloc_((n), __FILE__, __LINE__)
+#define xcalloc(n, s) mapo_xcalloc_((n), (s), __FILE__, __LINE__)
+#define xrealloc(p, n) mapo_xrealloc_((p), (n), __FILE__, __LINE__)
+#define xstrdup(s) mapo_xstrdup_((s), __FILE__, __LINE__)
+
+/* Logging to stderr; level 0 = quiet, 1 = info (default), 2 = debug. */
+extern int mapo_log_level;
+void mapo_log(int level, const char *fmt, ...) MAPO_PRINTF(2, 3);
+
+/* Wall clock seconds (monotonic). */
+double mapo_now(void);
+/* Peak resident set size of this process in bytes (from getrusage). */
+size_t mapo_peak_rss(void);
+
+#endif

@@ -1,0 +1,83 @@
+/* ops.h -- CPU compute kernels: forward / backward pairs on raw arrays.
+ *
+ * Conventions (after llm.c):
+ *  - outputs first, then inputs, then weights, then sizes.
+ *  - Layouts are PyTorch's: images NCHW, linear weights [out, in], conv weights
+ *    [Cout, Cin, K, K]; token tensors [N, C] row-major (N = batch * tokens).
+ *  - Every backward ACCUMULATES (+=) into each gradient it is given; any gradient
+ *    pointer may be NULL, meaning "not needed".
+ *  - Each op exists twice, compiled from one source (src/ops/ops_impl.inc):
+ *    float (no suffix) for real work, double (_f64) for the finite-difference
+ *    gradient tests. The code tested is the code that runs.
+ *  - Kernels parallelise with OpenMP and use BLAS for matrix products. Results are
+ *    deterministic for a fixed thread count (static schedules, no atomics).
+ */
+#ifndef MAPO_OPS_H
+#define MAPO_OPS_H
+#include <stdint.h>
+
+#define MAPO_OPS_DECLARE(T, S)                                                              \
+/* y[B,Cout,Ho,Wo] = conv(x[B,Cin,H,W], w[Cout,Cin,K,K]) + b[Cout] (b may be NULL).      \
+   Ho = (H + 2*pad - K)/stride + 1. Zero padding. */                                     \
+void conv2d_forward##S(T *y, const T *x, const T *w, const T *b, int B, int Cin, int H,   \
+                       int W, int Cout, int K, int stride, int pad);                      \
+void conv2d_backward##S(T *dx, T *dw, T *db, const T *dy, const T *x, const T *w, int B,  \
+                        int Cin, int H, int W, int Cout, int K, int stride, int pad);     \
+/* y[N,out] = x[N,in] @ w[out,in]^T + b[out] (b may be NULL) */                           \
+void linear_forward##S(T *y, const T *x, const T *w, const T *b, int64_t N, int in,      \
+                       int out);                                                          \
+void linear_backward##S(T *dx, T *dw, T *db, const T *dy, const T *x, const T *w,        \
+                        int64_t N, int in, int out);                                      \
+/* GroupNorm over x[B,C,HW] with G groups; gamma/beta [C]; saves mean/rstd [B*G]. */     \
+void group_norm_forward##S(T *y, T *mean, T *rstd, const T *x, const T *gamma,           \
+                           const T *beta, int B, int C, int64_t HW, int G, double eps);  \
+void group_norm_backward##S(T *dx, T *dgamma, T *dbeta, const T *dy, const T *x,         \
+                            const T *mean, const T *rstd, const T *gamma, int B, int C,   \
+                            int64_t HW, int G);                                           \
+/* LayerNorm over the last dim of x[N,C]; gamma/beta [C]; saves mean/rstd [N]. */        \
+void layer_norm_forward##S(T *y, T *mean, T *rstd, const T *x, const T *gamma,           \
+                           const T *beta, int64_t N, int C, double eps);                  \
+void layer_norm_backward##S(T *dx, T *dgamma, T *dbeta, const T *dy, const T *x,         \
+                            const T *mean, const T *rstd, const T *gamma, int64_t N,      \
+                            int C);                                                       \
+/* elementwise: y = x*sigmoid(x); y = gelu(x) (exact, erf) */                             \
+void silu_forward##S(T *y, const T *x, int64_t n);                                        \
+void silu_backward##S(T *dx, const T *dy, const T *x, int64_t n);                         \
+void gelu_forward##S(T *y, const T *x, int64_t n);                                        \
+void gelu_backward##S(T *dx, const T *dy, const T *x, int64_t n);                         \
+/* GEGLU (diffusers): x[N, 2*D] -> y[N,D] = x[:, :D] * gelu(x[:, D:]) */                  \
+void geglu_forward##S(T *y, const T *x, int64_t N, int D);                                \
+void geglu_backward##S(T *dx, const T *dy, const T *x, int64_t N, int D);                 \
+/* Scaled dot-product attention, heads packed in the channel dim as diffusers does:      \
+   q[B,Nq,H*Dh], k,v[B,Nk,H*Dh] -> out[B,Nq,H*Dh]; P[B,H,Nq,Nk] softmax probs saved.     \
+   scale is usually 1/sqrt(Dh). */                                                        \
+void attention_forward##S(T *out, T *P, const T *q, const T *k, const T *v, int B,       \
+                          int H, int Nq, int Nk, int Dh, double scale);                   \
+void attention_backward##S(T *dq, T *dk, T *dv, const T *dout, const T *P, const T *q,   \
+                           const T *k, const T *v, int B, int H, int Nq, int Nk, int Dh,  \
+                           double scale);                                                 \
+/* nearest 2x upsample: x[B*C,H,W] -> y[B*C,2H,2W] */                                     \
+void upsample_nearest2x_forward##S(T *y, const T *x, int64_t BC, int H, int W);            \
+void upsample_nearest2x_backward##S(T *dx, const T *dy, int64_t BC, int H, int W);         \
+/* diffusers get_timestep_embedding: t[N] -> y[N,dim]; backward gives dt[N] */           \
+void timestep_embedding_forward##S(T *y, const T *t, int64_t N, int dim,                   \
+                                   int flip_sin_to_cos, double freq_shift);               \
+void timestep_embedding_backward##S(T *dt, const T *dy, const T *t, int64_t N, int dim,    \
+                                    int flip_sin_to_cos, double freq_shift);              \
+/* [B,C,HW] <-> [B,HW,C] */                                                                \
+void nchw_to_nhwc##S(T *y, const T *x, int B, int C, int64_t HW);                          \
+void nhwc_to_nchw##S(T *y, const T *x, int B, int C, int64_t HW);                          \
+/* channel concat: a[B,Ca,HW], b[B,Cb,HW] -> y[B,Ca+Cb,HW]; backward splits dy */         \
+void concat_channels_forward##S(T *y, const T *a, const T *b, int B, int Ca, int Cb,      \
+                                int64_t HW);                                              \
+void concat_channels_backward##S(T *da, T *db, const T *dy, int B, int Ca, int Cb,        \
+                                 int64_t HW);                                             \
+/* y[B,C,HW] = x[B,C,HW] + v[B,C] broadcast over HW; backward dv[b,c] += sum_hw dy */     \
+void add_channel_bias_forward##S(T *y, const T *x, const T *v, int B, int C, int64_t HW); \
+void add_channel_bias_backward##S(T *dv, const T *dy, int B, int C, int64_t HW);
+
+MAPO_OPS_DECLARE(float, )
+MAPO_OPS_DECLARE(double, _f64)
+#undef MAPO_OPS_DECLARE
+
+#endif

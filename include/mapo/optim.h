@@ -1,0 +1,32 @@
+/* optim.h -- AdamW equal to torch.optim.AdamW (foreach=False), gradient clipping equal
+ * to torch.nn.utils.clip_grad_norm_, and the LR schedules of diffusers.optimization. */
+#ifndef MAPO_OPTIM_H
+#define MAPO_OPTIM_H
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    double beta1, beta2, eps, weight_decay;
+} adamw_config;
+
+/* One AdamW step on n parameters; step is 1-based (the step count after increment).
+   p *= 1 - lr*wd; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+   p -= (lr / (1-b1^step)) * m / (sqrt(v)/sqrt(1-b2^step) + eps)   (float32 math as torch) */
+void adamw_step(float *p, const float *g, float *m, float *v, size_t n, int64_t step,
+                double lr, const adamw_config *c);
+
+/* L2 norm of a gradient vector (double accumulation). */
+double grad_sq_norm(const float *g, size_t n);
+/* clip_grad_norm_: total = sqrt(sum of squares over all); coef = max_norm/(total+1e-6);
+   if coef < 1 scale g by coef. Returns total norm. */
+double clip_grad_norm(float *g, size_t n, double max_norm);
+
+typedef enum { LR_CONSTANT = 0, LR_CONSTANT_WITH_WARMUP, LR_LINEAR, LR_COSINE } lr_schedule;
+/* parse "constant" | "constant_with_warmup" | "linear" | "cosine"; -1 if unknown */
+int lr_schedule_parse(const char *s, lr_schedule *out);
+const char *lr_schedule_name(lr_schedule s);
+/* multiplier for optimizer step `step` (0-based, the step about to be taken), as the
+   LambdaLR of diffusers.optimization.get_scheduler (cosine with num_cycles 0.5) */
+double lr_lambda(lr_schedule s, int64_t step, int64_t warmup, int64_t total);
+
+#endif

@@ -1,0 +1,76 @@
+/* safetensors.h -- reading (mmap, fully validated) and atomic writing.
+ * Format: u64 little-endian header length N, N bytes of JSON
+ *   {"name": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, ...,
+ *    "__metadata__": {"k": "v"}}
+ * then the data buffer; offsets are relative to the start of the buffer.
+ * st_open refuses (one message naming the file and the problem): a short file, a
+ * header length past the end, bad JSON, unknown dtypes, shapes whose byte size does not
+ * match the offsets, offsets outside the buffer, overlapping tensors, duplicate names. */
+#ifndef MAPO_SAFETENSORS_H
+#define MAPO_SAFETENSORS_H
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+    ST_F32 = 0, ST_F16, ST_BF16, ST_F64, ST_I64, ST_I32, ST_I16, ST_I8, ST_U8, ST_BOOL,
+    ST_NDTYPES
+} st_dtype;
+
+#define ST_MAX_DIMS 8
+
+typedef struct {
+    char *name;
+    st_dtype dtype;
+    int ndim;
+    int64_t shape[ST_MAX_DIMS];
+    int64_t numel;
+    size_t nbytes;
+    const void *data; /* points into the mapping (may be unaligned) */
+} st_tensor;
+
+typedef struct {
+    char *path;
+    void *map;
+    size_t map_size;
+    int n;
+    st_tensor *tensors;
+    int n_meta;
+    char **meta_keys;
+    char **meta_values;
+} st_file;
+
+const char *st_dtype_name(st_dtype d);
+size_t st_dtype_size(st_dtype d);
+
+/* Open and validate; 0 on success, -1 with mapo_last_error() set. */
+int st_open(st_file *f, const char *path);
+void st_close(st_file *f);
+/* NULL when absent. */
+const st_tensor *st_find(const st_file *f, const char *name);
+/* Metadata value or NULL. */
+const char *st_meta(const st_file *f, const char *key);
+/* Convert any floating dtype (F32, F16, BF16, F64) to float32 into dst (numel floats).
+ * -1 for non-float dtypes. */
+int st_to_f32(const st_tensor *t, float *dst);
+/* Same, to float64. */
+int st_to_f64(const st_tensor *t, double *dst);
+/* Find `name`, check it is a float tensor of exactly the given shape (ndim dims), and
+ * convert into dst. Errors name the file, the tensor and the shapes. */
+int st_read_f32_shape(const st_file *f, const char *name, float *dst, int ndim,
+                      const int64_t *shape);
+
+/* Writing: collect entries, then write atomically (temp file in the same folder,
+ * fsync, rename). Data is copied at write time only; pointers must stay valid until
+ * st_writer_write returns. */
+typedef struct st_writer st_writer;
+st_writer *st_writer_new(void);
+void st_writer_add(st_writer *w, const char *name, st_dtype dtype, int ndim,
+                   const int64_t *shape, const void *data);
+void st_writer_meta(st_writer *w, const char *key, const char *value);
+int st_writer_write(st_writer *w, const char *path);
+void st_writer_free(st_writer *w);
+
+/* Atomic whole-file write: path.tmp.<pid> then fsync + rename + fsync(dir). */
+int mapo_write_file_atomic(const char *path, const void *data, size_t n);
+
+#endif

@@ -1,0 +1,88 @@
+/* common.c -- error messages, checked allocation, logging, clocks. */
+#include "mapo/common.h"
+
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+static _Thread_local char g_err[1024];
+int mapo_log_level = 1;
+
+int mapo_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_err, sizeof g_err, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+const char *mapo_last_error(void) { return g_err; }
+
+int mapo_error_prefix(const char *fmt, ...) {
+    char pre[512], old[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(pre, sizeof pre, fmt, ap);
+    va_end(ap);
+    memcpy(old, g_err, sizeof old);
+    size_t lp = strlen(pre);
+    if (lp > sizeof g_err - 3) lp = sizeof g_err - 3;
+    memcpy(g_err, pre, lp);
+    g_err[lp] = ':';
+    g_err[lp + 1] = ' ';
+    size_t room = sizeof g_err - lp - 3, lo = strlen(old);
+    if (lo > room) lo = room;
+    memcpy(g_err + lp + 2, old, lo);
+    g_err[lp + 2 + lo] = 0;
+    return -1;
+}
+
+static void oom(size_t n, const char *file, int line) {
+    fprintf(stderr, "mapo: error: out of memory allocating %zu bytes (%s:%d); "
+                    "use a smaller batch or model\n", n, file, line);
+    exit(2);
+}
+
+void *mapo_xmalloc_(size_t n, const char *file, int line) {
+    void *p = malloc(n ? n : 1);
+    if (!p) oom(n, file, line);
+    return p;
+}
+void *mapo_xcalloc_(size_t n, size_t sz, const char *file, int line) {
+    void *p = calloc(n ? n : 1, sz ? sz : 1);
+    if (!p) oom(n * sz, file, line);
+    return p;
+}
+void *mapo_xrealloc_(void *q, size_t n, const char *file, int line) {
+    void *p = realloc(q, n ? n : 1);
+    if (!p) oom(n, file, line);
+    return p;
+}
+char *mapo_xstrdup_(const char *s, const char *file, int line) {
+    size_t n = strlen(s) + 1;
+    char *p = mapo_xmalloc_(n, file, line);
+    memcpy(p, s, n);
+    return p;
+}
+
+void mapo_log(int level, const char *fmt, ...) {
+    if (level > mapo_log_level) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+}
+
+double mapo_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+size_t mapo_peak_rss(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (size_t)ru.ru_maxrss * 1024;
+}
