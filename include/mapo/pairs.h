@@ -1,0 +1,37 @@
+/* pairs.h -- tensor pair files (training data in model space) and debug-step batches.
+ *
+ * Pair file (safetensors): chosen [N,C,H,W], rejected [N,C,H,W] (latents already scaled),
+ *   encoder_hidden_states [N,S,D], and for SDXL-shaped models text_embeds [N,P] and
+ *   time_ids [N,6]. Float dtypes F32/F16/BF16/F64; F32 is used in place (mmap).
+ * Debug batch (safetensors): sample [2B,C,H,W], timestep [2B] (int or float),
+ *   encoder_hidden_states [2B,S,D], target [2B,C,H,W], optional text_embeds, time_ids. */
+#ifndef MAPO_PAIRS_H
+#define MAPO_PAIRS_H
+#include <stdint.h>
+
+#include "mapo/safetensors.h"
+#include "mapo/unet.h"
+
+typedef struct {
+    st_file f;
+    int64_t N;
+    int C, H, W, S, D, P;
+    const float *chosen, *rejected, *ehs, *text_embeds, *time_ids;
+    float *owned[5]; /* converted copies for non-F32 inputs */
+} pair_file;
+
+/* Open and validate against the model (channels, cross_attention_dim, text_time). */
+int pair_file_open(pair_file *p, const char *path, const unet_config *c);
+void pair_file_close(pair_file *p);
+
+typedef struct {
+    int n; /* 2B */
+    int C, H, W, S, D, P;
+    float *sample, *timestep, *ehs, *target, *text_embeds, *time_ids;
+} debug_batch;
+
+int debug_batch_load(debug_batch *b, const char *path, const unet_config *c);
+void debug_batch_free(debug_batch *b);
+void debug_batch_inputs(const debug_batch *b, unet_inputs *in);
+
+#endif

@@ -1,0 +1,53 @@
+/* params.h -- one descriptor per model: a table of {diffusers name, shape, offset}.
+ * Built while a model is constructed from its config; it drives allocation (one arena
+ * for parameters, one for gradients), loading, saving, zeroing, clipping and the
+ * optimiser. Names are diffusers' state-dict names and never change on the way in or out.
+ */
+#ifndef MAPO_PARAMS_H
+#define MAPO_PARAMS_H
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mapo/graph.h"
+
+typedef struct {
+    char *name;
+    int ndim;
+    int64_t shape[TENSOR_MAX_DIMS];
+    int64_t numel;
+    size_t offset; /* in floats, into data / grad */
+} param_info;
+
+typedef struct {
+    param_info *p;
+    int n, cap;
+    size_t total;   /* floats */
+    float *data;    /* [total] */
+    float *grad;    /* [total] or NULL when frozen */
+    tensor *views;  /* [n] tensors into data/grad, valid after params_alloc */
+} param_table;
+
+void params_init(param_table *t);
+void params_free(param_table *t);
+/* Register a parameter; returns its index. printf-style name. */
+int params_add(param_table *t, int ndim, const int64_t *shape, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Allocate data (zeroed) and, if with_grad, gradients; build tensor views. */
+void params_alloc(param_table *t, int with_grad);
+int params_find(const param_table *t, const char *name);
+static inline tensor *params_view(param_table *t, int idx) {
+    return idx < 0 ? NULL : &t->views[idx];
+}
+/* Fill with a PyTorch-like default init (uniform +-1/sqrt(fan_in) for weights and
+ * biases, ones/zeros for norms), from a counter-based stream keyed by seed. */
+void params_init_random(param_table *t, uint64_t seed);
+/* Load every parameter from a safetensors file: every name must be present with the
+ * right shape (F32/F16/BF16/F64 accepted); extra tensors are an error unless
+ * allow_extra. prefix is prepended to names in the file (e.g. "" or "unet."). */
+int params_load(param_table *t, const char *path, const char *prefix, int allow_extra);
+/* Save all parameters (F32) atomically. If grad_prefix, save the gradients with that
+ * prefix instead. */
+int params_save(const param_table *t, const char *path, const char *grad_prefix);
+void params_zero_grad(param_table *t);
+
+#endif

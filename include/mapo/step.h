@@ -1,0 +1,34 @@
+/* step.h -- one forward + backward of the preference objective on 2B noisy inputs.
+ * The objective sees only per-sample errors; this file turns d loss / d l_i into
+ * d loss / d pred = d loss / d l_i * 2 (pred_i - target_i) / (C*H*W) and runs the tape. */
+#ifndef MAPO_STEP_H
+#define MAPO_STEP_H
+#include "mapo/objectives.h"
+#include "mapo/unet.h"
+
+typedef struct {
+    objective_kind kind;
+    double beta_mapo, snr_value, beta_dpo;
+    int num_train_timesteps;
+} objective_cfg;
+
+void objective_cfg_default(objective_cfg *c);
+int objective_parse(const char *s, objective_kind *k);
+const char *objective_name(objective_kind k);
+
+/* Per-sample mean squared error over C*H*W, accumulated in double. */
+void per_sample_mse(double *err, const float *pred, const float *target, int n, int64_t chw);
+
+/* Errors of a model on the batch without recording a tape (reference passes). */
+int model_errors(unet *u, const unet_inputs *in, const float *target, double *err);
+
+/* Forward + objective + backward; accumulates grad_scale * d loss / d params into the
+ * model's gradient arena. in->B = 2 * pairs, chosen half first. ref_err: 2B reference
+ * errors (DPO), or NULL. pred_out (optional): the model output. errors: 2B out.
+ * Returns -1 on a non-finite loss (message names the sample). */
+int preference_step(unet *u, const unet_inputs *in, const float *target,
+                    const objective_cfg *oc, const double *ref_err, double grad_scale,
+                    double *errors, objective_stats *st, float *pred_out,
+                    size_t *activation_peak);
+
+#endif

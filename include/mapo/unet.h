@@ -1,0 +1,94 @@
+/* unet.h -- diffusers' UNet2DConditionModel, built from its config.json.
+ *
+ * Supported: DownBlock2D, CrossAttnDownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D,
+ * CrossAttnUpBlock2D; per-block or global layers_per_block, attention_head_dim (diffusers'
+ * name for the number of heads), transformer_layers_per_block; use_linear_projection;
+ * flip_sin_to_cos / freq_shift; SDXL's addition_embed_type "text_time". Any config key or
+ * value outside this is refused by name. */
+#ifndef MAPO_UNET_H
+#define MAPO_UNET_H
+#include "mapo/graph.h"
+#include "mapo/params.h"
+
+#define UNET_MAX_BLOCKS 8
+
+typedef struct {
+    int in_channels, out_channels;
+    int n_blocks;
+    int block_out[UNET_MAX_BLOCKS];
+    int layers[UNET_MAX_BLOCKS];      /* layers_per_block per down block */
+    int heads[UNET_MAX_BLOCKS];       /* attention heads per down block */
+    int tlayers[UNET_MAX_BLOCKS];     /* transformer_layers_per_block per down block */
+    int down_cross[UNET_MAX_BLOCKS];  /* 1 = CrossAttnDownBlock2D */
+    int up_cross[UNET_MAX_BLOCKS];    /* 1 = CrossAttnUpBlock2D */
+    int cross_dim;
+    int norm_groups;
+    double norm_eps;
+    int linear_proj;
+    int flip_sin_to_cos;
+    double freq_shift;
+    int text_time;        /* addition_embed_type == "text_time" */
+    int add_time_dim;     /* addition_time_embed_dim */
+    int proj_class_dim;   /* projection_class_embeddings_input_dim */
+    int time_embed_dim;   /* block_out[0] * 4 */
+    int sample_size;
+    void *json;           /* the original config (json_t *), written back unchanged */
+} unet_config;
+
+typedef struct { int n1w, n1b, c1w, c1b, tw, tb, n2w, n2b, c2w, c2b, sw, sb; } unet_resnet;
+typedef struct {
+    int n1w, n1b, q1, k1, v1, o1w, o1b, n2w, n2b, q2, k2, v2, o2w, o2b, n3w, n3b, f1w, f1b, f2w,
+        f2b;
+} unet_tblock;
+typedef struct {
+    int nw, nb, piw, pib, pow_, pob;
+    int n_tb, heads;
+    unet_tblock *tb;
+} unet_xformer;
+typedef struct {
+    int cross, n_res;
+    unet_resnet *res;
+    unet_xformer *attn; /* n_res entries when cross (mid block: n_res - 1) */
+    int sw, sb;         /* downsampler / upsampler conv, -1 when absent */
+} unet_block;
+
+typedef struct unet {
+    unet_config cfg;
+    param_table params;
+    int conv_in_w, conv_in_b, te1w, te1b, te2w, te2b, ae1w, ae1b, ae2w, ae2b;
+    unet_block down[UNET_MAX_BLOCKS], up[UNET_MAX_BLOCKS], mid;
+    int norm_out_w, norm_out_b, conv_out_w, conv_out_b;
+} unet;
+
+typedef struct {
+    int B, H, W;               /* batch, latent height, width */
+    const float *sample;       /* [B, in_channels, H, W] */
+    const float *timesteps;    /* [B] */
+    const float *ehs;          /* encoder_hidden_states [B, S, cross_dim] */
+    int S;
+    const float *text_embeds;  /* [B, P] (text_time only) */
+    int P;
+    const float *time_ids;     /* [B, 6] (text_time only) */
+} unet_inputs;
+
+/* Parse a config.json (path used in messages). */
+int unet_config_load(unet_config *c, const char *path);
+void unet_config_free(unet_config *c);
+/* Build the parameter table from the config (no memory for values yet). */
+int unet_build(unet *u, const unet_config *c);
+/* Load a diffusers UNet folder (config.json + diffusion_pytorch_model.safetensors), or a
+ * pipeline folder with a unet/ subfolder. with_grad allocates gradients. */
+int unet_load_dir(unet *u, const char *dir, int with_grad);
+/* Create from config.json with random init. */
+int unet_init_dir(unet *u, const char *config_path, uint64_t seed, int with_grad);
+/* Write config.json + diffusion_pytorch_model.safetensors into dir (created). */
+int unet_save_dir(const unet *u, const char *dir);
+void unet_free(unet *u);
+/* Check input shapes against the config; -1 with a message naming what is wrong. */
+int unet_check_inputs(const unet *u, const unet_inputs *in);
+/* Forward; returns model output [B, out_channels, H, W] owned by g. */
+tensor *unet_forward(unet *u, graph *g, const unet_inputs *in);
+/* Multiply-accumulates of one forward (for GFLOP/s reports). */
+double unet_forward_flops(const unet *u, const unet_inputs *in);
+
+#endif

@@ -1,0 +1,74 @@
+/* args.c -- see args.h. */
+#include "args.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mapo/common.h"
+
+void args_usage(const opt_def *opts, int n, const char *usage) {
+    printf("%s\n\noptions:\n", usage);
+    for (int i = 0; i < n; i++) {
+        const char *arg = opts[i].kind == OPT_FLAG ? "" : opts[i].kind == OPT_STR ? " S"
+                          : opts[i].kind == OPT_INT ? " N" : " X";
+        char left[96];
+        snprintf(left, sizeof left, "--%s%s", opts[i].name, arg);
+        printf("  %-34s %s\n", left, opts[i].help);
+    }
+}
+
+static int set_value(opt_def *o, const char *v) {
+    char *end;
+    switch (o->kind) {
+    case OPT_STR: *(const char **)o->dst = v; return 0;
+    case OPT_INT: {
+        errno = 0;
+        long long x = strtoll(v, &end, 10);
+        if (errno || *end || end == v)
+            return mapo_error("--%s expects an integer, got '%s'", o->name, v);
+        *(int64_t *)o->dst = x;
+        return 0;
+    }
+    case OPT_DOUBLE: {
+        errno = 0;
+        double x = strtod(v, &end);
+        if (errno || *end || end == v || !isfinite(x))
+            return mapo_error("--%s expects a finite number, got '%s'", o->name, v);
+        *(double *)o->dst = x;
+        return 0;
+    }
+    case OPT_FLAG: break;
+    }
+    return 0;
+}
+
+int args_parse(opt_def *opts, int n, int argc, char **argv, int first, const char *usage) {
+    for (int i = first; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            args_usage(opts, n, usage);
+            return 1;
+        }
+        if (strncmp(a, "--", 2))
+            return mapo_error("unexpected argument '%s' (options start with --; see --help)", a);
+        const char *name = a + 2, *eq = strchr(name, '=');
+        size_t len = eq ? (size_t)(eq - name) : strlen(name);
+        opt_def *o = NULL;
+        for (int k = 0; k < n; k++)
+            if (strlen(opts[k].name) == len && !strncmp(opts[k].name, name, len)) o = &opts[k];
+        if (!o) return mapo_error("unknown option '%.*s' (see --help)", (int)(len + 2), a);
+        o->seen = 1;
+        if (o->kind == OPT_FLAG) {
+            if (eq) return mapo_error("--%s takes no value", o->name);
+            *(int *)o->dst = 1;
+            continue;
+        }
+        const char *v = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
+        if (!v) return mapo_error("--%s needs a value", o->name);
+        if (set_value(o, v)) return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,22 @@
+/* args.h -- a small --flag value / --flag=value parser shared by the subcommands.
+ * Each subcommand declares a table of options; unknown flags and missing values are
+ * one clear error. */
+#ifndef MAPO_CLI_ARGS_H
+#define MAPO_CLI_ARGS_H
+#include <stdint.h>
+
+typedef enum { OPT_STR, OPT_INT, OPT_DOUBLE, OPT_FLAG } opt_kind;
+typedef struct {
+    const char *name; /* without the leading -- */
+    opt_kind kind;
+    void *dst;        /* const char **, int64_t *, double *, int * */
+    const char *help;
+    int seen;
+} opt_def;
+
+/* Parse argv[first..argc); returns 0, 1 if --help was given (usage printed), -1 on error
+ * (message in mapo_last_error). */
+int args_parse(opt_def *opts, int n, int argc, char **argv, int first, const char *usage);
+void args_usage(const opt_def *opts, int n, const char *usage);
+
+#endif

@@ -1,0 +1,56 @@
+/* cmd_train.c -- mapo train: flags named as in the official MaPO script. */
+#include <stdio.h>
+#include <string.h>
+
+#include "args.h"
+#include "cmds.h"
+#include "mapo/common.h"
+#include "mapo/trainer.h"
+
+int cmd_train(int argc, char **argv) {
+    train_config c;
+    train_config_default(&c);
+    const char *loss = "mapo", *sched = "constant";
+    opt_def o[] = {
+        {"pretrained_model_name_or_path", OPT_STR, &c.model_dir,
+         "diffusers UNet folder or pipeline folder (with unet/)", 0},
+        {"dataset_name", OPT_STR, &c.dataset,
+         "pair file: safetensors with chosen, rejected, encoder_hidden_states [, text_embeds, "
+         "time_ids]", 0},
+        {"output_dir", OPT_STR, &c.output_dir, "where unet/, checkpoints and train_log.jsonl go", 0},
+        {"loss", OPT_STR, &loss, "mapo | dpo | sft (default mapo)", 0},
+        {"train_batch_size", OPT_INT, &c.train_batch_size, "pairs per micro-batch (4)", 0},
+        {"gradient_accumulation_steps", OPT_INT, &c.grad_accum, "micro-batches per step (1)", 0},
+        {"learning_rate", OPT_DOUBLE, &c.learning_rate, "peak learning rate (5e-4)", 0},
+        {"lr_scheduler", OPT_STR, &sched,
+         "constant | constant_with_warmup | linear | cosine (constant)", 0},
+        {"lr_warmup_steps", OPT_INT, &c.warmup, "warmup optimizer steps (0)", 0},
+        {"max_train_steps", OPT_INT, &c.max_train_steps, "optimizer steps (100)", 0},
+        {"beta_mapo", OPT_DOUBLE, &c.obj.beta_mapo, "MaPO margin weight (0.1)", 0},
+        {"snr_value", OPT_DOUBLE, &c.obj.snr_value, "MaPO s (0.5)", 0},
+        {"beta_dpo", OPT_DOUBLE, &c.obj.beta_dpo, "Diffusion-DPO beta (5000)", 0},
+        {"ref_model", OPT_STR, &c.ref_dir,
+         "reference UNet for dpo (default: the pretrained model itself, frozen)", 0},
+        {"max_grad_norm", OPT_DOUBLE, &c.max_grad_norm, "clip gradients to this norm; 0 = off (1.0)", 0},
+        {"adam_beta1", OPT_DOUBLE, &c.adam.beta1, "AdamW beta1 (0.9)", 0},
+        {"adam_beta2", OPT_DOUBLE, &c.adam.beta2, "AdamW beta2 (0.999)", 0},
+        {"adam_weight_decay", OPT_DOUBLE, &c.adam.weight_decay, "AdamW weight decay (1e-2)", 0},
+        {"adam_epsilon", OPT_DOUBLE, &c.adam.eps, "AdamW epsilon (1e-8)", 0},
+        {"seed", OPT_INT, &c.seed, "seed of data order, noise and timesteps (0)", 0},
+        {"checkpointing_steps", OPT_INT, &c.checkpointing_steps,
+         "save a resumable checkpoint every N steps; 0 = never (500)", 0},
+        {"resume_from_checkpoint", OPT_STR, &c.resume,
+         "a checkpoint folder, or \"latest\" (in --output_dir)", 0},
+        {"quiet", OPT_FLAG, &c.quiet, "no progress lines", 0},
+    };
+    int n = (int)(sizeof o / sizeof *o);
+    int r = args_parse(o, n, argc, argv, 2,
+                       "usage: mapo train --pretrained_model_name_or_path DIR --dataset_name "
+                       "PAIRS.safetensors --output_dir DIR [options]");
+    if (r) return r > 0 ? 0 : -1;
+    if (objective_parse(loss, &c.obj.kind)) return -1;
+    if (lr_schedule_parse(sched, &c.sched))
+        return mapo_error("unknown --lr_scheduler '%s' (constant, constant_with_warmup, linear, "
+                          "cosine)", sched);
+    return train_run(&c);
+}

@@ -1,0 +1,11 @@
+/* cmds.h -- subcommands. Each returns 0 on success, 1 after printing --help, -1 on error
+ * (message in mapo_last_error, printed by main). */
+#ifndef MAPO_CLI_CMDS_H
+#define MAPO_CLI_CMDS_H
+int cmd_train(int argc, char **argv);
+int cmd_debug_step(int argc, char **argv);
+int cmd_init_unet(int argc, char **argv);
+int cmd_make_pairs(int argc, char **argv);
+int cmd_diff(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+#endif

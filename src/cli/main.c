@@ -1,0 +1,42 @@
+/* main.c -- the mapo command: dispatch to subcommands. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cmds.h"
+#include "mapo/common.h"
+
+static void usage(void) {
+    printf("mapo -- preference alignment (MaPO, Diffusion-DPO, SFT) for diffusers UNets\n\n"
+           "usage: mapo COMMAND [options]   (mapo COMMAND --help for its options)\n\n"
+           "commands:\n"
+           "  train        align a UNet on a pair file with mapo, dpo or sft\n"
+           "  debug-step   one deterministic forward + backward on a given batch\n"
+           "  init-unet    write a random-initialised UNet folder from a config.json\n"
+           "  make-pairs   write a synthetic pair file for a model (demos, benchmarks)\n"
+           "  diff         compare two safetensors files tensor by tensor\n"
+           "  bench        time the training step (pairs/s, GFLOP/s, peak RSS)\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        usage();
+        return argc < 2 ? 2 : 0;
+    }
+    const char *c = argv[1];
+    int rc;
+    if (!strcmp(c, "train")) rc = cmd_train(argc, argv);
+    else if (!strcmp(c, "debug-step")) rc = cmd_debug_step(argc, argv);
+    else if (!strcmp(c, "init-unet")) rc = cmd_init_unet(argc, argv);
+    else if (!strcmp(c, "make-pairs")) rc = cmd_make_pairs(argc, argv);
+    else if (!strcmp(c, "diff")) rc = cmd_diff(argc, argv);
+    else if (!strcmp(c, "bench")) rc = cmd_bench(argc, argv);
+    else {
+        fprintf(stderr, "mapo: error: unknown command '%s' (see mapo --help)\n", c);
+        return 2;
+    }
+    if (rc < 0) {
+        fprintf(stderr, "mapo: error: %s\n", mapo_last_error());
+        return 1;
+    }
+    return rc;
+}

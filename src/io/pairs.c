@@ -1,0 +1,192 @@
+/* pairs.c -- pair files and debug batches (see pairs.h). */
+#include "mapo/pairs.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mapo/common.h"
+
+/* Tensor `name` as float32: in place when F32 and aligned, else converted into *owned.
+   Checks ndim and, where want[k] >= 0, each dimension. */
+static int get_f32(const st_file *f, const char *name, int ndim, const int64_t *want,
+                   const float **out, float **owned, int optional) {
+    const st_tensor *t = st_find(f, name);
+    *out = NULL;
+    if (!t) {
+        if (optional) return 0;
+        return mapo_error("%s: tensor '%s' is missing", f->path, name);
+    }
+    if (t->ndim != ndim)
+        return mapo_error("%s: tensor '%s' has %d dimensions, expected %d", f->path, name,
+                          t->ndim, ndim);
+    for (int k = 0; k < ndim; k++)
+        if (want[k] >= 0 && t->shape[k] != want[k])
+            return mapo_error("%s: tensor '%s' dimension %d is %lld, expected %lld", f->path,
+                              name, k, (long long)t->shape[k], (long long)want[k]);
+    if (t->dtype == ST_F32 && ((uintptr_t)t->data % sizeof(float)) == 0) {
+        *out = t->data;
+    } else {
+        float *buf = xmalloc((size_t)t->numel * sizeof(float));
+        if (t->dtype == ST_I64 || t->dtype == ST_I32) {
+            for (int64_t i = 0; i < t->numel; i++) {
+                int64_t v;
+                if (t->dtype == ST_I64) memcpy(&v, (const char *)t->data + 8 * i, 8);
+                else {
+                    int32_t w;
+                    memcpy(&w, (const char *)t->data + 4 * i, 4);
+                    v = w;
+                }
+                buf[i] = (float)v;
+            }
+        } else if (st_to_f32(t, buf)) {
+            free(buf);
+            return mapo_error("%s: tensor '%s' has dtype %s, expected a float type", f->path,
+                              name, st_dtype_name(t->dtype));
+        }
+        *owned = buf;
+        *out = buf;
+    }
+    return 0;
+}
+
+static int check_finite(const char *path, const char *name, const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(x[i]))
+            return mapo_error("%s: tensor '%s' holds a non-finite value (index %lld)", path,
+                              name, (long long)i);
+    return 0;
+}
+
+int pair_file_open(pair_file *p, const char *path, const unet_config *c) {
+    memset(p, 0, sizeof *p);
+    if (st_open(&p->f, path)) return -1;
+    const st_tensor *ch = st_find(&p->f, "chosen");
+    const st_tensor *eh = st_find(&p->f, "encoder_hidden_states");
+    if (!ch || ch->ndim != 4 || !eh || eh->ndim != 3) {
+        st_close(&p->f);
+        return mapo_error("%s: a pair file needs 'chosen' [N,C,H,W], 'rejected' [N,C,H,W] and "
+                          "'encoder_hidden_states' [N,S,D]", path);
+    }
+    p->N = ch->shape[0];
+    p->C = (int)ch->shape[1];
+    p->H = (int)ch->shape[2];
+    p->W = (int)ch->shape[3];
+    p->S = (int)eh->shape[1];
+    p->D = (int)eh->shape[2];
+    int rc = 0;
+    if (p->N < 1) rc = mapo_error("%s: the pair file holds no pairs", path);
+    else if (p->C != c->in_channels)
+        rc = mapo_error("%s: latents have %d channels, the model expects %d", path, p->C,
+                        c->in_channels);
+    else if (p->D != c->cross_dim)
+        rc = mapo_error("%s: encoder_hidden_states width %d != the model's cross_attention_dim "
+                        "%d", path, p->D, c->cross_dim);
+    int64_t img[4] = {p->N, p->C, p->H, p->W}, e[3] = {p->N, p->S, p->D};
+    if (!rc) rc = get_f32(&p->f, "chosen", 4, img, &p->chosen, &p->owned[0], 0);
+    if (!rc) rc = get_f32(&p->f, "rejected", 4, img, &p->rejected, &p->owned[1], 0);
+    if (!rc) rc = get_f32(&p->f, "encoder_hidden_states", 3, e, &p->ehs, &p->owned[2], 0);
+    if (!rc && c->text_time) {
+        int64_t te[2] = {p->N, -1}, ti[2] = {p->N, 6};
+        rc = get_f32(&p->f, "text_embeds", 2, te, &p->text_embeds, &p->owned[3], 0);
+        if (!rc) rc = get_f32(&p->f, "time_ids", 2, ti, &p->time_ids, &p->owned[4], 0);
+        if (!rc) p->P = (int)st_find(&p->f, "text_embeds")->shape[1];
+        if (!rc && p->P + 6 * c->add_time_dim != c->proj_class_dim)
+            rc = mapo_error("%s: text_embeds width %d does not fit the model "
+                            "(projection_class_embeddings_input_dim %d - 6*%d)", path, p->P,
+                            c->proj_class_dim, c->add_time_dim);
+    }
+    int64_t n_img = p->N * p->C * p->H * p->W;
+    if (!rc) rc = check_finite(path, "chosen", p->chosen, n_img);
+    if (!rc) rc = check_finite(path, "rejected", p->rejected, n_img);
+    if (!rc) rc = check_finite(path, "encoder_hidden_states", p->ehs, p->N * p->S * p->D);
+    if (rc) pair_file_close(p);
+    return rc;
+}
+
+void pair_file_close(pair_file *p) {
+    for (int i = 0; i < 5; i++) free(p->owned[i]);
+    st_close(&p->f);
+    memset(p, 0, sizeof *p);
+}
+
+static float *copy_out(const float *src, float *owned, int64_t n) {
+    if (owned) return owned;
+    float *d = xmalloc(n * sizeof(float));
+    memcpy(d, src, n * sizeof(float));
+    return d;
+}
+
+int debug_batch_load(debug_batch *b, const char *path, const unet_config *c) {
+    memset(b, 0, sizeof *b);
+    st_file f;
+    if (st_open(&f, path)) return -1;
+    const st_tensor *s = st_find(&f, "sample"), *e = st_find(&f, "encoder_hidden_states");
+    int rc = 0;
+    if (!s || s->ndim != 4 || !e || e->ndim != 3) {
+        rc = mapo_error("%s: a debug batch needs 'sample' [2B,C,H,W], 'timestep' [2B], "
+                        "'encoder_hidden_states' [2B,S,D] and 'target' [2B,C,H,W]", path);
+        st_close(&f);
+        return rc;
+    }
+    b->n = (int)s->shape[0];
+    b->C = (int)s->shape[1];
+    b->H = (int)s->shape[2];
+    b->W = (int)s->shape[3];
+    b->S = (int)e->shape[1];
+    b->D = (int)e->shape[2];
+    if (b->C != c->in_channels)
+        rc = mapo_error("%s: sample has %d channels, the model expects %d", path, b->C,
+                        c->in_channels);
+    else if (b->D != c->cross_dim)
+        rc = mapo_error("%s: encoder_hidden_states width %d != cross_attention_dim %d", path,
+                        b->D, c->cross_dim);
+    const float *p;
+    float *own;
+    int64_t img[4] = {b->n, b->C, b->H, b->W}, out_img[4] = {b->n, c->out_channels, b->H, b->W};
+    int64_t ts[1] = {b->n}, eh[3] = {b->n, b->S, b->D};
+#define GET(name, nd, shape, dst, opt)                                                  \
+    if (!rc) {                                                                          \
+        own = NULL;                                                                     \
+        rc = get_f32(&f, name, nd, shape, &p, &own, opt);                               \
+        if (!rc && p) dst = copy_out(p, own, st_find(&f, name)->numel);                 \
+    }
+    GET("sample", 4, img, b->sample, 0);
+    GET("timestep", 1, ts, b->timestep, 0);
+    GET("encoder_hidden_states", 3, eh, b->ehs, 0);
+    GET("target", 4, out_img, b->target, 0);
+    if (c->text_time) {
+        int64_t te[2] = {b->n, -1}, ti[2] = {b->n, 6};
+        GET("text_embeds", 2, te, b->text_embeds, 0);
+        GET("time_ids", 2, ti, b->time_ids, 0);
+        if (!rc) b->P = (int)st_find(&f, "text_embeds")->shape[1];
+    }
+#undef GET
+    st_close(&f);
+    if (rc) debug_batch_free(b);
+    return rc;
+}
+
+void debug_batch_free(debug_batch *b) {
+    free(b->sample);
+    free(b->timestep);
+    free(b->ehs);
+    free(b->target);
+    free(b->text_embeds);
+    free(b->time_ids);
+    memset(b, 0, sizeof *b);
+}
+
+void debug_batch_inputs(const debug_batch *b, unet_inputs *in) {
+    memset(in, 0, sizeof *in);
+    in->B = b->n;
+    in->H = b->H;
+    in->W = b->W;
+    in->sample = b->sample;
+    in->timesteps = b->timestep;
+    in->ehs = b->ehs;
+    in->S = b->S;
+    in->text_embeds = b->text_embeds;
+    in->P = b->P;
+    in->time_ids = b->time_ids;
+}

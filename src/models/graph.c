@@ -1,0 +1,431 @@
+/* graph.c -- tensors, the autograd tape and the differentiable wrappers of ops.h. */
+#include "mapo/graph.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mapo/common.h"
+#include "mapo/ops.h"
+
+void graph_init(graph *g, int grad_enabled) {
+    memset(g, 0, sizeof *g);
+    g->grad_enabled = grad_enabled;
+}
+
+static void account(graph *g, int64_t delta) {
+    g->bytes_live += delta;
+    if (g->bytes_live > g->bytes_peak) g->bytes_peak = g->bytes_live;
+}
+
+static void tensor_free_data(graph *g, tensor *t) {
+    if (t->is_param) return;
+    if (t->data) {
+        free(t->data);
+        t->data = NULL;
+        account(g, -(int64_t)(t->numel * sizeof(float)));
+    }
+}
+static void tensor_free_grad(graph *g, tensor *t) {
+    if (t->is_param) return;
+    if (t->grad) {
+        free(t->grad);
+        t->grad = NULL;
+        account(g, -(int64_t)(t->numel * sizeof(float)));
+    }
+}
+
+void graph_reset(graph *g) {
+    for (int i = 0; i < g->n_tensors; i++) {
+        tensor *t = g->tensors[i];
+        tensor_free_data(g, t);
+        tensor_free_grad(g, t);
+        free(t);
+    }
+    g->n_tensors = 0;
+    for (int i = 0; i < g->n_saved; i++) free(g->saved[i]);
+    g->n_saved = 0;
+    g->n_nodes = 0;
+    g->bytes_live = 0;
+}
+
+void graph_free(graph *g) {
+    graph_reset(g);
+    free(g->tensors);
+    free(g->nodes);
+    free(g->saved);
+    memset(g, 0, sizeof *g);
+}
+
+static tensor *track(graph *g, tensor *t) {
+    if (g->n_tensors == g->cap_tensors) {
+        g->cap_tensors = g->cap_tensors ? 2 * g->cap_tensors : 256;
+        g->tensors = xrealloc(g->tensors, g->cap_tensors * sizeof *g->tensors);
+    }
+    g->tensors[g->n_tensors++] = t;
+    return t;
+}
+
+static void set_shape(tensor *t, int ndim, const int64_t *shape) {
+    t->ndim = ndim;
+    t->numel = 1;
+    for (int i = 0; i < ndim; i++) {
+        t->shape[i] = shape[i];
+        t->numel *= shape[i];
+    }
+}
+
+tensor *graph_new(graph *g, int ndim, const int64_t *shape) {
+    tensor *t = xcalloc(1, sizeof *t);
+    set_shape(t, ndim, shape);
+    t->data = xmalloc(t->numel * sizeof(float));
+    account(g, t->numel * sizeof(float));
+    return track(g, t);
+}
+tensor *graph_new4(graph *g, int64_t a, int64_t b, int64_t c, int64_t d) {
+    int64_t s[4] = {a, b, c, d};
+    return graph_new(g, 4, s);
+}
+tensor *graph_new2(graph *g, int64_t a, int64_t b) {
+    int64_t s[2] = {a, b};
+    return graph_new(g, 2, s);
+}
+
+tensor *graph_input(graph *g, float *data, int ndim, const int64_t *shape) {
+    tensor *t = xcalloc(1, sizeof *t);
+    set_shape(t, ndim, shape);
+    t->data = data;
+    t->is_param = 1; /* borrowed */
+    return track(g, t);
+}
+
+void tensor_param(tensor *t, float *data, float *grad, int ndim, const int64_t *shape) {
+    memset(t, 0, sizeof *t);
+    set_shape(t, ndim, shape);
+    t->data = data;
+    t->grad = grad;
+    t->is_param = 1;
+    t->requires_grad = grad != NULL;
+}
+
+void graph_release(graph *g, tensor *t) {
+    if (!g->grad_enabled && t && !t->is_param) tensor_free_data(g, t);
+}
+
+float *graph_grad(graph *g, tensor *t) {
+    if (!t->grad) {
+        t->grad = xcalloc(t->numel, sizeof(float));
+        account(g, t->numel * sizeof(float));
+    }
+    return t->grad;
+}
+
+static float *save_buf(graph *g, int64_t n) {
+    float *p = xmalloc(n * sizeof(float));
+    if (g->grad_enabled) {
+        if (g->n_saved == g->cap_saved) {
+            g->cap_saved = g->cap_saved ? 2 * g->cap_saved : 256;
+            g->saved = xrealloc(g->saved, g->cap_saved * sizeof *g->saved);
+        }
+        g->saved[g->n_saved++] = p;
+        account(g, n * sizeof(float));
+    }
+    return p;
+}
+
+/* Record a node if gradients are on and any input needs a gradient. */
+static node *record(graph *g, backward_fn fn, tensor *out, tensor *a, tensor *b, tensor *c,
+                    tensor *d) {
+    if (!g->grad_enabled) return NULL;
+    int need = (a && a->requires_grad) || (b && b->requires_grad) ||
+               (c && c->requires_grad) || (d && d->requires_grad);
+    if (!need) return NULL;
+    if (g->n_nodes == g->cap_nodes) {
+        g->cap_nodes = g->cap_nodes ? 2 * g->cap_nodes : 256;
+        g->nodes = xrealloc(g->nodes, g->cap_nodes * sizeof *g->nodes);
+    }
+    node *n = &g->nodes[g->n_nodes++];
+    memset(n, 0, sizeof *n);
+    n->backward = fn;
+    n->out = out;
+    n->in[0] = a;
+    n->in[1] = b;
+    n->in[2] = c;
+    n->in[3] = d;
+    out->requires_grad = 1;
+    return n;
+}
+
+static float *gin(graph *g, node *n, int k) {
+    tensor *t = n->in[k];
+    return (t && t->requires_grad) ? graph_grad(g, t) : NULL;
+}
+
+void graph_backward(graph *g, tensor *out) {
+    (void)out;
+    for (int i = g->n_nodes - 1; i >= 0; i--) {
+        node *n = &g->nodes[i];
+        if (n->out->grad) n->backward(g, n);
+        /* Every consumer of n->out was recorded after n and is done: its gradient and
+           (for our ops, whose backward reads inputs only) its data are no longer needed. */
+        tensor_free_grad(g, n->out);
+        tensor_free_data(g, n->out);
+    }
+}
+
+/* ------------------------------------------------------------------ conv2d */
+static void conv2d_bw(graph *g, node *n) {
+    tensor *x = n->in[0], *w = n->in[1];
+    conv2d_backward(gin(g, n, 0), gin(g, n, 1), gin(g, n, 2), n->out->grad, x->data, w->data,
+                    (int)x->shape[0], (int)x->shape[1], (int)x->shape[2], (int)x->shape[3],
+                    (int)w->shape[0], (int)w->shape[2], n->i[0], n->i[1]);
+}
+tensor *t_conv2d(graph *g, tensor *x, tensor *w, tensor *b, int stride, int pad) {
+    int B = x->shape[0], Cin = x->shape[1], H = x->shape[2], W = x->shape[3];
+    int Cout = w->shape[0], K = w->shape[2];
+    int Ho = (H + 2 * pad - K) / stride + 1, Wo = (W + 2 * pad - K) / stride + 1;
+    tensor *y = graph_new4(g, B, Cout, Ho, Wo);
+    conv2d_forward(y->data, x->data, w->data, b ? b->data : NULL, B, Cin, H, W, Cout, K,
+                   stride, pad);
+    node *n = record(g, conv2d_bw, y, x, w, b, NULL);
+    if (n) {
+        n->i[0] = stride;
+        n->i[1] = pad;
+    }
+    return y;
+}
+
+/* ------------------------------------------------------------------ linear */
+static int64_t rows_of(const tensor *x) { return x->numel / x->shape[x->ndim - 1]; }
+
+static void linear_bw(graph *g, node *n) {
+    tensor *x = n->in[0], *w = n->in[1];
+    linear_backward(gin(g, n, 0), gin(g, n, 1), gin(g, n, 2), n->out->grad, x->data, w->data,
+                    rows_of(x), (int)w->shape[1], (int)w->shape[0]);
+}
+tensor *t_linear(graph *g, tensor *x, tensor *w, tensor *b) {
+    int64_t shape[TENSOR_MAX_DIMS];
+    memcpy(shape, x->shape, sizeof shape);
+    shape[x->ndim - 1] = w->shape[0];
+    tensor *y = graph_new(g, x->ndim, shape);
+    linear_forward(y->data, x->data, w->data, b ? b->data : NULL, rows_of(x), (int)w->shape[1],
+                   (int)w->shape[0]);
+    record(g, linear_bw, y, x, w, b, NULL);
+    return y;
+}
+
+/* ------------------------------------------------------------------ norms */
+static void group_norm_bw(graph *g, node *n) {
+    tensor *x = n->in[0];
+    group_norm_backward(gin(g, n, 0), gin(g, n, 1), gin(g, n, 2), n->out->grad, x->data,
+                        n->saved[0], n->saved[1], n->in[1]->data, (int)x->shape[0],
+                        (int)x->shape[1], x->numel / (x->shape[0] * x->shape[1]), n->i[0]);
+}
+tensor *t_group_norm(graph *g, tensor *x, tensor *gamma, tensor *beta, int groups,
+                     double eps) {
+    int B = x->shape[0], C = x->shape[1];
+    int64_t HW = x->numel / ((int64_t)B * C);
+    tensor *y = graph_new(g, x->ndim, x->shape);
+    float *mean = save_buf(g, (int64_t)B * groups), *rstd = save_buf(g, (int64_t)B * groups);
+    group_norm_forward(y->data, mean, rstd, x->data, gamma->data, beta->data, B, C, HW, groups,
+                       eps);
+    node *n = record(g, group_norm_bw, y, x, gamma, beta, NULL);
+    if (n) {
+        n->saved[0] = mean;
+        n->saved[1] = rstd;
+        n->i[0] = groups;
+    } else if (!g->grad_enabled) {
+        free(mean);
+        free(rstd);
+    }
+    return y;
+}
+
+static void layer_norm_bw(graph *g, node *n) {
+    tensor *x = n->in[0];
+    layer_norm_backward(gin(g, n, 0), gin(g, n, 1), gin(g, n, 2), n->out->grad, x->data,
+                        n->saved[0], n->saved[1], n->in[1]->data, rows_of(x),
+                        (int)x->shape[x->ndim - 1]);
+}
+tensor *t_layer_norm(graph *g, tensor *x, tensor *gamma, tensor *beta, double eps) {
+    int64_t N = rows_of(x);
+    int C = x->shape[x->ndim - 1];
+    tensor *y = graph_new(g, x->ndim, x->shape);
+    float *mean = save_buf(g, N), *rstd = save_buf(g, N);
+    layer_norm_forward(y->data, mean, rstd, x->data, gamma->data, beta->data, N, C, eps);
+    node *n = record(g, layer_norm_bw, y, x, gamma, beta, NULL);
+    if (n) {
+        n->saved[0] = mean;
+        n->saved[1] = rstd;
+    } else if (!g->grad_enabled) {
+        free(mean);
+        free(rstd);
+    }
+    return y;
+}
+
+/* ------------------------------------------------------------------ activations */
+static void silu_bw(graph *g, node *n) {
+    silu_backward(gin(g, n, 0), n->out->grad, n->in[0]->data, n->out->numel);
+}
+tensor *t_silu(graph *g, tensor *x) {
+    tensor *y = graph_new(g, x->ndim, x->shape);
+    silu_forward(y->data, x->data, x->numel);
+    record(g, silu_bw, y, x, NULL, NULL, NULL);
+    return y;
+}
+
+static void geglu_bw(graph *g, node *n) {
+    tensor *x = n->in[0];
+    geglu_backward(gin(g, n, 0), n->out->grad, x->data, rows_of(x),
+                   (int)(x->shape[x->ndim - 1] / 2));
+}
+tensor *t_geglu(graph *g, tensor *x) {
+    int64_t shape[TENSOR_MAX_DIMS];
+    memcpy(shape, x->shape, sizeof shape);
+    shape[x->ndim - 1] /= 2;
+    tensor *y = graph_new(g, x->ndim, shape);
+    geglu_forward(y->data, x->data, rows_of(x), (int)shape[x->ndim - 1]);
+    record(g, geglu_bw, y, x, NULL, NULL, NULL);
+    return y;
+}
+
+/* ------------------------------------------------------------------ attention */
+static void attention_bw(graph *g, node *n) {
+    tensor *q = n->in[0], *k = n->in[1];
+    int B = q->shape[0], Nq = q->shape[1], Nk = k->shape[1], C = q->shape[2], H = n->i[0];
+    attention_backward(gin(g, n, 0), gin(g, n, 1), gin(g, n, 2), n->out->grad, n->saved[0],
+                       q->data, k->data, n->in[2]->data, B, H, Nq, Nk, C / H, n->d[0]);
+}
+tensor *t_attention(graph *g, tensor *q, tensor *k, tensor *v, int heads) {
+    int B = q->shape[0], Nq = q->shape[1], Nk = k->shape[1], C = q->shape[2];
+    int Dh = C / heads;
+    double scale = 1.0 / sqrt((double)Dh);
+    tensor *y = graph_new(g, 3, q->shape);
+    float *P = save_buf(g, (int64_t)B * heads * Nq * Nk);
+    attention_forward(y->data, P, q->data, k->data, v->data, B, heads, Nq, Nk, Dh, scale);
+    node *n = record(g, attention_bw, y, q, k, v, NULL);
+    if (n) {
+        n->saved[0] = P;
+        n->i[0] = heads;
+        n->d[0] = scale;
+    } else if (!g->grad_enabled) {
+        free(P);
+    }
+    return y;
+}
+
+/* ------------------------------------------------------------------ shape ops */
+static void upsample_bw(graph *g, node *n) {
+    tensor *x = n->in[0];
+    upsample_nearest2x_backward(gin(g, n, 0), n->out->grad, x->shape[0] * x->shape[1],
+                                (int)x->shape[2], (int)x->shape[3]);
+}
+tensor *t_upsample2x(graph *g, tensor *x) {
+    tensor *y = graph_new4(g, x->shape[0], x->shape[1], 2 * x->shape[2], 2 * x->shape[3]);
+    upsample_nearest2x_forward(y->data, x->data, x->shape[0] * x->shape[1], (int)x->shape[2],
+                               (int)x->shape[3]);
+    record(g, upsample_bw, y, x, NULL, NULL, NULL);
+    return y;
+}
+
+static void add_bw(graph *g, node *n) {
+    const float *dy = n->out->grad;
+    for (int k = 0; k < 2; k++) {
+        float *d = gin(g, n, k);
+        if (!d) continue;
+        int64_t m = n->out->numel;
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < m; i++) d[i] += dy[i];
+    }
+}
+tensor *t_add(graph *g, tensor *a, tensor *b) {
+    tensor *y = graph_new(g, a->ndim, a->shape);
+    int64_t m = a->numel;
+    const float *pa = a->data, *pb = b->data;
+    float *py = y->data;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < m; i++) py[i] = pa[i] + pb[i];
+    record(g, add_bw, y, a, b, NULL, NULL);
+    return y;
+}
+
+static void add_channel_bias_bw(graph *g, node *n) {
+    tensor *x = n->in[0];
+    int B = x->shape[0], C = x->shape[1];
+    int64_t HW = x->numel / ((int64_t)B * C);
+    float *dx = gin(g, n, 0);
+    if (dx) {
+        const float *dy = n->out->grad;
+        int64_t m = x->numel;
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < m; i++) dx[i] += dy[i];
+    }
+    float *dv = gin(g, n, 1);
+    if (dv) add_channel_bias_backward(dv, n->out->grad, B, C, HW);
+}
+tensor *t_add_channel_bias(graph *g, tensor *x, tensor *v) {
+    int B = x->shape[0], C = x->shape[1];
+    tensor *y = graph_new(g, x->ndim, x->shape);
+    add_channel_bias_forward(y->data, x->data, v->data, B, C, x->numel / ((int64_t)B * C));
+    record(g, add_channel_bias_bw, y, x, v, NULL, NULL);
+    return y;
+}
+
+static void concat_bw(graph *g, node *n) {
+    tensor *a = n->in[0], *b = n->in[1];
+    concat_channels_backward(gin(g, n, 0), gin(g, n, 1), n->out->grad, (int)a->shape[0],
+                             (int)a->shape[1], (int)b->shape[1], a->shape[2] * a->shape[3]);
+}
+tensor *t_concat_channels(graph *g, tensor *a, tensor *b) {
+    tensor *y = graph_new4(g, a->shape[0], a->shape[1] + b->shape[1], a->shape[2], a->shape[3]);
+    concat_channels_forward(y->data, a->data, b->data, (int)a->shape[0], (int)a->shape[1],
+                            (int)b->shape[1], a->shape[2] * a->shape[3]);
+    record(g, concat_bw, y, a, b, NULL, NULL);
+    return y;
+}
+
+static void to_nhwc_bw(graph *g, node *n) {
+    tensor *x = n->in[0];
+    float *dx = gin(g, n, 0);
+    int B = x->shape[0], C = x->shape[1];
+    int64_t HW = x->shape[2] * x->shape[3];
+    /* dx += transpose(dy): transpose into a scratch then add */
+    float *tmp = xmalloc(x->numel * sizeof(float));
+    nhwc_to_nchw(tmp, n->out->grad, B, C, HW);
+    for (int64_t i = 0; i < x->numel; i++) dx[i] += tmp[i];
+    free(tmp);
+}
+tensor *t_nchw_to_nhwc(graph *g, tensor *x) {
+    int B = x->shape[0], C = x->shape[1];
+    int64_t HW = x->shape[2] * x->shape[3];
+    tensor *y = graph_new(g, 3, (int64_t[]){B, HW, C});
+    nchw_to_nhwc(y->data, x->data, B, C, HW);
+    record(g, to_nhwc_bw, y, x, NULL, NULL, NULL);
+    return y;
+}
+
+static void to_nchw_bw(graph *g, node *n) {
+    tensor *x = n->in[0];
+    float *dx = gin(g, n, 0);
+    int B = x->shape[0], C = x->shape[2];
+    int64_t HW = x->shape[1];
+    float *tmp = xmalloc(x->numel * sizeof(float));
+    nchw_to_nhwc(tmp, n->out->grad, B, C, HW);
+    for (int64_t i = 0; i < x->numel; i++) dx[i] += tmp[i];
+    free(tmp);
+}
+tensor *t_nhwc_to_nchw(graph *g, tensor *x, int64_t H, int64_t W) {
+    int B = x->shape[0], C = x->shape[2];
+    tensor *y = graph_new4(g, B, C, H, W);
+    nhwc_to_nchw(y->data, x->data, B, C, H * W);
+    record(g, to_nchw_bw, y, x, NULL, NULL, NULL);
+    return y;
+}
+
+tensor *t_timestep_embedding(graph *g, const float *t, int64_t N, int dim, int flip,
+                             double shift) {
+    tensor *y = graph_new2(g, N, dim);
+    timestep_embedding_forward(y->data, t, N, dim, flip, shift);
+    return y;
+}

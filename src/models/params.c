@@ -1,0 +1,178 @@
+/* params.c -- the parameter table: registration, arenas, init, load and save. */
+#include "mapo/params.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mapo/common.h"
+#include "mapo/rng.h"
+#include "mapo/safetensors.h"
+
+void params_init(param_table *t) { memset(t, 0, sizeof *t); }
+
+void params_free(param_table *t) {
+    for (int i = 0; i < t->n; i++) free(t->p[i].name);
+    free(t->p);
+    free(t->data);
+    free(t->grad);
+    free(t->views);
+    memset(t, 0, sizeof *t);
+}
+
+int params_add(param_table *t, int ndim, const int64_t *shape, const char *fmt, ...) {
+    char name[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    if (t->n == t->cap) {
+        t->cap = t->cap ? 2 * t->cap : 256;
+        t->p = xrealloc(t->p, t->cap * sizeof *t->p);
+    }
+    param_info *p = &t->p[t->n];
+    memset(p, 0, sizeof *p);
+    p->name = xstrdup(name);
+    p->ndim = ndim;
+    p->numel = 1;
+    for (int i = 0; i < ndim; i++) {
+        p->shape[i] = shape[i];
+        p->numel *= shape[i];
+    }
+    p->offset = t->total;
+    t->total += p->numel;
+    return t->n++;
+}
+
+void params_alloc(param_table *t, int with_grad) {
+    free(t->data);
+    free(t->grad);
+    free(t->views);
+    t->data = xcalloc(t->total, sizeof(float));
+    t->grad = with_grad ? xcalloc(t->total, sizeof(float)) : NULL;
+    t->views = xcalloc(t->n, sizeof(tensor));
+    for (int i = 0; i < t->n; i++) {
+        param_info *p = &t->p[i];
+        tensor_param(&t->views[i], t->data + p->offset, t->grad ? t->grad + p->offset : NULL,
+                     p->ndim, p->shape);
+    }
+}
+
+int params_find(const param_table *t, const char *name) {
+    for (int i = 0; i < t->n; i++)
+        if (!strcmp(t->p[i].name, name)) return i;
+    return -1;
+}
+
+static int ends_with(const char *s, const char *suf) {
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && !strcmp(s + a - b, suf);
+}
+
+void params_init_random(param_table *t, uint64_t seed) {
+    for (int i = 0; i < t->n; i++) {
+        param_info *p = &t->p[i];
+        float *d = t->data + p->offset;
+        int is_norm = strstr(p->name, "norm") != NULL && p->ndim == 1;
+        if (is_norm) {
+            float v = ends_with(p->name, ".weight") ? 1.0f : 0.0f;
+            for (int64_t k = 0; k < p->numel; k++) d[k] = v;
+            continue;
+        }
+        /* fan_in of the weight this belongs to: for a bias, the matching weight */
+        int64_t fan_in = 1;
+        if (p->ndim >= 2) {
+            for (int k = 1; k < p->ndim; k++) fan_in *= p->shape[k];
+        } else {
+            char wname[512];
+            snprintf(wname, sizeof wname, "%.*s.weight", (int)(strlen(p->name) - 5), p->name);
+            int w = params_find(t, wname);
+            if (w >= 0)
+                for (int k = 1; k < t->p[w].ndim; k++) fan_in *= t->p[w].shape[k];
+        }
+        double bound = 1.0 / sqrt((double)fan_in);
+        philox r;
+        philox_init(&r, seed, 0x9a7a3ULL, (uint64_t)i);
+        for (int64_t k = 0; k < p->numel; k++)
+            d[k] = (float)((2.0 * philox_uniform(&r) - 1.0) * bound);
+    }
+}
+
+static void shape_str(char *buf, size_t n, int ndim, const int64_t *s) {
+    size_t k = snprintf(buf, n, "[");
+    for (int i = 0; i < ndim && k < n; i++)
+        k += snprintf(buf + k, n - k, "%s%lld", i ? ", " : "", (long long)s[i]);
+    if (k < n) snprintf(buf + k, n - k, "]");
+}
+
+int params_load(param_table *t, const char *path, const char *prefix, int allow_extra) {
+    st_file f;
+    if (st_open(&f, path)) return -1;
+    int rc = 0;
+    char name[640];
+    for (int i = 0; i < t->n && !rc; i++) {
+        param_info *p = &t->p[i];
+        snprintf(name, sizeof name, "%s%s", prefix, p->name);
+        const st_tensor *s = st_find(&f, name);
+        if (!s) {
+            rc = mapo_error("%s: parameter '%s' is missing (the model config expects it; "
+                            "is this the right config.json for these weights?)", path, name);
+            break;
+        }
+        int ok = s->ndim == p->ndim;
+        for (int k = 0; ok && k < p->ndim; k++) ok = s->shape[k] == p->shape[k];
+        if (!ok) {
+            char a[128], b[128];
+            shape_str(a, sizeof a, s->ndim, s->shape);
+            shape_str(b, sizeof b, p->ndim, p->shape);
+            rc = mapo_error("%s: parameter '%s' has shape %s, the config gives %s", path, name,
+                            a, b);
+            break;
+        }
+        if (st_to_f32(s, t->data + p->offset)) {
+            rc = mapo_error_prefix("%s: parameter '%s'", path, name);
+            break;
+        }
+        float *d = t->data + p->offset;
+        for (int64_t k = 0; k < p->numel; k++)
+            if (!isfinite(d[k])) {
+                rc = mapo_error("%s: parameter '%s' holds a non-finite value at index %lld", path,
+                                name, (long long)k);
+                break;
+            }
+    }
+    if (!rc && !allow_extra) {
+        size_t pl = strlen(prefix);
+        for (int i = 0; i < f.n; i++) {
+            const char *nm = f.tensors[i].name;
+            if (strncmp(nm, prefix, pl)) continue;
+            if (params_find(t, nm + pl) < 0) {
+                rc = mapo_error("%s: tensor '%s' is not a parameter of this model "
+                                "(config.json and weights disagree)", path, nm);
+                break;
+            }
+        }
+    }
+    st_close(&f);
+    return rc;
+}
+
+int params_save(const param_table *t, const char *path, const char *grad_prefix) {
+    st_writer *w = st_writer_new();
+    char name[640];
+    for (int i = 0; i < t->n; i++) {
+        const param_info *p = &t->p[i];
+        const float *src = grad_prefix ? t->grad + p->offset : t->data + p->offset;
+        snprintf(name, sizeof name, "%s%s", grad_prefix ? grad_prefix : "", p->name);
+        st_writer_add(w, name, ST_F32, p->ndim, p->shape, src);
+    }
+    st_writer_meta(w, "format", "pt");
+    int rc = st_writer_write(w, path);
+    st_writer_free(w);
+    return rc;
+}
+
+void params_zero_grad(param_table *t) {
+    if (t->grad) memset(t->grad, 0, t->total * sizeof(float));
+}

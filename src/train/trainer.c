@@ -1,0 +1,465 @@
+/* trainer.c -- see trainer.h.
+ *
+ * Randomness is counter-based: pair number c of the run (c = step*GA*B + micro*B + j) lies
+ * in epoch e = c / N at position c % N of that epoch's permutation (Philox keyed by seed and
+ * e); its noise and timestep come from a stream keyed by (seed, e, dataset index). So the
+ * same pair gets the same noise whatever the batch size or thread count, and a resumed run
+ * needs only the step number to continue exactly. */
+#include "mapo/trainer.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "mapo/common.h"
+#include "mapo/ddpm.h"
+#include "mapo/pairs.h"
+#include "mapo/rng.h"
+#include "mapo/safetensors.h"
+
+enum { STREAM_PERM = 1, STREAM_NOISE = 2 };
+
+void train_config_default(train_config *c) {
+    memset(c, 0, sizeof *c);
+    c->train_batch_size = 4;
+    c->grad_accum = 1;
+    c->max_train_steps = 100;
+    c->checkpointing_steps = 500;
+    c->learning_rate = 5e-4; /* the official MaPO script's default */
+    c->max_grad_norm = 1.0;
+    c->sched = LR_CONSTANT;
+    c->adam = (adamw_config){0.9, 0.999, 1e-8, 1e-2};
+    objective_cfg_default(&c->obj);
+}
+
+typedef struct {
+    int64_t epoch;
+    int64_t *perm;
+    int64_t N;
+} epoch_order;
+
+static int64_t pair_index(epoch_order *o, uint64_t seed, int64_t c, int64_t *epoch) {
+    int64_t e = c / o->N;
+    if (e != o->epoch) {
+        philox r;
+        philox_init(&r, seed, STREAM_PERM, (uint64_t)e);
+        philox_permutation(&r, o->perm, o->N);
+        o->epoch = e;
+    }
+    *epoch = e;
+    return o->perm[c % o->N];
+}
+
+/* --------------------------------------------------------------- file helpers */
+static int mkdir_p(const char *path) {
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s", path);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(tmp, 0755) && errno != EEXIST)
+            return mapo_error("%s: cannot create folder: %s", tmp, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(tmp, 0755) && errno != EEXIST)
+        return mapo_error("%s: cannot create folder: %s", tmp, strerror(errno));
+    return 0;
+}
+
+static void rm_rf(const char *path) {
+    DIR *d = opendir(path);
+    if (!d) {
+        unlink(path);
+        return;
+    }
+    struct dirent *e;
+    char p[4096];
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        snprintf(p, sizeof p, "%s/%s", path, e->d_name);
+        rm_rf(p);
+    }
+    closedir(d);
+    rmdir(path);
+}
+
+/* Replace folder `dst` by `tmp` (both in the same parent): the old one is moved aside
+   first, so at every moment one complete version exists. */
+static int replace_dir(const char *tmp, const char *dst) {
+    char old[4200];
+    snprintf(old, sizeof old, "%s.old", dst);
+    rm_rf(old);
+    struct stat st;
+    int had = stat(dst, &st) == 0;
+    if (had && rename(dst, old))
+        return mapo_error("%s: cannot move aside: %s", dst, strerror(errno));
+    if (rename(tmp, dst)) return mapo_error("%s: cannot rename to %s: %s", tmp, dst, strerror(errno));
+    if (had) rm_rf(old);
+    return 0;
+}
+
+/* --------------------------------------------------------------- checkpoints */
+static int save_checkpoint(const train_config *c, const unet *u, const float *m,
+                           const float *v, int64_t step, const char *dir_name) {
+    char tmp[4096], dst[4096], p[4300];
+    snprintf(dst, sizeof dst, "%s/%s", c->output_dir, dir_name);
+    snprintf(tmp, sizeof tmp, "%s/.%s.tmp", c->output_dir, dir_name);
+    rm_rf(tmp);
+    if (mkdir_p(tmp)) return -1;
+    snprintf(p, sizeof p, "%s/unet", tmp);
+    if (unet_save_dir(u, p)) return -1;
+    if (m) {
+        st_writer *w = st_writer_new();
+        char **names = xmalloc(2 * u->params.n * sizeof(char *));
+        for (int i = 0; i < u->params.n; i++) {
+            const param_info *pi = &u->params.p[i];
+            char nm[600];
+            snprintf(nm, sizeof nm, "exp_avg.%s", pi->name);
+            names[2 * i] = xstrdup(nm);
+            snprintf(nm, sizeof nm, "exp_avg_sq.%s", pi->name);
+            names[2 * i + 1] = xstrdup(nm);
+            st_writer_add(w, names[2 * i], ST_F32, pi->ndim, pi->shape, m + pi->offset);
+            st_writer_add(w, names[2 * i + 1], ST_F32, pi->ndim, pi->shape, v + pi->offset);
+        }
+        snprintf(p, sizeof p, "%s/optimizer.safetensors", tmp);
+        int rc = st_writer_write(w, p);
+        st_writer_free(w);
+        for (int i = 0; i < 2 * u->params.n; i++) free(names[i]);
+        free(names);
+        if (rc) return -1;
+        json_t *js = json_pack("{s:I, s:I, s:I, s:I, s:s, s:s, s:f, s:I}", "global_step",
+                               (json_int_t)step, "seed", (json_int_t)c->seed,
+                               "train_batch_size", (json_int_t)c->train_batch_size,
+                               "gradient_accumulation_steps", (json_int_t)c->grad_accum,
+                               "loss", objective_name(c->obj.kind), "dataset_name", c->dataset,
+                               "learning_rate", c->learning_rate, "max_train_steps",
+                               (json_int_t)c->max_train_steps);
+        char *s = json_dumps(js, JSON_INDENT(2));
+        json_decref(js);
+        snprintf(p, sizeof p, "%s/trainer_state.json", tmp);
+        rc = mapo_write_file_atomic(p, s, strlen(s));
+        free(s);
+        if (rc) return -1;
+    }
+    return replace_dir(tmp, dst);
+}
+
+static int64_t latest_checkpoint(const char *out_dir) {
+    DIR *d = opendir(out_dir);
+    if (!d) return -1;
+    struct dirent *e;
+    int64_t best = -1;
+    while ((e = readdir(d))) {
+        long long n;
+        char rest;
+        if (sscanf(e->d_name, "checkpoint-%lld%c", &n, &rest) == 1 && n > best) best = n;
+    }
+    closedir(d);
+    return best;
+}
+
+static int load_checkpoint(const train_config *c, unet *u, float *m, float *v, int64_t *step) {
+    char dir[4096], p[4300];
+    if (!strcmp(c->resume, "latest")) {
+        int64_t n = latest_checkpoint(c->output_dir);
+        if (n < 0) {
+            mapo_log(1, "no checkpoint in %s: starting from scratch\n", c->output_dir);
+            *step = 0;
+            return 0;
+        }
+        snprintf(dir, sizeof dir, "%s/checkpoint-%lld", c->output_dir, (long long)n);
+    } else {
+        snprintf(dir, sizeof dir, "%s", c->resume);
+    }
+    snprintf(p, sizeof p, "%s/trainer_state.json", dir);
+    json_error_t je;
+    json_t *js = json_load_file(p, 0, &je);
+    if (!js) return mapo_error("%s: cannot read checkpoint state: %s", p, je.text);
+    json_int_t gs = json_integer_value(json_object_get(js, "global_step"));
+    json_int_t seed = json_integer_value(json_object_get(js, "seed"));
+    json_int_t bs = json_integer_value(json_object_get(js, "train_batch_size"));
+    json_int_t ga = json_integer_value(json_object_get(js, "gradient_accumulation_steps"));
+    const char *loss = json_string_value(json_object_get(js, "loss"));
+    int rc = 0;
+    if (gs <= 0) rc = mapo_error("%s: bad global_step", p);
+    else if (seed != c->seed || bs != c->train_batch_size || ga != c->grad_accum)
+        rc = mapo_error("%s: the checkpoint was made with seed %lld, batch %lld x %lld; this run "
+                        "has seed %lld, batch %lld x %lld (an exact resume needs the same)", p,
+                        (long long)seed, (long long)bs, (long long)ga, (long long)c->seed,
+                        (long long)c->train_batch_size, (long long)c->grad_accum);
+    else if (!loss || strcmp(loss, objective_name(c->obj.kind)))
+        rc = mapo_error("%s: the checkpoint trained with loss %s, this run uses %s", p,
+                        loss ? loss : "?", objective_name(c->obj.kind));
+    json_decref(js);
+    if (rc) return -1;
+    snprintf(p, sizeof p, "%s/unet/diffusion_pytorch_model.safetensors", dir);
+    if (params_load(&u->params, p, "", 0)) return -1;
+    snprintf(p, sizeof p, "%s/optimizer.safetensors", dir);
+    st_file f;
+    if (st_open(&f, p)) return -1;
+    for (int i = 0; i < u->params.n && !rc; i++) {
+        const param_info *pi = &u->params.p[i];
+        char nm[600];
+        snprintf(nm, sizeof nm, "exp_avg.%s", pi->name);
+        rc = st_read_f32_shape(&f, nm, m + pi->offset, pi->ndim, pi->shape);
+        snprintf(nm, sizeof nm, "exp_avg_sq.%s", pi->name);
+        if (!rc) rc = st_read_f32_shape(&f, nm, v + pi->offset, pi->ndim, pi->shape);
+    }
+    st_close(&f);
+    if (rc) return -1;
+    *step = gs;
+    mapo_log(1, "resumed from %s at step %lld\n", dir, (long long)gs);
+    return 0;
+}
+
+/* --------------------------------------------------------------- the loop */
+typedef struct {
+    int Bp;                /* pairs per micro-batch */
+    int64_t chw;
+    float *sample, *target, *timestep, *ehs, *text_embeds, *time_ids, *eps;
+} batch_buf;
+
+static void fill_batch(batch_buf *b, const pair_file *pf, const ddpm_schedule *sch,
+                       epoch_order *ord, uint64_t seed, int64_t first_pair) {
+    const int Bp = b->Bp;
+    const int64_t chw = b->chw, sd = (int64_t)pf->S * pf->D;
+    for (int j = 0; j < Bp; j++) {
+        int64_t e, idx = pair_index(ord, seed, first_pair + j, &e);
+        philox r;
+        philox_init(&r, seed, ((uint64_t)STREAM_NOISE << 40) | (uint64_t)e, (uint64_t)idx);
+        int t = (int)philox_below(&r, (uint32_t)sch->num_train_timesteps);
+        philox_fill_normal(&r, b->eps, chw);
+        for (int half = 0; half < 2; half++) {
+            const float *x0 = (half ? pf->rejected : pf->chosen) + idx * chw;
+            int s = j + half * Bp;
+            ddpm_add_noise(sch, b->sample + s * chw, x0, b->eps, chw, t);
+            ddpm_target(sch, b->target + s * chw, x0, b->eps, chw, t);
+            b->timestep[s] = (float)t;
+            memcpy(b->ehs + s * sd, pf->ehs + idx * sd, sd * sizeof(float));
+            if (pf->text_embeds) {
+                memcpy(b->text_embeds + (int64_t)s * pf->P, pf->text_embeds + idx * pf->P,
+                       pf->P * sizeof(float));
+                memcpy(b->time_ids + s * 6, pf->time_ids + idx * 6, 6 * sizeof(float));
+            }
+        }
+    }
+}
+
+static int load_schedule(ddpm_schedule *s, const char *model_dir) {
+    char p[4200];
+    struct stat st;
+    snprintf(p, sizeof p, "%s/scheduler/scheduler_config.json", model_dir);
+    if (stat(p, &st) == 0) return ddpm_from_config(s, p);
+    snprintf(p, sizeof p, "%s/../scheduler/scheduler_config.json", model_dir);
+    if (stat(p, &st) == 0) return ddpm_from_config(s, p);
+    ddpm_default(s);
+    return 0;
+}
+
+static void fmt_time(char *buf, size_t n, double s) {
+    if (!isfinite(s) || s < 0) s = 0;
+    long t = (long)(s + 0.5);
+    snprintf(buf, n, "%ld:%02ld:%02ld", t / 3600, (t / 60) % 60, t % 60);
+}
+
+int train_run(const train_config *c) {
+    if (!c->model_dir || !c->dataset || !c->output_dir)
+        return mapo_error("train needs --pretrained_model_name_or_path, --dataset_name and "
+                          "--output_dir");
+    if (c->train_batch_size < 1 || c->grad_accum < 1 || c->max_train_steps < 1)
+        return mapo_error("--train_batch_size, --gradient_accumulation_steps and "
+                          "--max_train_steps must be >= 1");
+    if (!(c->learning_rate >= 0) || c->warmup < 0 || c->checkpointing_steps < 0)
+        return mapo_error("--learning_rate, --lr_warmup_steps and --checkpointing_steps must "
+                          "be >= 0");
+    if (c->obj.kind == OBJ_MAPO && !(c->obj.snr_value > 0))
+        return mapo_error("--snr_value must be > 0");
+    int rc = 0;
+    unet u, ref;
+    int have_ref = 0;
+    ddpm_schedule sch;
+    if (load_schedule(&sch, c->model_dir)) return -1;
+    if (unet_load_dir(&u, c->model_dir, 1)) {
+        ddpm_free(&sch);
+        return -1;
+    }
+    pair_file pf;
+    if (pair_file_open(&pf, c->dataset, &u.cfg)) {
+        unet_free(&u);
+        ddpm_free(&sch);
+        return -1;
+    }
+    train_config cc = *c;
+    cc.obj.num_train_timesteps = sch.num_train_timesteps;
+    const int Bp = (int)c->train_batch_size;
+    unet_inputs in = {0};
+    in.B = 2 * Bp;
+    in.H = pf.H;
+    in.W = pf.W;
+    in.S = pf.S;
+    in.P = pf.P;
+    if (unet_check_inputs(&u, &in)) {
+        rc = mapo_error_prefix("%s", c->dataset);
+        goto done_data;
+    }
+    if (c->obj.kind == OBJ_DPO) {
+        const char *rd = c->ref_dir ? c->ref_dir : c->model_dir;
+        if (unet_load_dir(&ref, rd, 0)) {
+            rc = -1;
+            goto done_data;
+        }
+        have_ref = 1;
+        if (ref.params.total != u.params.total) {
+            rc = mapo_error("%s: the reference UNet differs in shape from the trained one", rd);
+            goto done_ref;
+        }
+    }
+    if (mkdir_p(c->output_dir)) {
+        rc = -1;
+        goto done_ref;
+    }
+    const size_t P = u.params.total;
+    float *m = xcalloc(P, sizeof(float)), *v = xcalloc(P, sizeof(float));
+    int64_t step = 0;
+    if (c->resume && load_checkpoint(c, &u, m, v, &step)) {
+        rc = -1;
+        goto done_opt;
+    }
+    batch_buf b = {0};
+    b.Bp = Bp;
+    b.chw = (int64_t)pf.C * pf.H * pf.W;
+    const int n = 2 * Bp;
+    b.sample = xmalloc(n * b.chw * sizeof(float));
+    b.target = xmalloc(n * b.chw * sizeof(float));
+    b.eps = xmalloc(b.chw * sizeof(float));
+    b.timestep = xmalloc(n * sizeof(float));
+    b.ehs = xmalloc((size_t)n * pf.S * pf.D * sizeof(float));
+    if (pf.text_embeds) {
+        b.text_embeds = xmalloc((size_t)n * pf.P * sizeof(float));
+        b.time_ids = xmalloc(n * 6 * sizeof(float));
+    }
+    in.sample = b.sample;
+    in.timesteps = b.timestep;
+    in.ehs = b.ehs;
+    in.text_embeds = b.text_embeds;
+    in.time_ids = b.time_ids;
+    epoch_order ord = {-1, xmalloc(pf.N * sizeof(int64_t)), pf.N};
+    double *err = xmalloc(n * sizeof(double)), *ref_err = xmalloc(n * sizeof(double));
+    char logp[4200];
+    snprintf(logp, sizeof logp, "%s/train_log.jsonl", c->output_dir);
+    FILE *log = fopen(logp, step > 0 ? "a" : "w");
+    if (!log) {
+        rc = mapo_error("%s: cannot open for writing: %s", logp, strerror(errno));
+        goto done_buf;
+    }
+    double mem = (double)P * 4 * (have_ref ? 5 : 4);
+    mapo_log(1, "mapo train: %s, %zu parameters; %lld pairs of %dx%dx%d; loss %s; batch %d x %lld "
+                "accumulation; memory for weights, gradients%s and AdamW: %.1f MiB\n",
+             c->model_dir, P, (long long)pf.N, pf.C, pf.H, pf.W, objective_name(c->obj.kind), Bp,
+             (long long)c->grad_accum, have_ref ? ", reference" : "", mem / 1048576.0);
+    const double t0 = mapo_now();
+    const int64_t step0 = step;
+    size_t act_peak = 0;
+    while (step < c->max_train_steps && !rc) {
+        objective_stats acc = {0};
+        for (int64_t micro = 0; micro < c->grad_accum && !rc; micro++) {
+            int64_t first = (step * c->grad_accum + micro) * Bp;
+            fill_batch(&b, &pf, &sch, &ord, (uint64_t)c->seed, first);
+            if (have_ref) model_errors(&ref, &in, b.target, ref_err);
+            objective_stats st;
+            size_t ap = 0;
+            rc = preference_step(&u, &in, b.target, &cc.obj, have_ref ? ref_err : NULL,
+                                 1.0 / (double)c->grad_accum, err, &st, NULL, &ap);
+            if (rc) {
+                rc = mapo_error_prefix("step %lld", (long long)step + 1);
+                break;
+            }
+            if (ap > act_peak) act_peak = ap;
+            double w = 1.0 / (double)c->grad_accum;
+            acc.loss += w * st.loss;
+            acc.err_w += w * st.err_w;
+            acc.err_l += w * st.err_l;
+            acc.margin += w * st.margin;
+            acc.win_score += w * st.win_score;
+            acc.lose_score += w * st.lose_score;
+            acc.implicit_acc += w * st.implicit_acc;
+        }
+        if (rc) break;
+        double gnorm = c->max_grad_norm > 0 ? clip_grad_norm(u.params.grad, P, c->max_grad_norm)
+                                            : sqrt(grad_sq_norm(u.params.grad, P));
+        if (!isfinite(gnorm)) {
+            rc = mapo_error("step %lld: gradient norm is not finite; nothing of this step was "
+                            "applied (try a lower --learning_rate)", (long long)step + 1);
+            break;
+        }
+        double lr = c->learning_rate * lr_lambda(c->sched, step, c->warmup, c->max_train_steps);
+        adamw_step(u.params.data, u.params.grad, m, v, P, step + 1, lr, &c->adam);
+        params_zero_grad(&u.params);
+        step++;
+        double el = mapo_now() - t0;
+        double pps = (double)(step - step0) * Bp * c->grad_accum / (el > 0 ? el : 1e-9);
+        char eta[32];
+        fmt_time(eta, sizeof eta, (c->max_train_steps - step) * el / (double)(step - step0));
+        fprintf(log, "{\"step\": %lld, \"loss\": %.9g, \"model_losses_w\": %.9g, "
+                     "\"model_losses_l\": %.9g, \"margin\": %.9g, \"win_score\": %.9g, "
+                     "\"lose_score\": %.9g, \"implicit_acc\": %.6g, \"grad_norm\": %.9g, "
+                     "\"lr\": %.9g, \"pairs_per_s\": %.4g}\n",
+                (long long)step, acc.loss, acc.err_w, acc.err_l, acc.margin, acc.win_score,
+                acc.lose_score, acc.implicit_acc, gnorm, lr, pps);
+        fflush(log);
+        if (!c->quiet)
+            fprintf(stderr, "step %lld/%lld  loss %.5f  err_w %.5f  err_l %.5f  margin %.5f  "
+                            "grad %.3g  lr %.3g  %.2f pairs/s  ETA %s\n",
+                    (long long)step, (long long)c->max_train_steps, acc.loss, acc.err_w,
+                    acc.err_l, acc.margin, gnorm, lr, pps, eta);
+        if (c->checkpointing_steps > 0 && step % c->checkpointing_steps == 0 &&
+            step < c->max_train_steps) {
+            char name[64];
+            snprintf(name, sizeof name, "checkpoint-%lld", (long long)step);
+            if (save_checkpoint(c, &u, m, v, step, name)) rc = -1;
+        }
+    }
+    if (!rc) {
+        char name[64];
+        snprintf(name, sizeof name, "checkpoint-%lld", (long long)step);
+        if (c->checkpointing_steps > 0) rc = save_checkpoint(c, &u, m, v, step, name);
+        /* the final model: output_dir/unet, loadable by UNet2DConditionModel.from_pretrained */
+        char tmp[4200], dst[4200];
+        snprintf(tmp, sizeof tmp, "%s/.unet.tmp", c->output_dir);
+        snprintf(dst, sizeof dst, "%s/unet", c->output_dir);
+        rm_rf(tmp);
+        if (!rc) rc = unet_save_dir(&u, tmp);
+        if (!rc) rc = replace_dir(tmp, dst);
+        if (!rc)
+            mapo_log(1, "saved %s (%lld steps; peak activations %.1f MiB per micro-batch, "
+                        "peak RSS %.1f MiB)\n",
+                     dst, (long long)step, act_peak / 1048576.0, mapo_peak_rss() / 1048576.0);
+    }
+    fclose(log);
+done_buf:
+    free(err);
+    free(ref_err);
+    free(ord.perm);
+    free(b.sample);
+    free(b.target);
+    free(b.eps);
+    free(b.timestep);
+    free(b.ehs);
+    free(b.text_embeds);
+    free(b.time_ids);
+done_opt:
+    free(m);
+    free(v);
+done_ref:
+    if (have_ref) unet_free(&ref);
+done_data:
+    pair_file_close(&pf);
+    unet_free(&u);
+    ddpm_free(&sch);
+    return rc;
+}
