@@ -1,6 +1,6 @@
 # mapo -- build with `make`, test with `make test`, demo with `make demo`.
 CC      ?= gcc
-OPT     ?= -O2 -march=x86-64-v2
+OPT     ?= -O3 -march=native
 CFLAGS  ?= $(OPT) -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp -Iinclude -MMD -MP
 LDLIBS  := -lopenblas -ljansson -lm -fopenmp

@@ -33,7 +33,7 @@ typedef struct {
     void *map;
     size_t map_size;
     int n;
-    st_tensor *tensors;
+    st_tensor *tensors; /* sorted by name (st_find is a binary search) */
     int n_meta;
     char **meta_keys;
     char **meta_values;
@@ -49,6 +49,9 @@ void st_close(st_file *f);
 const st_tensor *st_find(const st_file *f, const char *name);
 /* Metadata value or NULL. */
 const char *st_meta(const st_file *f, const char *key);
+/* Exact scalar conversions: IEEE binary16 and bfloat16 bit patterns to float32. */
+float st_half_to_float(uint16_t h);
+float st_bf16_to_float(uint16_t h);
 /* Convert any floating dtype (F32, F16, BF16, F64) to float32 into dst (numel floats).
  * -1 for non-float dtypes. */
 int st_to_f32(const st_tensor *t, float *dst);

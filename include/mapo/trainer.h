@@ -18,6 +18,7 @@ typedef struct {
     lr_schedule sched;
     adamw_config adam;
     objective_cfg obj;
+    int64_t stop_after; /* stop (as if interrupted) after this many steps of this run; 0 = off */
     int quiet;
 } train_config;
 

@@ -121,7 +121,7 @@ int cmd_diff(int argc, char **argv) {
         st_close(&a);
         return -1;
     }
-    int n = 0, bad = 0, rc = 0;
+    int n = 0, bad = 0, rc = 0, skipped = 0;
     double worst = 0;
     const char *worst_name = "";
     for (int i = 0; i < b.n && !rc; i++) {
@@ -129,9 +129,9 @@ int cmd_diff(int argc, char **argv) {
         if (strncmp(tb->name, prefix, strlen(prefix))) continue;
         const st_tensor *ta = st_find(&a, tb->name);
         if (!ta) {
-            rc = mapo_error("%s: tensor '%s' is missing (present in %s)", argv[2], tb->name,
-                            argv[3]);
-            break;
+            skipped++;
+            if (!quiet) printf("%-70s only in %s\n", tb->name, argv[3]);
+            continue;
         }
         if (ta->numel != tb->numel) {
             rc = mapo_error("tensor '%s': %lld vs %lld elements", tb->name,
@@ -162,8 +162,8 @@ int cmd_diff(int argc, char **argv) {
         free(y);
     }
     if (!rc) {
-        printf("compared %d tensors; worst relative error %.3e (%s); tolerance %.1e: %s\n", n,
-               worst, worst_name, tol, bad ? "FAIL" : "ok");
+        printf("compared %d tensors (%d only in B); worst relative error %.3e (%s); "
+               "tolerance %.1e: %s\n", n, skipped, worst, worst_name, tol, bad ? "FAIL" : "ok");
         if (n == 0) rc = mapo_error("no tensors compared");
         else if (bad) rc = mapo_error("%d of %d tensors exceed the tolerance %.1e", bad, n, tol);
     }

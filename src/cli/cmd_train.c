@@ -41,6 +41,8 @@ int cmd_train(int argc, char **argv) {
          "save a resumable checkpoint every N steps; 0 = never (500)", 0},
         {"resume_from_checkpoint", OPT_STR, &c.resume,
          "a checkpoint folder, or \"latest\" (in --output_dir)", 0},
+        {"stop_after_steps", OPT_INT, &c.stop_after,
+         "stop after N steps of this run, as an interruption would (tests, time-boxed jobs)", 0},
         {"quiet", OPT_FLAG, &c.quiet, "no progress lines", 0},
     };
     int n = (int)(sizeof o / sizeof *o);

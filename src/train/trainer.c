@@ -365,7 +365,14 @@ int train_run(const train_config *c) {
     const double t0 = mapo_now();
     const int64_t step0 = step;
     size_t act_peak = 0;
+    int interrupted = 0;
     while (step < c->max_train_steps && !rc) {
+        if (c->stop_after > 0 && step - step0 >= c->stop_after) {
+            interrupted = 1;
+            mapo_log(1, "stopping after %lld steps as asked (--stop_after_steps); resume with "
+                        "--resume_from_checkpoint latest\n", (long long)(step - step0));
+            break;
+        }
         objective_stats acc = {0};
         for (int64_t micro = 0; micro < c->grad_accum && !rc; micro++) {
             int64_t first = (step * c->grad_accum + micro) * Bp;
@@ -424,7 +431,7 @@ int train_run(const train_config *c) {
             if (save_checkpoint(c, &u, m, v, step, name)) rc = -1;
         }
     }
-    if (!rc) {
+    if (!rc && !interrupted) {
         char name[64];
         snprintf(name, sizeof name, "checkpoint-%lld", (long long)step);
         if (c->checkpointing_steps > 0) rc = save_checkpoint(c, &u, m, v, step, name);

@@ -1,0 +1,692 @@
+/* safetensors.c -- validated mmap reader, float conversion, atomic writer.
+ *
+ * Reader: the whole file is mapped read-only; the JSON header is parsed with jansson
+ * and every entry is checked (dtype, shape, offsets, byte size, overlap) before any
+ * tensor is handed out, so later code can trust t->data .. t->data + t->nbytes.
+ * Tensors are kept sorted by name so st_find is a binary search.
+ *
+ * Writer: entries are laid out contiguously in insertion order (the layout the Python
+ * safetensors library requires: no gaps, the last tensor ends at the end of the file);
+ * the header is padded with spaces to a multiple of 8 bytes. The file is written to
+ * "<path>.tmp.<pid>", fsynced, renamed over path, and the directory is fsynced. */
+#include "mapo/safetensors.h"
+
+#include "mapo/common.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "safetensors.c assumes a little-endian host"
+#endif
+
+#define ST_MAX_HEADER ((uint64_t)100 * 1024 * 1024) /* refuse larger JSON headers */
+
+static const char *const k_dtype_names[ST_NDTYPES] = {
+    "F32", "F16", "BF16", "F64", "I64", "I32", "I16", "I8", "U8", "BOOL"};
+static const size_t k_dtype_sizes[ST_NDTYPES] = {4, 2, 2, 8, 8, 4, 2, 1, 1, 1};
+
+const char *st_dtype_name(st_dtype d) {
+    return (unsigned)d < ST_NDTYPES ? k_dtype_names[d] : "?";
+}
+
+size_t st_dtype_size(st_dtype d) { return (unsigned)d < ST_NDTYPES ? k_dtype_sizes[d] : 0; }
+
+/* dtype from its header name; -1 if unknown. */
+static int dtype_from_name(const char *s) {
+    for (int i = 0; i < ST_NDTYPES; i++)
+        if (!strcmp(s, k_dtype_names[i])) return i;
+    return -1;
+}
+
+/* "[2, 3]" into buf (truncated if it does not fit). */
+static void fmt_shape(char *buf, size_t n, int ndim, const int64_t *shape) {
+    size_t k = (size_t)snprintf(buf, n, "[");
+    for (int i = 0; i < ndim && k < n; i++)
+        k += (size_t)snprintf(buf + k, n - k, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    if (k < n) snprintf(buf + k, n - k, "]");
+}
+
+/* numel and byte size of a shape; -1 on overflow (of int64 or size_t). */
+static int shape_sizes(int ndim, const int64_t *shape, st_dtype dt, int64_t *numel,
+                       size_t *nbytes) {
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++)
+        if (shape[i] < 0 || __builtin_mul_overflow(n, shape[i], &n)) return -1;
+    size_t b;
+    if ((uint64_t)n > SIZE_MAX || __builtin_mul_overflow((size_t)n, st_dtype_size(dt), &b))
+        return -1;
+    *numel = n;
+    *nbytes = b;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Reader                                                                               */
+/* ------------------------------------------------------------------------------------ */
+
+/* Reads a non-negative JSON integer; -1 if v is not one. */
+static int json_nonneg(const json_t *v, int64_t *out) {
+    if (!json_is_integer(v)) return -1;
+    json_int_t x = json_integer_value(v);
+    if (x < 0) return -1;
+    *out = (int64_t)x;
+    return 0;
+}
+
+/* Checks the "dtype" field: present, a string, one of the known names. */
+static int parse_dtype(const char *path, const char *name, const json_t *e, st_tensor *t) {
+    const json_t *d = json_object_get(e, "dtype");
+    if (!json_is_string(d))
+        return mapo_error("%s: tensor '%s' has no string \"dtype\" field", path, name);
+    int dt = dtype_from_name(json_string_value(d));
+    if (dt < 0)
+        return mapo_error("%s: tensor '%s' has unknown dtype '%s' (supported: F32 F16 BF16 "
+                          "F64 I64 I32 I16 I8 U8 BOOL)", path, name, json_string_value(d));
+    t->dtype = (st_dtype)dt;
+    return 0;
+}
+
+/* Checks the "shape" field: an array of at most ST_MAX_DIMS non-negative integers. */
+static int parse_shape(const char *path, const char *name, const json_t *e, st_tensor *t) {
+    const json_t *s = json_object_get(e, "shape");
+    if (!json_is_array(s))
+        return mapo_error("%s: tensor '%s' has no array \"shape\" field", path, name);
+    size_t nd = json_array_size(s);
+    if (nd > ST_MAX_DIMS)
+        return mapo_error("%s: tensor '%s' shape has %zu dims (at most %d supported)", path,
+                          name, nd, ST_MAX_DIMS);
+    t->ndim = (int)nd;
+    for (size_t i = 0; i < nd; i++) {
+        const json_t *v = json_array_get(s, i);
+        if (json_is_integer(v) && json_integer_value(v) < 0)
+            return mapo_error("%s: tensor '%s' shape entry %zu is negative (%lld)", path, name,
+                              i, (long long)json_integer_value(v));
+        if (json_nonneg(v, &t->shape[i]))
+            return mapo_error("%s: tensor '%s' shape entry %zu is not an integer", path, name,
+                              i);
+    }
+    return 0;
+}
+
+/* Checks "data_offsets": [begin, end] integers with begin <= end <= data_len. */
+static int parse_offsets(const char *path, const char *name, const json_t *e, size_t data_len,
+                         int64_t *begin, int64_t *end) {
+    const json_t *o = json_object_get(e, "data_offsets");
+    if (!json_is_array(o) || json_array_size(o) != 2 || json_nonneg(json_array_get(o, 0), begin) ||
+        json_nonneg(json_array_get(o, 1), end))
+        return mapo_error("%s: tensor '%s' has no valid \"data_offsets\" field (need "
+                          "[begin, end], non-negative integers)", path, name);
+    if (*begin > *end)
+        return mapo_error("%s: tensor '%s' data_offsets [%lld, %lld] have begin > end", path,
+                          name, (long long)*begin, (long long)*end);
+    if ((uint64_t)*end > data_len)
+        return mapo_error("%s: tensor '%s' data_offsets [%lld, %lld] end past data (%zu bytes)",
+                          path, name, (long long)*begin, (long long)*end, data_len);
+    return 0;
+}
+
+/* Validates one header entry and fills t (name is copied; data points into the map). */
+static int parse_entry(const char *path, const char *name, const json_t *e, const uint8_t *data,
+                       size_t data_len, st_tensor *t) {
+    if (!json_is_object(e))
+        return mapo_error("%s: tensor '%s' entry is not a JSON object", path, name);
+    int64_t begin = 0, end = 0;
+    if (parse_dtype(path, name, e, t) || parse_shape(path, name, e, t) ||
+        parse_offsets(path, name, e, data_len, &begin, &end))
+        return -1;
+    char sh[256];
+    fmt_shape(sh, sizeof sh, t->ndim, t->shape);
+    if (shape_sizes(t->ndim, t->shape, t->dtype, &t->numel, &t->nbytes))
+        return mapo_error("%s: tensor '%s' shape %s is too large (byte size overflows)", path,
+                          name, sh);
+    if (t->nbytes != (size_t)(end - begin))
+        return mapo_error("%s: tensor '%s' shape %s (%s, %zu bytes) does not match "
+                          "data_offsets [%lld, %lld] (%lld bytes)", path, name, sh,
+                          st_dtype_name(t->dtype), t->nbytes, (long long)begin,
+                          (long long)end, (long long)(end - begin));
+    t->data = data + begin;
+    t->name = xstrdup(name);
+    return 0;
+}
+
+/* Validates "__metadata__": null or an object of string values; copies it into f. */
+static int parse_metadata(st_file *f, const json_t *m) {
+    if (json_is_null(m)) return 0;
+    if (!json_is_object(m))
+        return mapo_error("%s: header __metadata__ is not a JSON object", f->path);
+    size_t n = json_object_size(m);
+    f->meta_keys = xcalloc(n, sizeof(char *));
+    f->meta_values = xcalloc(n, sizeof(char *));
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)m, k, v) {
+        if (!json_is_string(v))
+            return mapo_error("%s: header __metadata__ value for '%s' is not a string", f->path,
+                              k);
+        f->meta_keys[f->n_meta] = xstrdup(k);
+        f->meta_values[f->n_meta] = xstrdup(json_string_value(v));
+        f->n_meta++;
+    }
+    return 0;
+}
+
+static int cmp_tensor_name(const void *a, const void *b) {
+    return strcmp(((const st_tensor *)a)->name, ((const st_tensor *)b)->name);
+}
+
+/* Sorts by name and refuses duplicates (jansson already rejects duplicate keys). */
+static int sort_by_name(st_file *f) {
+    qsort(f->tensors, (size_t)f->n, sizeof *f->tensors, cmp_tensor_name);
+    for (int i = 1; i < f->n; i++)
+        if (!strcmp(f->tensors[i - 1].name, f->tensors[i].name))
+            return mapo_error("%s: duplicate tensor name '%s'", f->path, f->tensors[i].name);
+    return 0;
+}
+
+static int cmp_tensor_ptr_begin(const void *a, const void *b) {
+    const st_tensor *x = *(const st_tensor *const *)a, *y = *(const st_tensor *const *)b;
+    if (x->data != y->data) return (const uint8_t *)x->data < (const uint8_t *)y->data ? -1 : 1;
+    return x->nbytes < y->nbytes ? -1 : x->nbytes > y->nbytes;
+}
+
+/* Refuses tensors whose byte ranges overlap (empty tensors overlap nothing). */
+static int check_overlap(const st_file *f) {
+    const st_tensor **by = xmalloc((size_t)f->n * sizeof *by);
+    int rc = 0;
+    for (int i = 0; i < f->n; i++) by[i] = &f->tensors[i];
+    qsort(by, (size_t)f->n, sizeof *by, cmp_tensor_ptr_begin);
+    const st_tensor *prev = NULL; /* the non-empty tensor reaching furthest so far */
+    for (int i = 0; i < f->n && !rc; i++) {
+        const st_tensor *t = by[i];
+        if (!t->nbytes) continue;
+        const uint8_t *b = t->data;
+        if (prev && b < (const uint8_t *)prev->data + prev->nbytes)
+            rc = mapo_error("%s: tensors '%s' and '%s' overlap in the data buffer", f->path,
+                            prev->name, t->name);
+        if (!prev || b + t->nbytes > (const uint8_t *)prev->data + prev->nbytes) prev = t;
+    }
+    free(by);
+    return rc;
+}
+
+/* Parses and validates the JSON header (already known to lie inside the map). */
+static int parse_header(st_file *f, const char *hdr, size_t hlen, const uint8_t *data,
+                        size_t data_len) {
+    json_error_t err;
+    json_t *root = json_loadb(hdr, hlen, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &err);
+    if (!root) {
+        if (json_error_code(&err) == json_error_duplicate_key)
+            return mapo_error("%s: header has a duplicate tensor name (%s)", f->path, err.text);
+        return mapo_error("%s: header is not valid JSON (line %d, column %d: %s)", f->path,
+                          err.line, err.column, err.text);
+    }
+    int rc = 0;
+    if (!json_is_object(root)) {
+        rc = mapo_error("%s: header JSON is not an object", f->path);
+        goto done;
+    }
+    f->tensors = xcalloc(json_object_size(root), sizeof(st_tensor));
+    const char *k;
+    json_t *v;
+    json_object_foreach(root, k, v) {
+        if (!strcmp(k, "__metadata__"))
+            rc = parse_metadata(f, v);
+        else if (!(rc = parse_entry(f->path, k, v, data, data_len, &f->tensors[f->n])))
+            f->n++;
+        if (rc) goto done;
+    }
+    rc = sort_by_name(f);
+    if (!rc) rc = check_overlap(f);
+done:
+    json_decref(root);
+    return rc;
+}
+
+/* Opens path, checks it is a regular file of at least 8 bytes and maps it. */
+static int map_file(st_file *f, const char *path) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return mapo_error("%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    int rc = 0;
+    if (fstat(fd, &st))
+        rc = mapo_error("%s: cannot stat: %s", path, strerror(errno));
+    else if (!S_ISREG(st.st_mode))
+        rc = mapo_error("%s: not a regular file", path);
+    else if (st.st_size == 0)
+        rc = mapo_error("%s: file is empty (not a safetensors file)", path);
+    else if (st.st_size < 8)
+        rc = mapo_error("%s: file is too short (%lld bytes) to hold a safetensors header",
+                        path, (long long)st.st_size);
+    if (!rc) {
+        f->map_size = (size_t)st.st_size;
+        f->map = mmap(NULL, f->map_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (f->map == MAP_FAILED) {
+            f->map = NULL;
+            rc = mapo_error("%s: cannot mmap: %s", path, strerror(errno));
+        }
+    }
+    close(fd);
+    return rc;
+}
+
+int st_open(st_file *f, const char *path) {
+    memset(f, 0, sizeof *f);
+    f->path = xstrdup(path);
+    if (map_file(f, path)) goto fail;
+    uint64_t hlen;
+    memcpy(&hlen, f->map, 8); /* little-endian host */
+    uint64_t avail = f->map_size - 8;
+    if (hlen > ST_MAX_HEADER) {
+        mapo_error("%s: header length %llu is absurd (over %llu bytes); not a safetensors "
+                   "file?", path, (unsigned long long)hlen, (unsigned long long)ST_MAX_HEADER);
+        goto fail;
+    }
+    if (hlen > avail) {
+        mapo_error("%s: header length %llu runs past the end of the file (%llu bytes after "
+                   "the length field); truncated?", path, (unsigned long long)hlen,
+                   (unsigned long long)avail);
+        goto fail;
+    }
+    const uint8_t *base = f->map;
+    if (parse_header(f, (const char *)base + 8, hlen, base + 8 + hlen, avail - hlen)) goto fail;
+    return 0;
+fail:
+    st_close(f);
+    return -1;
+}
+
+void st_close(st_file *f) {
+    if (f->map) munmap(f->map, f->map_size);
+    for (int i = 0; i < f->n; i++) free(f->tensors[i].name);
+    free(f->tensors);
+    for (int i = 0; i < f->n_meta; i++) {
+        free(f->meta_keys[i]);
+        free(f->meta_values[i]);
+    }
+    free(f->meta_keys);
+    free(f->meta_values);
+    free(f->path);
+    memset(f, 0, sizeof *f);
+}
+
+const st_tensor *st_find(const st_file *f, const char *name) {
+    int lo = 0, hi = f->n - 1;
+    while (lo <= hi) {
+        int mid = lo + (hi - lo) / 2, c = strcmp(name, f->tensors[mid].name);
+        if (!c) return &f->tensors[mid];
+        if (c < 0) hi = mid - 1;
+        else lo = mid + 1;
+    }
+    return NULL;
+}
+
+const char *st_meta(const st_file *f, const char *key) {
+    for (int i = 0; i < f->n_meta; i++)
+        if (!strcmp(f->meta_keys[i], key)) return f->meta_values[i];
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Conversion                                                                           */
+/* ------------------------------------------------------------------------------------ */
+
+static float f32_from_bits(uint32_t u) {
+    float x;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+/* IEEE binary16 -> binary32, exact (subnormals, signed zero, inf; NaN payload kept). */
+float st_half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+    if (exp == 0x1f) return f32_from_bits(sign | 0x7f800000u | (man << 13));
+    if (exp) return f32_from_bits(sign | ((exp + 112u) << 23) | (man << 13));
+    float v = (float)man * 0x1p-24f; /* subnormal or zero: man * 2^-24 is exact */
+    return sign ? -v : v;
+}
+
+/* bfloat16 is the top half of a binary32. */
+float st_bf16_to_float(uint16_t h) { return f32_from_bits((uint32_t)h << 16); }
+
+/* Error for a non-float dtype (the caller prefixes file and tensor). */
+static int not_float(const st_tensor *t) {
+    return mapo_error("tensor '%s' has dtype %s, not a floating type (F32 F16 BF16 F64)",
+                      t->name ? t->name : "?", st_dtype_name(t->dtype));
+}
+
+int st_to_f32(const st_tensor *t, float *dst) {
+    const uint8_t *p = t->data;
+    int64_t n = t->numel;
+    switch (t->dtype) {
+    case ST_F32:
+        if (n) memcpy(dst, p, (size_t)n * 4);
+        return 0;
+    case ST_F16:
+    case ST_BF16:
+        for (int64_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, p + 2 * i, 2);
+            dst[i] = t->dtype == ST_F16 ? st_half_to_float(h) : st_bf16_to_float(h);
+        }
+        return 0;
+    case ST_F64:
+        for (int64_t i = 0; i < n; i++) {
+            double d;
+            memcpy(&d, p + 8 * i, 8);
+            dst[i] = (float)d; /* round to nearest, like torch's .float() */
+        }
+        return 0;
+    default:
+        return not_float(t);
+    }
+}
+
+int st_to_f64(const st_tensor *t, double *dst) {
+    const uint8_t *p = t->data;
+    int64_t n = t->numel;
+    switch (t->dtype) {
+    case ST_F64:
+        if (n) memcpy(dst, p, (size_t)n * 8);
+        return 0;
+    case ST_F32:
+    case ST_F16:
+    case ST_BF16:
+        for (int64_t i = 0; i < n; i++) {
+            float x;
+            if (t->dtype == ST_F32) {
+                memcpy(&x, p + 4 * i, 4);
+            } else {
+                uint16_t h;
+                memcpy(&h, p + 2 * i, 2);
+                x = t->dtype == ST_F16 ? st_half_to_float(h) : st_bf16_to_float(h);
+            }
+            dst[i] = x;
+        }
+        return 0;
+    default:
+        return not_float(t);
+    }
+}
+
+int st_read_f32_shape(const st_file *f, const char *name, float *dst, int ndim,
+                      const int64_t *shape) {
+    const st_tensor *t = st_find(f, name);
+    if (!t) return mapo_error("%s: tensor '%s' missing", f->path, name);
+    int ok = t->ndim == ndim;
+    for (int i = 0; ok && i < ndim; i++) ok = t->shape[i] == shape[i];
+    if (!ok) {
+        char a[256], b[256];
+        fmt_shape(a, sizeof a, t->ndim, t->shape);
+        fmt_shape(b, sizeof b, ndim, shape);
+        return mapo_error("%s: tensor '%s' has shape %s, expected %s", f->path, name, a, b);
+    }
+    if (st_to_f32(t, dst)) return mapo_error_prefix("%s", f->path);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Atomic file writing                                                                  */
+/* ------------------------------------------------------------------------------------ */
+
+typedef struct {
+    const char *path;
+    char *tmp;
+    int fd;
+} atomic_file;
+
+/* Creates "<path>.tmp.<pid>" next to path. */
+static int atomic_open(atomic_file *a, const char *path) {
+    size_t n = strlen(path) + 32;
+    a->path = path;
+    a->tmp = xmalloc(n);
+    snprintf(a->tmp, n, "%s.tmp.%ld", path, (long)getpid());
+    a->fd = open(a->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (a->fd < 0) {
+        int e = errno;
+        free(a->tmp);
+        a->tmp = NULL;
+        return mapo_error("%s: cannot create temporary file for writing: %s", path,
+                          strerror(e));
+    }
+    return 0;
+}
+
+/* Writes all n bytes (retrying short writes and EINTR). */
+static int atomic_write(atomic_file *a, const void *buf, size_t n) {
+    const uint8_t *p = buf;
+    while (n) {
+        size_t chunk = n < ((size_t)1 << 30) ? n : ((size_t)1 << 30);
+        ssize_t w = write(a->fd, p, chunk);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0)
+            return mapo_error("%s: write failed: %s", a->path,
+                              w < 0 ? strerror(errno) : "no progress");
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Closes and removes the temporary file (after an error). */
+static void atomic_abort(atomic_file *a) {
+    if (a->fd >= 0) close(a->fd);
+    if (a->tmp) unlink(a->tmp);
+    free(a->tmp);
+    a->tmp = NULL;
+    a->fd = -1;
+}
+
+/* fsyncs the directory holding path so the rename is durable (EINVAL: unsupported). */
+static int fsync_dir(const char *path) {
+    const char *slash = strrchr(path, '/');
+    char *dir = slash ? xstrdup(path) : xstrdup(".");
+    if (slash) dir[slash == path ? 1 : slash - path] = 0;
+    int rc = 0, fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 || (fsync(fd) && errno != EINVAL))
+        rc = mapo_error("%s: cannot sync directory '%s': %s", path, dir, strerror(errno));
+    if (fd >= 0) close(fd);
+    free(dir);
+    return rc;
+}
+
+/* fsync + close + rename over path + fsync(dir). Removes the temp file on failure. */
+static int atomic_commit(atomic_file *a) {
+    if (fsync(a->fd)) {
+        int e = errno;
+        atomic_abort(a);
+        return mapo_error("%s: fsync failed: %s", a->path, strerror(e));
+    }
+    int fd = a->fd;
+    a->fd = -1;
+    if (close(fd)) {
+        int e = errno;
+        atomic_abort(a);
+        return mapo_error("%s: close failed: %s", a->path, strerror(e));
+    }
+    if (rename(a->tmp, a->path)) {
+        int e = errno;
+        atomic_abort(a);
+        return mapo_error("%s: cannot rename temporary file into place: %s", a->path,
+                          strerror(e));
+    }
+    free(a->tmp);
+    a->tmp = NULL;
+    return fsync_dir(a->path);
+}
+
+int mapo_write_file_atomic(const char *path, const void *data, size_t n) {
+    atomic_file a;
+    if (atomic_open(&a, path)) return -1;
+    if (atomic_write(&a, data, n)) {
+        atomic_abort(&a);
+        return -1;
+    }
+    return atomic_commit(&a);
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Writer                                                                               */
+/* ------------------------------------------------------------------------------------ */
+
+typedef struct {
+    char *name;
+    st_dtype dtype;
+    int ndim;
+    int64_t shape[ST_MAX_DIMS];
+    size_t nbytes;
+    const void *data;
+} w_entry;
+
+struct st_writer {
+    w_entry *e;
+    int n, cap;
+    char **mk, **mv;
+    int nm, mcap;
+    char *err; /* first invalid add/meta call, reported by st_writer_write */
+};
+
+st_writer *st_writer_new(void) { return xcalloc(1, sizeof(st_writer)); }
+
+/* Remembers the first misuse; st_writer_write fails with it. */
+static void writer_fail(st_writer *w, const char *msg, const char *name) {
+    if (w->err) return;
+    size_t n = strlen(msg) + strlen(name) + 16;
+    w->err = xmalloc(n);
+    snprintf(w->err, n, "tensor '%s' %s", name, msg);
+}
+
+/* Checks an add call: name, dtype, ndim, shape, size, data pointer, duplicates. */
+static const char *check_add(const st_writer *w, const char *name, st_dtype dtype, int ndim,
+                             const int64_t *shape, const void *data, size_t *nbytes) {
+    if (!strcmp(name, "__metadata__")) return "uses the reserved name __metadata__";
+    if ((unsigned)dtype >= ST_NDTYPES) return "has an invalid dtype";
+    if (ndim < 0 || ndim > ST_MAX_DIMS) return "has an invalid number of dims";
+    if (ndim && !shape) return "has no shape";
+    int64_t numel;
+    if (shape_sizes(ndim, shape, dtype, &numel, nbytes))
+        return "has a negative or too large shape";
+    if (*nbytes && !data) return "has no data";
+    for (int i = 0; i < w->n; i++)
+        if (!strcmp(w->e[i].name, name)) return "was added twice";
+    return NULL;
+}
+
+void st_writer_add(st_writer *w, const char *name, st_dtype dtype, int ndim,
+                   const int64_t *shape, const void *data) {
+    size_t nbytes = 0;
+    const char *bad = check_add(w, name, dtype, ndim, shape, data, &nbytes);
+    if (bad) {
+        writer_fail(w, bad, name);
+        return;
+    }
+    if (w->n == w->cap) {
+        w->cap = w->cap ? 2 * w->cap : 64;
+        w->e = xrealloc(w->e, (size_t)w->cap * sizeof *w->e);
+    }
+    w_entry *e = &w->e[w->n++];
+    memset(e, 0, sizeof *e);
+    e->name = xstrdup(name);
+    e->dtype = dtype;
+    e->ndim = ndim;
+    if (ndim) memcpy(e->shape, shape, (size_t)ndim * sizeof *shape);
+    e->nbytes = nbytes;
+    e->data = data;
+}
+
+void st_writer_meta(st_writer *w, const char *key, const char *value) {
+    for (int i = 0; i < w->nm; i++)
+        if (!strcmp(w->mk[i], key)) { /* later value wins */
+            free(w->mv[i]);
+            w->mv[i] = xstrdup(value);
+            return;
+        }
+    if (w->nm == w->mcap) {
+        w->mcap = w->mcap ? 2 * w->mcap : 8;
+        w->mk = xrealloc(w->mk, (size_t)w->mcap * sizeof *w->mk);
+        w->mv = xrealloc(w->mv, (size_t)w->mcap * sizeof *w->mv);
+    }
+    w->mk[w->nm] = xstrdup(key);
+    w->mv[w->nm] = xstrdup(value);
+    w->nm++;
+}
+
+/* Builds {"__metadata__": {...}, name: {dtype, shape, data_offsets}, ...} with contiguous
+ * offsets in insertion order. NULL (with an error) if a string is not valid UTF-8. */
+static json_t *build_header(const st_writer *w, const char *path) {
+    json_t *root = json_object();
+    if (w->nm) {
+        json_t *m = json_object();
+        json_object_set_new(root, "__metadata__", m);
+        for (int i = 0; i < w->nm; i++)
+            if (json_object_set_new(m, w->mk[i], json_string(w->mv[i]))) {
+                mapo_error("%s: metadata '%s' is not valid UTF-8", path, w->mk[i]);
+                goto fail;
+            }
+    }
+    size_t off = 0;
+    for (int i = 0; i < w->n; i++) {
+        const w_entry *e = &w->e[i];
+        json_t *shape = json_array();
+        for (int k = 0; k < e->ndim; k++) json_array_append_new(shape, json_integer(e->shape[k]));
+        json_t *ent = json_pack("{s:s, s:o, s:[I, I]}", "dtype", st_dtype_name(e->dtype),
+                                "shape", shape, "data_offsets", (json_int_t)off,
+                                (json_int_t)(off + e->nbytes));
+        if (!ent || json_object_set_new(root, e->name, ent)) {
+            mapo_error("%s: tensor name '%s' is not valid UTF-8", path, e->name);
+            goto fail;
+        }
+        off += e->nbytes;
+    }
+    return root;
+fail:
+    json_decref(root);
+    return NULL;
+}
+
+int st_writer_write(st_writer *w, const char *path) {
+    if (w->err) return mapo_error("%s: cannot write: %s", path, w->err);
+    json_t *root = build_header(w, path);
+    if (!root) return -1;
+    char *js = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(root);
+    if (!js) return mapo_error("%s: cannot serialise the safetensors header", path);
+    size_t jl = strlen(js), hl = (jl + 7) & ~(size_t)7;
+    char *hdr = xmalloc(hl + 8);
+    uint64_t hl64 = hl;
+    memcpy(hdr, &hl64, 8); /* little-endian host */
+    memcpy(hdr + 8, js, jl);
+    memset(hdr + 8 + jl, ' ', hl - jl);
+    free(js);
+    atomic_file a;
+    int rc = atomic_open(&a, path);
+    if (!rc) rc = atomic_write(&a, hdr, hl + 8);
+    for (int i = 0; !rc && i < w->n; i++)
+        if (w->e[i].nbytes) rc = atomic_write(&a, w->e[i].data, w->e[i].nbytes);
+    free(hdr);
+    if (rc) {
+        if (a.tmp) atomic_abort(&a);
+        return -1;
+    }
+    return atomic_commit(&a);
+}
+
+void st_writer_free(st_writer *w) {
+    if (!w) return;
+    for (int i = 0; i < w->n; i++) free(w->e[i].name);
+    for (int i = 0; i < w->nm; i++) {
+        free(w->mk[i]);
+        free(w->mv[i]);
+    }
+    free(w->e);
+    free(w->mk);
+    free(w->mv);
+    free(w->err);
+    free(w);
+}

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Bad input: each gets one "mapo: error:" line naming the problem, a non-zero exit, no crash,
+# and nothing already written is destroyed.
+source tests/cli/common.sh
+M=tests/fixtures/unet/sd15/model
+W=$M/diffusion_pytorch_model.safetensors
+$MAPO make-pairs --model $M --out $TMP/p.safetensors --n 4 --res 8 --seq 7 >/dev/null
+tr=(--dataset_name $TMP/p.safetensors --train_batch_size 2 --max_train_steps 1 --checkpointing_steps 0 --quiet)
+
+expect_error "no arguments to train" "--pretrained_model_name_or_path" $MAPO train
+expect_error "unknown flag" "--bogus" $MAPO train --bogus 1
+expect_error "flag without value" "--learning_rate needs a value" $MAPO train --learning_rate
+expect_error "non-numeric value" "--learning_rate" $MAPO train --learning_rate abc
+expect_error "unknown loss" "kto" $MAPO train --pretrained_model_name_or_path $M --output_dir $TMP/o "${tr[@]}" --loss kto
+expect_error "unknown scheduler" "polynomial" $MAPO train --pretrained_model_name_or_path $M --output_dir $TMP/o "${tr[@]}" --lr_scheduler polynomial
+expect_error "missing model folder" "/no/such/model" $MAPO train --pretrained_model_name_or_path /no/such/model --output_dir $TMP/o "${tr[@]}"
+expect_error "missing dataset" "/no/such/pairs" $MAPO train --pretrained_model_name_or_path $M --output_dir $TMP/o --dataset_name /no/such/pairs.safetensors
+
+# a model folder with broken weights
+mk() { mkdir -p $TMP/$1; cp $M/config.json $TMP/$1/; }
+mk trunc; head -c 5000 $W > $TMP/trunc/diffusion_pytorch_model.safetensors
+expect_error "truncated weights" "trunc" $MAPO debug-step --model $TMP/trunc --batch tests/fixtures/unet/sd15/batch.safetensors --out $TMP/x.safetensors
+mk hdr; printf '\xff\xff\xff\xff\x00\x00\x00\x00{}' > $TMP/hdr/diffusion_pytorch_model.safetensors
+expect_error "header length past end" "hdr" $MAPO debug-step --model $TMP/hdr --batch tests/fixtures/unet/sd15/batch.safetensors --out $TMP/x.safetensors
+mk empty; : > $TMP/empty/diffusion_pytorch_model.safetensors
+expect_error "empty weights file" "empty" $MAPO debug-step --model $TMP/empty --batch tests/fixtures/unet/sd15/batch.safetensors --out $TMP/x.safetensors
+mk other; cp tests/fixtures/unet/sdxl/model/diffusion_pytorch_model.safetensors $TMP/other/
+expect_error "weights of another model" "missing" $MAPO debug-step --model $TMP/other --batch tests/fixtures/unet/sd15/batch.safetensors --out $TMP/x.safetensors
+mkdir -p $TMP/cfg; cp $W $TMP/cfg/; sed 's/"resnet_time_scale_shift": "default"/"resnet_time_scale_shift": "scale_shift"/' $M/config.json > $TMP/cfg/config.json
+expect_error "unsupported config value" "resnet_time_scale_shift" $MAPO debug-step --model $TMP/cfg --batch tests/fixtures/unet/sd15/batch.safetensors --out $TMP/x.safetensors
+
+# pair files that do not fit
+$MAPO make-pairs --model tests/fixtures/unet/sdxl/model --out $TMP/px.safetensors --n 4 --res 8 --seq 7 >/dev/null
+expect_error "pair file of another model" "cross_attention_dim" $MAPO train --pretrained_model_name_or_path $M --output_dir $TMP/o --dataset_name $TMP/px.safetensors --quiet
+$MAPO make-pairs --model $M --out $TMP/podd.safetensors --n 4 --res 6 --seq 7 >/dev/null
+expect_error "latent size not divisible" "divisible" $MAPO train --pretrained_model_name_or_path $M --output_dir $TMP/o --dataset_name $TMP/podd.safetensors --quiet
+# NaN inside a pair file: patch the first float of 'chosen' (header says where) to NaN
+python_free_nan() {
+  local f=$1 n; n=$(od -An -t u8 -N8 "$f" | tr -d ' ')
+  local off; off=$(head -c $((8+n)) "$f" | tail -c $n | sed 's/.*"chosen":{[^}]*"data_offsets":\[\([0-9]*\),.*/\1/')
+  printf '\x00\x00\xc0\x7f' | dd of="$f" bs=1 seek=$((8+n+off)) conv=notrunc status=none
+}
+cp $TMP/p.safetensors $TMP/pnan.safetensors; python_free_nan $TMP/pnan.safetensors
+expect_error "NaN in pair file" "non-finite" $MAPO train --pretrained_model_name_or_path $M --output_dir $TMP/o --dataset_name $TMP/pnan.safetensors --quiet
+# a debug batch with mismatched shapes: the sdxl batch on the sd15 model
+expect_error "batch of another model" "encoder_hidden_states" $MAPO debug-step --model $M --batch tests/fixtures/unet/sdxl/batch.safetensors --out $TMP/x.safetensors
+# a diverging run: the loss goes non-finite and training stops with a message, earlier work kept
+$MAPO train --pretrained_model_name_or_path $M --output_dir $TMP/div "${tr[@]}" --max_train_steps 2 --checkpointing_steps 1 >/dev/null 2>&1
+expect_error "diverging run (NaN/Inf)" "finite" $MAPO train --pretrained_model_name_or_path $M --output_dir $TMP/div --dataset_name $TMP/p.safetensors --train_batch_size 2 --max_train_steps 6 --checkpointing_steps 1 --learning_rate 1e30 --max_grad_norm 0 --adam_epsilon 1e-30 --resume_from_checkpoint latest --quiet
+[ -f $TMP/div/checkpoint-1/unet/diffusion_pytorch_model.safetensors ] && [ -f $TMP/div/unet/diffusion_pytorch_model.safetensors ] \
+  && ok "earlier checkpoint and model survive the failed run" || bad "earlier work lost"
+# resume with different settings is refused
+expect_error "resume with another seed" "seed" $MAPO train --pretrained_model_name_or_path $M --output_dir $TMP/div "${tr[@]}" --max_train_steps 3 --seed 5 --resume_from_checkpoint latest
+# output that cannot be written
+expect_error "unwritable output" "/proc" $MAPO train --pretrained_model_name_or_path $M --output_dir /proc/mapo_out "${tr[@]}"
+finish

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# mapo debug-step on the diffusers fixtures, compared with `mapo diff` at 1e-4 relative.
+source tests/cli/common.sh
+for cs in sd15 sdxl mixed; do
+  d=tests/fixtures/unet/$cs
+  for loss in mapo dpo sft; do
+    ref=(); [ $loss = dpo ] && ref=(--ref $d/ref)
+    if ! $MAPO debug-step --model $d/model --batch $d/batch.safetensors --out $TMP/o.safetensors --loss $loss "${ref[@]}" >/dev/null; then
+      bad "debug-step $cs $loss failed"; continue; fi
+    for pre in grad. model_pred errors loss; do
+      if out=$($MAPO diff $TMP/o.safetensors $d/expect_$loss.safetensors --prefix $pre --tol 1e-4 --quiet 2>&1); then
+        ok "$cs $loss $pre: ${out##*$'\n'}"
+      else bad "$cs $loss $pre: $out"; fi
+    done
+  done
+done
+finish
