@@ -15,8 +15,11 @@ LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TESTS   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all test demo bench clean fixtures
+.PHONY: all test demo bench clean deps
 all: mapo
+
+deps:
+	@bash tools/install_deps.sh
 
 $(BUILD)/libmapo.a: $(LIB_OBJ)
 	@mkdir -p $(dir $@)
@@ -35,8 +38,13 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/libmapo.a tests/testutil.h
 
 # Runs every test binary (from the repo root, so fixture paths resolve), then the CLI
 # checks; prints a closing "N passed, N failed" line and fails if any failed.
-test: mapo $(TESTS)
+test: deps
+	@$(MAKE) --no-print-directory mapo $(TESTS)
 	@bash tests/run_all.sh $(TESTS)
+
+demo: deps
+	@$(MAKE) --no-print-directory mapo
+	@bash tools/demo.sh
 
 bench: mapo
 	./mapo bench

@@ -13,7 +13,8 @@ typedef struct {
     double margin;               /* MaPO: "OR loss" = -beta*mean(logsigmoid(T*log_odds));
                                     DPO: mean of inside term; SFT: err_l - err_w */
     double win_score, lose_score;/* MaPO: mean g(l_w), mean g(l_l) */
-    double implicit_acc;         /* DPO: fraction with inside > 0 */
+    double implicit_acc;         /* DPO: fraction with inside > 0;
+                                    MaPO: fraction with g(l_w) > g(l_l), i.e. l_w < l_l */
     double ref_err_w, ref_err_l; /* DPO: mean reference errors */
 } objective_stats;
 

@@ -15,11 +15,17 @@ typedef struct {
 void adamw_step(float *p, const float *g, float *m, float *v, size_t n, int64_t step,
                 double lr, const adamw_config *c);
 
-/* L2 norm of a gradient vector (double accumulation). */
+/* Sum of squares of a gradient vector (the squared L2 norm), accumulated in double over
+   fixed chunks: the same number whatever the thread count. */
 double grad_sq_norm(const float *g, size_t n);
 /* clip_grad_norm_: total = sqrt(sum of squares over all); coef = max_norm/(total+1e-6);
    if coef < 1 scale g by coef. Returns total norm. */
 double clip_grad_norm(float *g, size_t n, double max_norm);
+/* The two halves of clip_grad_norm, for gradients held in several buffers:
+   coef = min(1, f32(1/(f32(total) + 1e-6)) * f32(max_norm)) as torch computes it in float32
+   (NaN stays NaN), and g *= coef (nothing to do when coef == 1). */
+float clip_grad_coef(double total_norm, double max_norm);
+void grad_scale(float *g, size_t n, float coef);
 
 typedef enum { LR_CONSTANT = 0, LR_CONSTANT_WITH_WARMUP, LR_LINEAR, LR_COSINE } lr_schedule;
 /* parse "constant" | "constant_with_warmup" | "linear" | "cosine"; -1 if unknown */

@@ -1,6 +1,9 @@
 /* rng.h -- counter-based random numbers (Philox4x32-10). A stream is identified by
  * (seed, a, b): the same (seed, a, b) always gives the same numbers, whatever else
- * happened before, so noise per pair depends only on (seed, epoch, pair index). */
+ * happened before, so noise per pair depends only on (seed, epoch, pair index).
+ * Layout (see rng.c): key = seed (64 bits); counter = {block number, (u32)b, a low, a high}.
+ * For one seed, every 64-bit a and every b < 2^32 is a separate, non-overlapping stream of
+ * up to 2^34 32-bit words (b's high half, if any, is folded into the key). */
 #ifndef MAPO_RNG_H
 #define MAPO_RNG_H
 #include <stdint.h>

@@ -1,0 +1,159 @@
+/* optim.c -- AdamW as torch.optim.AdamW(foreach=False, fused=False), clip_grad_norm_ as
+ * torch.nn.utils.clip_grad_norm_, LR multipliers as diffusers.optimization.get_scheduler.
+ *
+ * AdamW mirrors torch's _single_tensor_adam (decoupled weight decay) op by op: the Python
+ * scalars (1 - lr*wd, bias corrections, step size) are doubles, rounded to float32 where
+ * torch hands them to a float32 kernel, and the tensor math is float32:
+ *     p   = p * f32(1 - lr*wd)                             (mul_, skipped when wd == 0)
+ *     m   = lerp(m, g, f32(1 - b1))                        (lerp_)
+ *     v   = fma(f32(1 - b2) * g, g, v * f32(b2))           (mul_, addcmul_)
+ *     den = sqrt(v) / f32(sqrt(1 - b2^step)) + f32(eps)    (sqrt, div, add_)
+ *     p   = p + (f32(-lr / (1 - b1^step)) * m) / den       (addcdiv_)
+ * torch's CPU lerp is vec::fmadd(w, g - m, m) (for w >= 0.5: fmadd(w - 1, g - m, g)), and
+ * its addcmul is compiled with FMA contraction in the AVX2/AVX-512 kernels that every
+ * current x86 build dispatches to; the fused multiply-adds are reproduced here in double
+ * (the float product is exact in double; the double sum is rounded once more to float,
+ * which differs from a true fmaf only when it lands exactly on a float tie). The one step
+ * not reproducible bit for bit is torch's float32 sqrt, which goes through MKL and is off
+ * by one ulp from the correctly rounded value for about a fifth of the inputs; sqrtf here
+ * is correctly rounded. tests/test_optim.c measures the remaining difference. */
+#include "mapo/optim.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mapo/common.h"
+
+/* a*b + c rounded once to float: the FMA instruction where the target has one, otherwise
+   through double (exact product; see above) */
+static inline float fma_f32(float a, float b, float c) {
+#ifdef __FMA__
+    return fmaf(a, b, c);
+#else
+    return (float)((double)a * (double)b + (double)c);
+#endif
+}
+
+void adamw_step(float *p, const float *g, float *m, float *v, size_t n, int64_t step,
+                double lr, const adamw_config *c) {
+    const double stepd = (double)step; /* torch keeps step in a float32 tensor: exact */
+    const double bc1 = 1.0 - pow(c->beta1, stepd);
+    const double bc2 = 1.0 - pow(c->beta2, stepd);
+    const double step_size = lr / bc1;
+    const double bc2_sqrt = pow(bc2, 0.5); /* Python's bias_correction2 ** 0.5 */
+    const int decay_on = c->weight_decay != 0;
+    const float decay = (float)(1.0 - lr * c->weight_decay);
+    const float w1 = (float)(1.0 - c->beta1);
+    const int w1_small = fabsf(w1) < 0.5f;
+    const float w1m1 = w1 - 1.0f;
+    const float b2 = (float)c->beta2, w2 = (float)(1.0 - c->beta2);
+    const float bc2s = (float)bc2_sqrt, epsf = (float)c->eps, neg_ss = (float)(-step_size);
+    const long long nn = (long long)n;
+#pragma omp parallel for schedule(static) if (nn > 65536)
+    for (long long i = 0; i < nn; i++) {
+        float pi = p[i];
+        if (decay_on) pi = pi * decay;
+        const float gi = g[i], mo = m[i];
+        const float diff = gi - mo;
+        const float mi = w1_small ? fma_f32(w1, diff, mo) : fma_f32(w1m1, diff, gi);
+        const float vb = v[i] * b2;
+        const float wg = w2 * gi;
+        const float vi = fma_f32(wg, gi, vb);
+        const float den = sqrtf(vi) / bc2s + epsf;
+        const float upd = (neg_ss * mi) / den;
+        p[i] = pi + upd;
+        m[i] = mi;
+        v[i] = vi;
+    }
+}
+
+/* Sum of squares in double over fixed chunks, the chunk sums added in order: the result
+   does not depend on the number of threads. */
+#define SQ_CHUNK 65536
+double grad_sq_norm(const float *g, size_t n) {
+    const long long nc = (long long)((n + SQ_CHUNK - 1) / SQ_CHUNK);
+    if (nc <= 1) {
+        double s = 0;
+        for (size_t i = 0; i < n; i++) s += (double)g[i] * (double)g[i];
+        return s;
+    }
+    double *part = xmalloc((size_t)nc * sizeof(double));
+#pragma omp parallel for schedule(static)
+    for (long long k = 0; k < nc; k++) {
+        const size_t a = (size_t)k * SQ_CHUNK, b = a + SQ_CHUNK < n ? a + SQ_CHUNK : n;
+        double s = 0;
+        for (size_t i = a; i < b; i++) s += (double)g[i] * (double)g[i];
+        part[k] = s;
+    }
+    double s = 0;
+    for (long long k = 0; k < nc; k++) s += part[k];
+    free(part);
+    return s;
+}
+
+float clip_grad_coef(double total_norm, double max_norm) {
+    /* torch: clip_coef = max_norm / (total_norm + 1e-6) on a float32 tensor, where
+       scalar / tensor is tensor.reciprocal() * scalar; then clamp(max=1.0). */
+    const float t = (float)total_norm + 1e-6f;
+    const float coef = (1.0f / t) * (float)max_norm;
+    return coef > 1.0f ? 1.0f : coef; /* a NaN stays NaN, as torch.clamp */
+}
+
+void grad_scale(float *g, size_t n, float coef) {
+    if (coef == 1.0f) return; /* torch multiplies by 1.0 too: the same numbers */
+    const long long nn = (long long)n;
+#pragma omp parallel for schedule(static) if (nn > 65536)
+    for (long long i = 0; i < nn; i++) g[i] = g[i] * coef;
+}
+
+double clip_grad_norm(float *g, size_t n, double max_norm) {
+    const double total = sqrt(grad_sq_norm(g, n));
+    grad_scale(g, n, clip_grad_coef(total, max_norm));
+    return total;
+}
+
+int lr_schedule_parse(const char *s, lr_schedule *out) {
+    if (!strcmp(s, "constant")) *out = LR_CONSTANT;
+    else if (!strcmp(s, "constant_with_warmup")) *out = LR_CONSTANT_WITH_WARMUP;
+    else if (!strcmp(s, "linear")) *out = LR_LINEAR;
+    else if (!strcmp(s, "cosine")) *out = LR_COSINE;
+    else
+        return mapo_error("unknown lr scheduler '%s' (expected constant, constant_with_warmup, "
+                          "linear or cosine)", s);
+    return 0;
+}
+
+const char *lr_schedule_name(lr_schedule s) {
+    switch (s) {
+    case LR_CONSTANT: return "constant";
+    case LR_CONSTANT_WITH_WARMUP: return "constant_with_warmup";
+    case LR_LINEAR: return "linear";
+    case LR_COSINE: return "cosine";
+    }
+    return "?";
+}
+
+/* The lr_lambda closures of diffusers.optimization, written with the same operations. */
+double lr_lambda(lr_schedule s, int64_t step, int64_t warmup, int64_t total) {
+    const double cur = (double)step;
+    switch (s) {
+    case LR_CONSTANT: return 1.0;
+    case LR_CONSTANT_WITH_WARMUP:
+        if (step < warmup) return cur / fmax(1.0, (double)warmup);
+        return 1.0;
+    case LR_LINEAR: {
+        if (step < warmup) return 1.0 * cur / (double)(warmup > 1 ? warmup : 1);
+        const int64_t span = total - warmup > 1 ? total - warmup : 1;
+        const double progress = (double)(total - step) / (double)span;
+        return 0.0 + (1.0 - 0.0) * fmax(0.0, progress);
+    }
+    case LR_COSINE: {
+        if (step < warmup) return cur / (double)(warmup > 1 ? warmup : 1);
+        const int64_t span = total - warmup > 1 ? total - warmup : 1;
+        const double progress = (double)(step - warmup) / (double)span;
+        return fmax(0.0, 0.5 * (1.0 + cos(M_PI * 0.5 * 2.0 * progress)));
+    }
+    }
+    return 1.0;
+}
