@@ -21,9 +21,16 @@
 #include "testutil.h"
 
 #define TOL 1e-4
+/* Diffusion-DPO gradients: each pair's weight is (beta/2) * sigmoid(-inside) with
+ * inside = -(beta/2) * ((l_w - l_l) - (lref_w - lref_l)); a float32 difference of ~1e-7 in the
+ * per-sample errors (both sides round differently) moves inside by beta/2 * 1e-7 = 2.5e-4 and
+ * the weight by up to that much relative. So at beta_dpo = 5000 the DPO gradients are only
+ * determined to ~2.5e-4 relative by the float32 reference itself; we allow 5e-4 (measured
+ * worst 2.6e-4) and keep 1e-4 for model_pred, errors and loss of the same runs. */
+#define TOL_DPO_GRAD 5e-4
 
 static double g_worst = 0;
-static char g_worst_name[300];
+static char g_worst_name[700];
 
 static void note(const char *what, double e) {
     if (e > g_worst) {
@@ -32,8 +39,8 @@ static void note(const char *what, double e) {
     }
 }
 
-static double cmp_tensor(const st_file *f, const char *name, const float *x, int64_t n,
-                         const char *ctx) {
+static double cmp_tensor_tol(const st_file *f, const char *name, const float *x, int64_t n,
+                             const char *ctx, double tol) {
     const st_tensor *t = st_find(f, name);
     if (!t) fail_msg("%s: fixture lacks '%s'", ctx, name);
     assert_int_equal(t->numel, n);
@@ -41,11 +48,15 @@ static double cmp_tensor(const st_file *f, const char *name, const float *x, int
     assert_int_equal(st_to_f32(t, ref), 0);
     double e = rel_err_f32(x, ref, n);
     free(ref);
-    char w[300];
+    char w[700];
     snprintf(w, sizeof w, "%s %s", ctx, name);
     note(w, e);
-    if (!(e <= TOL)) fail_msg("%s: %s relative error %.3e > %.0e", ctx, name, e, TOL);
+    if (!(e <= tol)) fail_msg("%s: %s relative error %.3e > %.0e", ctx, name, e, tol);
     return e;
+}
+static double cmp_tensor(const st_file *f, const char *name, const float *x, int64_t n,
+                         const char *ctx) {
+    return cmp_tensor_tol(f, name, x, n, ctx, TOL);
 }
 
 static void run_objective(const char *cs, const char *loss) {
@@ -98,7 +109,8 @@ static void run_objective(const char *cs, const char *loss) {
         param_info *pi = &u.params.p[i];
         char nm[600];
         snprintf(nm, sizeof nm, "grad.%s", pi->name);
-        double e = cmp_tensor(&f, nm, u.params.grad + pi->offset, pi->numel, ctx);
+        double e = cmp_tensor_tol(&f, nm, u.params.grad + pi->offset, pi->numel, ctx,
+                                  oc.kind == OBJ_DPO ? TOL_DPO_GRAD : TOL);
         if (e > worst) worst = e;
         n_grad++;
     }
@@ -151,14 +163,52 @@ static void run_adamw(const char *cs) {
     snprintf(ctx, sizeof ctx, "%s/adamw", cs);
     cmp_tensor(&f, "losses", losses, 3, ctx);
     cmp_tensor(&f, "grad_norms", norms, 3, ctx);
+    /* AdamW's first update is lr * g / (|g| + eps): a sign, whatever |g| is. Elements whose
+       step-1 gradient is below the float32 noise of the gradient (|g| < 1e-4 * max |g| of the
+       tensor, with the gradients of expect_mapo, the same starting point and batch) get an
+       arbitrary direction on either side; they are checked against the largest possible
+       difference, 3 steps * 2 * lr, and the rest of the tensor against TOL. */
+    st_file fg;
+    snprintf(p, sizeof p, "%s/expect_mapo.safetensors", dir);
+    if (st_open(&fg, p)) fail_msg("%s", mapo_last_error());
     double worst = 0;
+    int64_t ambiguous = 0, total = 0;
     for (int i = 0; i < u.params.n; i++) {
         param_info *pi = &u.params.p[i];
         char nm[600];
+        float *ref = malloc(pi->numel * 4), *g = malloc(pi->numel * 4);
+        float *c = u.params.data + pi->offset;
         snprintf(nm, sizeof nm, "param.%s", pi->name);
-        double e = cmp_tensor(&f, nm, u.params.data + pi->offset, pi->numel, ctx);
+        assert_int_equal(st_read_f32_shape(&f, nm, ref, pi->ndim, pi->shape), 0);
+        snprintf(nm, sizeof nm, "grad.%s", pi->name);
+        assert_int_equal(st_read_f32_shape(&fg, nm, g, pi->ndim, pi->shape), 0);
+        double gmax = 0;
+        for (int64_t k = 0; k < pi->numel; k++) gmax = fmax(gmax, fabs(g[k]));
+        double num = 0, den = 0;
+        for (int64_t k = 0; k < pi->numel; k++) {
+            double d = (double)c[k] - ref[k];
+            total++;
+            if (fabs(g[k]) < 1e-4 * gmax) {
+                ambiguous++;
+                if (!(fabs(d) <= 6e-3 + 1e-6))
+                    fail_msg("%s: %s[%lld] differs by %.3e, more than 3 sign flips allow", ctx,
+                             pi->name, (long long)k, d);
+                continue;
+            }
+            num += d * d;
+            den += (double)ref[k] * ref[k];
+        }
+        double e = den > 0 ? sqrt(num / den) : 0;
+        snprintf(nm, sizeof nm, "%.100s param.%.400s", ctx, pi->name);
+        note(nm, e);
+        if (!(e <= TOL)) fail_msg("%s: param.%s relative error %.3e > %.0e", ctx, pi->name, e, TOL);
         if (e > worst) worst = e;
+        free(ref);
+        free(g);
     }
+    st_close(&fg);
+    printf("  %-12s %lld of %lld elements have a step-1 gradient below noise (sign-ambiguous)\n",
+           ctx, (long long)ambiguous, (long long)total);
     printf("  %-12s losses %.6g %.6g %.6g; params after 3 steps worst relative error %.2e\n",
            ctx, losses[0], losses[1], losses[2], worst);
     st_close(&f);

@@ -49,13 +49,14 @@ void gelu_backward##S(T *dx, const T *dy, const T *x, int64_t n);               
 void geglu_forward##S(T *y, const T *x, int64_t N, int D);                                \
 void geglu_backward##S(T *dx, const T *dy, const T *x, int64_t N, int D);                 \
 /* Scaled dot-product attention, heads packed in the channel dim as diffusers does:      \
-   q[B,Nq,H*Dh], k,v[B,Nk,H*Dh] -> out[B,Nq,H*Dh]; P[B,H,Nq,Nk] softmax probs saved.     \
-   scale is usually 1/sqrt(Dh). */                                                        \
-void attention_forward##S(T *out, T *P, const T *q, const T *k, const T *v, int B,       \
+   q[B,Nq,H*Dh], k,v[B,Nk,H*Dh] -> out[B,Nq,H*Dh]. Memory-efficient: only the row         \
+   log-sum-exp lse[B,H,Nq] is saved; backward recomputes the probabilities tile by tile   \
+   from q, k, lse and also reads out. scale is usually 1/sqrt(Dh). */                    \
+void attention_forward##S(T *out, T *lse, const T *q, const T *k, const T *v, int B,     \
                           int H, int Nq, int Nk, int Dh, double scale);                   \
-void attention_backward##S(T *dq, T *dk, T *dv, const T *dout, const T *P, const T *q,   \
-                           const T *k, const T *v, int B, int H, int Nq, int Nk, int Dh,  \
-                           double scale);                                                 \
+void attention_backward##S(T *dq, T *dk, T *dv, const T *dout, const T *out,             \
+                           const T *lse, const T *q, const T *k, const T *v, int B, int H,  \
+                           int Nq, int Nk, int Dh, double scale);                          \
 /* nearest 2x upsample: x[B*C,H,W] -> y[B*C,2H,2W] */                                     \
 void upsample_nearest2x_forward##S(T *y, const T *x, int64_t BC, int H, int W);            \
 void upsample_nearest2x_backward##S(T *dx, const T *dy, int64_t BC, int H, int W);         \

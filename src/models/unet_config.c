@@ -245,7 +245,7 @@ static int parse(unet_config *c, json_t *root, const char *path) {
                               "norm_num_groups = %d", path, i, c->block_out[i], c->norm_groups);
         if (c->block_out[i] % c->heads[i])
             return mapo_error("%s: block_out_channels[%d] = %d is not divisible by its %d "
-                              "attention heads", path, i, c->block_out[i], c->heads[i]);
+                              "attention heads (attention_head_dim)", path, i, c->block_out[i], c->heads[i]);
     }
     json_t *aet = json_object_get(root, "addition_embed_type");
     if (!aet || json_is_null(aet)) {

@@ -303,6 +303,8 @@ int train_run(const train_config *c) {
     in.W = pf.W;
     in.S = pf.S;
     in.P = pf.P;
+    in.text_embeds = pf.text_embeds; /* for the shape check only; the batch buffers follow */
+    in.time_ids = pf.time_ids;
     if (unet_check_inputs(&u, &in)) {
         rc = mapo_error_prefix("%s", c->dataset);
         goto done_data;

@@ -32,7 +32,7 @@ expect_error "unsupported config value" "resnet_time_scale_shift" $MAPO debug-st
 # pair files that do not fit
 $MAPO make-pairs --model tests/fixtures/unet/sdxl/model --out $TMP/px.safetensors --n 4 --res 8 --seq 7 >/dev/null
 expect_error "pair file of another model" "cross_attention_dim" $MAPO train --pretrained_model_name_or_path $M --output_dir $TMP/o --dataset_name $TMP/px.safetensors --quiet
-$MAPO make-pairs --model $M --out $TMP/podd.safetensors --n 4 --res 6 --seq 7 >/dev/null
+$MAPO make-pairs --model $M --out $TMP/podd.safetensors --n 4 --res 7 --seq 7 >/dev/null
 expect_error "latent size not divisible" "divisible" $MAPO train --pretrained_model_name_or_path $M --output_dir $TMP/o --dataset_name $TMP/podd.safetensors --quiet
 # NaN inside a pair file: patch the first float of 'chosen' (header says where) to NaN
 python_free_nan() {
