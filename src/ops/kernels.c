@@ -1,5 +1,8 @@
 /* kernels.c -- instantiates kernels.inc for float and for double (see ops.h). */
 #include <cblas.h>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,8 +10,61 @@
 #include "mapo/common.h"
 #include "mapo/ops.h"
 
+/* exp over a row, written so gcc vectorises it (AVX2 / AVX-512): x = n ln2 + r with
+   |r| <= ln2/2, exp(r) by a degree-6 Taylor polynomial (relative error < 2e-7 on that range,
+   about 1-2 ulp), times 2^n built in the exponent bits. Inputs below -87 flush to 0 (softmax
+   arguments are <= 0 after the max shift). libm's expf is a scalar call per element and was 18%
+   of a training step in attention. */
+static inline float expf_poly(float v) {
+    v = v < -87.0f ? -87.0f : (v > 88.0f ? 88.0f : v);
+    const float fn = floorf(v * 1.44269504088896341f + 0.5f);
+    const float r = (v - fn * 0.693359375f) - fn * -2.12194440e-4f;
+    float p = 1.3888889e-3f;
+    p = p * r + 8.3333333e-3f;
+    p = p * r + 4.1666667e-2f;
+    p = p * r + 1.6666667e-1f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    const int32_t bits = ((int32_t)fn + 127) << 23;
+    float sc;
+    memcpy(&sc, &bits, sizeof sc);
+    return p * sc;
+}
+static void vexpf_inplace(float *restrict x, int n) {
+    int i = 0;
+#ifdef __AVX2__
+    const __m256 lo = _mm256_set1_ps(-87.0f), hi = _mm256_set1_ps(88.0f);
+    const __m256 l2e = _mm256_set1_ps(1.44269504088896341f), half = _mm256_set1_ps(0.5f);
+    const __m256 c1 = _mm256_set1_ps(0.693359375f), c2 = _mm256_set1_ps(-2.12194440e-4f);
+    for (; i + 8 <= n; i += 8) {
+        const __m256 x0 = _mm256_loadu_ps(x + i);
+        const __m256 v = _mm256_min_ps(_mm256_max_ps(x0, lo), hi);
+        const __m256 fn = _mm256_floor_ps(_mm256_fmadd_ps(v, l2e, half));
+        const __m256 r = _mm256_fnmadd_ps(fn, c2, _mm256_fnmadd_ps(fn, c1, v));
+        __m256 p = _mm256_set1_ps(1.3888889e-3f);
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3333333e-3f));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1666667e-2f));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666667e-1f));
+        p = _mm256_fmadd_ps(p, r, half);
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+        const __m256i e = _mm256_slli_epi32(
+            _mm256_add_epi32(_mm256_cvtps_epi32(fn), _mm256_set1_epi32(127)), 23);
+        __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+        y = _mm256_and_ps(y, _mm256_cmp_ps(x0, lo, _CMP_GE_OQ)); /* below -87: 0 */
+        _mm256_storeu_ps(x + i, y);
+    }
+#endif
+    for (; i < n; i++) x[i] = x[i] < -87.0f ? 0.0f : expf_poly(x[i]);
+}
+static void vexp_inplace_f64(double *x, int n) {
+    for (int i = 0; i < n; i++) x[i] = exp(x[i]);
+}
+
 #define REAL float
 #define SFX
+#define VEXP vexpf_inplace
 #define GEMM cblas_sgemm
 #define EXP expf
 #define ERF erff
@@ -17,6 +73,7 @@
 #include "kernels.inc"
 #undef REAL
 #undef SFX
+#undef VEXP
 #undef GEMM
 #undef EXP
 #undef ERF
@@ -25,6 +82,7 @@
 
 #define REAL double
 #define SFX _f64
+#define VEXP vexp_inplace_f64
 #define GEMM cblas_dgemm
 #define EXP exp
 #define ERF erf
