@@ -1,4 +1,5 @@
 /* main.c -- the mapo command: dispatch to subcommands. */
+#include <malloc.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -22,6 +23,11 @@ int main(int argc, char **argv) {
         usage();
         return argc < 2 ? 2 : 0;
     }
+    /* Activations are large, short-lived buffers. glibc would mmap and munmap each one,
+       and every munmap costs page faults plus a TLB shootdown on all cores (~6% of a
+       training step when measured). Keep freed memory in the heap for reuse instead. */
+    mallopt(M_MMAP_THRESHOLD, 1 << 30);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
     const char *c = argv[1];
     int rc;
     if (!strcmp(c, "train")) rc = cmd_train(argc, argv);
