@@ -364,6 +364,8 @@ int train_run(const train_config *c) {
                 "accumulation; memory for weights, gradients%s and AdamW: %.1f MiB\n",
              c->model_dir, P, (long long)pf.N, pf.C, pf.H, pf.W, objective_name(c->obj.kind), Bp,
              (long long)c->grad_accum, have_ref ? ", reference" : "", mem / 1048576.0);
+    mapo_log(1, "noise schedule: T=%d, %s target\n", sch.num_train_timesteps,
+             sch.pred == PRED_V ? "v_prediction" : "epsilon");
     const double t0 = mapo_now();
     const int64_t step0 = step;
     size_t act_peak = 0;

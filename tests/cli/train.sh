@@ -38,4 +38,22 @@ $MAPO train --pretrained_model_name_or_path $X --output_dir $TMP/x --dataset_nam
    --train_batch_size 2 --max_train_steps 2 --checkpointing_steps 0 2>$TMP/x.log \
    && ok "train sdxl-shaped (text_time)" || bad "train sdxl: $(cat $TMP/x.log)"
 grep -q "pairs/s" $TMP/x.log && grep -q "ETA" $TMP/x.log && ok "progress line" || bad "progress line: $(cat $TMP/x.log)"
+# a pipeline folder: unet/ plus scheduler/scheduler_config.json (v_prediction, T=500) is read
+mkdir -p $TMP/pipe/scheduler; cp -r $M $TMP/pipe/unet
+cat > $TMP/pipe/scheduler/scheduler_config.json <<'JSON'
+{"_class_name": "DDPMScheduler", "num_train_timesteps": 500, "beta_start": 0.00085, "beta_end": 0.012,
+ "beta_schedule": "scaled_linear", "prediction_type": "v_prediction", "clip_sample": false}
+JSON
+$MAPO train --pretrained_model_name_or_path $TMP/pipe --output_dir $TMP/pipeout --dataset_name $TMP/p.safetensors \
+   --train_batch_size 2 --max_train_steps 1 --checkpointing_steps 0 2>$TMP/pipe.log \
+   && grep -q "T=500, v_prediction" $TMP/pipe.log && ok "pipeline folder: unet/ and scheduler config used" || bad "pipeline folder: $(cat $TMP/pipe.log)"
+# gradient accumulation: 1 pair x 2 micro-batches equals 2 pairs x 1 (same pairs, noise and
+# timesteps by construction; only float summation order differs)
+for cfg in "1 2" "2 1"; do set -- $cfg
+  $MAPO train --pretrained_model_name_or_path $M --output_dir $TMP/ga$1 --dataset_name $TMP/p.safetensors \
+     --train_batch_size $1 --gradient_accumulation_steps $2 --max_train_steps 2 --learning_rate 1e-3 \
+     --max_grad_norm 0 --checkpointing_steps 0 --quiet 2>/dev/null || bad "ga run $cfg"
+done
+out=$($MAPO diff $TMP/ga1/unet/diffusion_pytorch_model.safetensors $TMP/ga2/unet/diffusion_pytorch_model.safetensors --tol 1e-5 --quiet 2>&1) \
+  && ok "accumulation 1x2 == batch 2x1: ${out}" || bad "accumulation differs: $out"
 finish
