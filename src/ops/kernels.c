@@ -58,6 +58,49 @@ static void vexpf_inplace(float *restrict x, int n) {
 #endif
     for (; i < n; i++) x[i] = x[i] < -87.0f ? 0.0f : expf_poly(x[i]);
 }
+/* Normal cdf and x*pdf over a row, for GELU / GEGLU: cdf = 0.5 (1 + erf(x / sqrt 2)),
+   xpdf = x exp(-x^2/2) / sqrt(2 pi). The float build uses erf from Abramowitz & Stegun 7.1.26
+   (absolute error <= 1.5e-7, below float32 resolution of cdf) with the polynomial exp above,
+   vectorised with AVX2; libm's scalar erff/expf were 8% of a training step. */
+static void normal_cdf_xpdf(const float *restrict x, float *restrict cdf, float *restrict xpdf,
+                            int n) {
+    int i = 0;
+#ifdef __AVX2__
+    const __m256 sign_mask = _mm256_set1_ps(-0.0f), one = _mm256_set1_ps(1.0f);
+    const __m256 half = _mm256_set1_ps(0.5f), rs2 = _mm256_set1_ps(0.70710678118654752f);
+    const __m256 p = _mm256_set1_ps(0.3275911f), r2pi = _mm256_set1_ps(0.39894228040143268f);
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_loadu_ps(x + i);
+        const __m256 z = _mm256_mul_ps(v, rs2);
+        const __m256 az = _mm256_andnot_ps(sign_mask, z);
+        const __m256 t = _mm256_div_ps(one, _mm256_fmadd_ps(p, az, one));
+        __m256 poly = _mm256_set1_ps(1.061405429f);
+        poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(-1.453152027f));
+        poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(1.421413741f));
+        poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(-0.284496736f));
+        poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(0.254829592f));
+        poly = _mm256_mul_ps(poly, t);
+        float e[8];
+        _mm256_storeu_ps(e, _mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(az, az)));
+        vexpf_inplace(e, 8); /* exp(-z^2) = exp(-x^2/2), also the pdf's exponential */
+        const __m256 ex = _mm256_loadu_ps(e);
+        __m256 erfa = _mm256_sub_ps(one, _mm256_mul_ps(poly, ex)); /* erf(|z|) */
+        erfa = _mm256_or_ps(erfa, _mm256_and_ps(z, sign_mask));     /* copy the sign of z */
+        _mm256_storeu_ps(cdf + i, _mm256_mul_ps(half, _mm256_add_ps(one, erfa)));
+        _mm256_storeu_ps(xpdf + i, _mm256_mul_ps(_mm256_mul_ps(v, ex), r2pi));
+    }
+#endif
+    for (; i < n; i++) {
+        cdf[i] = 0.5f * (1.0f + erff(x[i] * 0.70710678118654752f));
+        xpdf[i] = x[i] * expf(-0.5f * x[i] * x[i]) * 0.39894228040143268f;
+    }
+}
+static void normal_cdf_xpdf_f64(const double *x, double *cdf, double *xpdf, int n) {
+    for (int i = 0; i < n; i++) {
+        cdf[i] = 0.5 * (1.0 + erf(x[i] * M_SQRT1_2));
+        xpdf[i] = x[i] * exp(-0.5 * x[i] * x[i]) * 0.39894228040143268;
+    }
+}
 static void vexp_inplace_f64(double *x, int n) {
     for (int i = 0; i < n; i++) x[i] = exp(x[i]);
 }
@@ -65,6 +108,7 @@ static void vexp_inplace_f64(double *x, int n) {
 #define REAL float
 #define SFX
 #define VEXP vexpf_inplace
+#define CDFPDF normal_cdf_xpdf
 #define GEMM cblas_sgemm
 #define EXP expf
 #define ERF erff
@@ -74,6 +118,7 @@ static void vexp_inplace_f64(double *x, int n) {
 #undef REAL
 #undef SFX
 #undef VEXP
+#undef CDFPDF
 #undef GEMM
 #undef EXP
 #undef ERF
@@ -83,6 +128,7 @@ static void vexp_inplace_f64(double *x, int n) {
 #define REAL double
 #define SFX _f64
 #define VEXP vexp_inplace_f64
+#define CDFPDF normal_cdf_xpdf_f64
 #define GEMM cblas_dgemm
 #define EXP exp
 #define ERF erf
