@@ -59,17 +59,23 @@ static double cmp_tensor(const st_file *f, const char *name, const float *x, int
     return cmp_tensor_tol(f, name, x, n, ctx, TOL);
 }
 
+/* the fixture's policy model (with gradients) and its batch */
+static void load_case(const char *cs, char dir[256], unet *u, debug_batch *b, unet_inputs *in) {
+    char p[512];
+    snprintf(dir, 256, "tests/fixtures/unet/%s", cs);
+    snprintf(p, sizeof p, "%s/model", dir);
+    if (unet_load_dir(u, p, 1)) fail_msg("%s", mapo_last_error());
+    snprintf(p, sizeof p, "%s/batch.safetensors", dir);
+    if (debug_batch_load(b, p, &u->cfg)) fail_msg("%s", mapo_last_error());
+    debug_batch_inputs(b, in);
+}
+
 static void run_objective(const char *cs, const char *loss) {
     char dir[256], p[512];
-    snprintf(dir, sizeof dir, "tests/fixtures/unet/%s", cs);
     unet u;
-    snprintf(p, sizeof p, "%s/model", dir);
-    if (unet_load_dir(&u, p, 1)) fail_msg("%s", mapo_last_error());
     debug_batch b;
-    snprintf(p, sizeof p, "%s/batch.safetensors", dir);
-    if (debug_batch_load(&b, p, &u.cfg)) fail_msg("%s", mapo_last_error());
     unet_inputs in;
-    debug_batch_inputs(&b, &in);
+    load_case(cs, dir, &u, &b, &in);
     assert_int_equal(unet_check_inputs(&u, &in), 0);
     objective_cfg oc;
     objective_cfg_default(&oc);
@@ -131,15 +137,10 @@ static void run_objective(const char *cs, const char *loss) {
 
 static void run_adamw(const char *cs) {
     char dir[256], p[512];
-    snprintf(dir, sizeof dir, "tests/fixtures/unet/%s", cs);
     unet u;
-    snprintf(p, sizeof p, "%s/model", dir);
-    if (unet_load_dir(&u, p, 1)) fail_msg("%s", mapo_last_error());
     debug_batch b;
-    snprintf(p, sizeof p, "%s/batch.safetensors", dir);
-    if (debug_batch_load(&b, p, &u.cfg)) fail_msg("%s", mapo_last_error());
     unet_inputs in;
-    debug_batch_inputs(&b, &in);
+    load_case(cs, dir, &u, &b, &in);
     objective_cfg oc;
     objective_cfg_default(&oc);
     adamw_config ac = {0.9, 0.999, 1e-8, 1e-2};

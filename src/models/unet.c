@@ -328,6 +328,17 @@ int unet_check_inputs(const unet *u, const unet_inputs *in) {
     return 0;
 }
 
+/* diffusers TimestepEmbedding: linear_2(silu(linear_1(x))); consumes x */
+static tensor *embedding_mlp(unet *u, graph *g, tensor *x, int w1, int b1, int w2, int b2) {
+    tensor *h = t_linear(g, x, PV(w1), PV(b1));
+    graph_release(g, x);
+    tensor *a = t_silu(g, h);
+    graph_release(g, h);
+    tensor *y = t_linear(g, a, PV(w2), PV(b2));
+    graph_release(g, a);
+    return y;
+}
+
 tensor *unet_forward(unet *u, graph *g, const unet_inputs *in) {
     const unet_config *c = &u->cfg;
     const int B = in->B, n = c->n_blocks;
@@ -335,12 +346,7 @@ tensor *unet_forward(unet *u, graph *g, const unet_inputs *in) {
     /* time embedding */
     tensor *tp = t_timestep_embedding(g, in->timesteps, B, c->block_out[0], c->flip_sin_to_cos,
                                       c->freq_shift);
-    tensor *e = t_linear(g, tp, PV(u->te1w), PV(u->te1b));
-    graph_release(g, tp);
-    tensor *ea = t_silu(g, e);
-    graph_release(g, e);
-    tensor *emb = t_linear(g, ea, PV(u->te2w), PV(u->te2b));
-    graph_release(g, ea);
+    tensor *emb = embedding_mlp(u, g, tp, u->te1w, u->te1b, u->te2w, u->te2b);
     if (c->text_time) {
         const int D = c->add_time_dim, P = in->P;
         tensor *te = t_timestep_embedding(g, in->time_ids, (int64_t)B * 6, D,
@@ -353,12 +359,7 @@ tensor *unet_forward(unet *u, graph *g, const unet_inputs *in) {
                    6 * D * sizeof(float));
         }
         graph_release(g, te);
-        tensor *a1 = t_linear(g, cat, PV(u->ae1w), PV(u->ae1b));
-        graph_release(g, cat);
-        tensor *a2 = t_silu(g, a1);
-        graph_release(g, a1);
-        tensor *aug = t_linear(g, a2, PV(u->ae2w), PV(u->ae2b));
-        graph_release(g, a2);
+        tensor *aug = embedding_mlp(u, g, cat, u->ae1w, u->ae1b, u->ae2w, u->ae2b);
         tensor *sum = t_add(g, emb, aug);
         graph_release(g, emb);
         graph_release(g, aug);
