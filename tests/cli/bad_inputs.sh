@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Bad input: each gets one "mapo: error:" line naming the problem, a non-zero exit, no crash,
 # and nothing already written is destroyed.
-source tests/cli/common.sh
+source tests/cli/common.bash
 M=tests/fixtures/unet/sd15/model
 W=$M/diffusion_pytorch_model.safetensors
 $MAPO make-pairs --model $M --out $TMP/p.safetensors --n 4 --res 8 --seq 7 >/dev/null

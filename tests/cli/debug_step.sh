@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # mapo debug-step on the diffusers fixtures, compared with `mapo diff` at 1e-4 relative.
-source tests/cli/common.sh
+source tests/cli/common.bash
 for cs in sd15 sdxl mixed; do
   d=tests/fixtures/unet/$cs
   for loss in mapo dpo sft; do

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # mapo train end to end on the tiny fixture UNets: every objective runs and writes a
 # loadable folder; an interrupted + resumed run ends bit-identical to an uninterrupted one.
-source tests/cli/common.sh
+source tests/cli/common.bash
 M=tests/fixtures/unet/sd15/model
 X=tests/fixtures/unet/sdxl/model
 $MAPO make-pairs --model $M --out $TMP/p.safetensors --n 6 --res 8 --seq 7 >/dev/null || bad "make-pairs"

@@ -1,4 +1,4 @@
-# common.sh -- helpers for the CLI tests (sourced). Each test runs from the repo root.
+# common.bash -- helpers for the CLI tests (sourced). Each test runs from the repo root.
 set -u
 MAPO=${MAPO:-./mapo}
 TMP=$(mktemp -d /tmp/mapo_cli.XXXXXX)
