@@ -46,8 +46,14 @@ demo: deps
 	@$(MAKE) --no-print-directory mapo
 	@bash tools/demo.sh
 
+# mapo's training step; with torch + diffusers installed (development only), PyTorch beside it
 bench: mapo
 	./mapo bench
+	./mapo bench --loss dpo
+	@if python3 -c "import torch, diffusers" 2>/dev/null; then \
+	  bash bench/compare.sh bench/bench_unet.json mapo 3; \
+	  bash bench/compare.sh bench/bench_unet_dh64.json mapo 3; \
+	else echo "(install torch and diffusers with pip to time PyTorch beside it: bench/compare.sh)"; fi
 
 clean:
 	rm -rf $(BUILD) mapo
