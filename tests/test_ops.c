@@ -6,7 +6,15 @@
  * elements of each input. Central differences in double have truncation error O(h^2 * f''') ~
  * 1e-12 and rounding error ~ 1e-16 * |loss| / h ~ 1e-10 relative, so 1e-6 relative (per input
  * tensor, L2 over the probed elements) leaves a wide margin while a wrong term fails by O(1).
- * float vs double: same code in float32; 1e-5 relative covers float32 rounding through one op. */
+ * float vs double: same code in float32; 1e-5 relative covers float32 rounding through one op.
+ * Also: backward accumulates (two calls = twice one call); every subset of NULL gradients
+ * leaves the others bit-identical (multi-gradient ops); forward of every op against naive
+ * loops (conv: stride 2, pad 1/2, K = 1/3/5, odd non-square, no bias; attention: Nq != Nk,
+ * both sides of the 64-row tile, Dh = 2/3/5/8; saved mean/rstd/lse too); the float timestep
+ * embedding against torch float32 values; same call twice gives identical bits. Each check was
+ * seen to fail on a planted bug (sign flip in col2im, dropped GroupNorm term, unbiased LayerNorm
+ * variance, tanh GELU, GEGLU halves swapped, '=' for '+=', double-precision timestep freqs,
+ * padding offset consistent in forward and backward, ignored NULL gradient). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -234,11 +242,11 @@ static void test_norms(void **st) {
 }
 static void test_activations(void **st) {
     (void)st;
-    op_case s = {.name = "silu", .n_in = 1, .in_n = {50}, .out_n = 50, OPS(silu)};
+    op_case s = {.name = "silu", .n_in = 1, .in_n = {50}, .out_n = 50, OPS(silu), .nullable = 1};
     check_op(&s);
-    op_case g = {.name = "gelu", .n_in = 1, .in_n = {50}, .out_n = 50, OPS(gelu)};
+    op_case g = {.name = "gelu", .n_in = 1, .in_n = {50}, .out_n = 50, OPS(gelu), .nullable = 1};
     check_op(&g);
-    op_case gg = {.name = "geglu", .n_in = 1, .in_n = {4 * 10}, .out_n = 4 * 5, OPS(geglu), .i = {4, 5}};
+    op_case gg = {.name = "geglu", .n_in = 1, .in_n = {4 * 10}, .out_n = 4 * 5, OPS(geglu), .i = {4, 5}, .nullable = 1};
     check_op(&gg);
 }
 static void test_attention(void **st) {
@@ -253,11 +261,11 @@ static void test_attention(void **st) {
 }
 static void test_shape_ops(void **st) {
     (void)st;
-    op_case u = {.name = "upsample_nearest2x", .n_in = 1, .in_n = {3 * 4 * 5}, .out_n = 3 * 16 * 5, OPS(up), .i = {3, 4, 5}};
+    op_case u = {.name = "upsample_nearest2x", .n_in = 1, .in_n = {3 * 4 * 5}, .out_n = 3 * 16 * 5, OPS(up), .i = {3, 4, 5}, .nullable = 1};
     check_op(&u);
-    op_case t = {.name = "timestep_embedding flip", .n_in = 1, .in_n = {3}, .out_n = 3 * 9, OPS(temb), .i = {3, 9, 1}, .d = {1}};
+    op_case t = {.name = "timestep_embedding flip", .n_in = 1, .in_n = {3}, .out_n = 3 * 9, OPS(temb), .i = {3, 9, 1}, .d = {1}, .nullable = 1};
     check_op(&t);
-    op_case t2 = {.name = "timestep_embedding", .n_in = 1, .in_n = {3}, .out_n = 3 * 8, OPS(temb), .i = {3, 8, 0}, .d = {0}};
+    op_case t2 = {.name = "timestep_embedding", .n_in = 1, .in_n = {3}, .out_n = 3 * 8, OPS(temb), .i = {3, 8, 0}, .d = {0}, .nullable = 1};
     check_op(&t2);
     op_case n = {.name = "nchw_to_nhwc", .n_in = 1, .in_n = {2 * 3 * 5}, .out_n = 2 * 3 * 5, OPS(nhwc), .i = {2, 3, 5}};
     check_op(&n);
