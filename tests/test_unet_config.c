@@ -46,7 +46,6 @@ static void check_real_config(const char *name) {
     }
     json_decref(pj);
     json_decref(counts);
-    u.cfg.json = c.json;
     unet_free(&u);
 }
 

@@ -45,9 +45,14 @@ void params_init_random(param_table *t, uint64_t seed);
  * right shape (F32/F16/BF16/F64 accepted); extra tensors are an error unless
  * allow_extra. prefix is prepended to names in the file (e.g. "" or "unet."). */
 int params_load(param_table *t, const char *path, const char *prefix, int allow_extra);
-/* Save all parameters (F32) atomically. If grad_prefix, save the gradients with that
- * prefix instead. */
-int params_save(const param_table *t, const char *path, const char *grad_prefix);
+/* Save all parameters (F32) atomically. */
+int params_save(const param_table *t, const char *path);
+/* Add one tensor per parameter to a safetensors writer, named prefix + diffusers name, with
+ * data from base + offset: base is t->data (weights), t->grad, or an arena of the same layout
+ * (AdamW moments). */
+struct st_writer;
+void params_write(const param_table *t, struct st_writer *w, const char *prefix,
+                  const float *base);
 void params_zero_grad(param_table *t);
 
 #endif

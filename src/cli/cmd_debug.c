@@ -74,19 +74,10 @@ int cmd_debug_step(int argc, char **argv) {
             for (int i = 0; i < b.n; i++) rf[i] = (float)ref_err[i];
             st_writer_add(w, "ref_errors", ST_F32, 1, (int64_t[]){b.n}, rf);
         }
-        char name[600];
-        char **names = xmalloc(u.params.n * sizeof(char *));
-        for (int i = 0; i < u.params.n; i++) {
-            param_info *p = &u.params.p[i];
-            snprintf(name, sizeof name, "grad.%s", p->name);
-            names[i] = xstrdup(name);
-            st_writer_add(w, names[i], ST_F32, p->ndim, p->shape, u.params.grad + p->offset);
-        }
+        params_write(&u.params, w, "grad.", u.params.grad);
         st_writer_meta(w, "loss_type", objective_name(oc.kind));
         rc = st_writer_write(w, out);
         st_writer_free(w);
-        for (int i = 0; i < u.params.n; i++) free(names[i]);
-        free(names);
         free(ef);
         free(rf);
         if (!rc)

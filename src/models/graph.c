@@ -156,6 +156,18 @@ static node *record(graph *g, backward_fn fn, tensor *out, tensor *a, tensor *b,
     return n;
 }
 
+/* Hand the buffers saved for backward to node n. Without a node they are not needed: with
+   recording off they are freed now (with recording on, save_buf tracked them for reset). */
+static void keep_saved(graph *g, node *n, float *a, float *b) {
+    if (n) {
+        n->saved[0] = a;
+        n->saved[1] = b;
+    } else if (!g->grad_enabled) {
+        free(a);
+        free(b);
+    }
+}
+
 static float *gin(graph *g, node *n, int k) {
     tensor *t = n->in[k];
     return (t && t->requires_grad) ? graph_grad(g, t) : NULL;
@@ -230,14 +242,8 @@ tensor *t_group_norm(graph *g, tensor *x, tensor *gamma, tensor *beta, int group
     group_norm_forward(y->data, mean, rstd, x->data, gamma->data, beta->data, B, C, HW, groups,
                        eps);
     node *n = record(g, group_norm_bw, y, x, gamma, beta, NULL);
-    if (n) {
-        n->saved[0] = mean;
-        n->saved[1] = rstd;
-        n->i[0] = groups;
-    } else if (!g->grad_enabled) {
-        free(mean);
-        free(rstd);
-    }
+    keep_saved(g, n, mean, rstd);
+    if (n) n->i[0] = groups;
     return y;
 }
 
@@ -253,14 +259,7 @@ tensor *t_layer_norm(graph *g, tensor *x, tensor *gamma, tensor *beta, double ep
     tensor *y = graph_new(g, x->ndim, x->shape);
     float *mean = save_buf(g, N), *rstd = save_buf(g, N);
     layer_norm_forward(y->data, mean, rstd, x->data, gamma->data, beta->data, N, C, eps);
-    node *n = record(g, layer_norm_bw, y, x, gamma, beta, NULL);
-    if (n) {
-        n->saved[0] = mean;
-        n->saved[1] = rstd;
-    } else if (!g->grad_enabled) {
-        free(mean);
-        free(rstd);
-    }
+    keep_saved(g, record(g, layer_norm_bw, y, x, gamma, beta, NULL), mean, rstd);
     return y;
 }
 
@@ -306,12 +305,10 @@ tensor *t_attention(graph *g, tensor *q, tensor *k, tensor *v, int heads) {
     float *P = save_buf(g, (int64_t)B * heads * Nq); /* row log-sum-exp */
     attention_forward(y->data, P, q->data, k->data, v->data, B, heads, Nq, Nk, Dh, scale);
     node *n = record(g, attention_bw, y, q, k, v, NULL);
+    keep_saved(g, n, P, NULL);
     if (n) {
-        n->saved[0] = P;
         n->i[0] = heads;
         n->d[0] = scale;
-    } else if (!g->grad_enabled) {
-        free(P);
     }
     return y;
 }
@@ -330,14 +327,16 @@ tensor *t_upsample2x(graph *g, tensor *x) {
     return y;
 }
 
+/* dst[n] += src[n] (gradient of an identity path) */
+static void accumulate(float *dst, const float *src, int64_t n) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) dst[i] += src[i];
+}
+
 static void add_bw(graph *g, node *n) {
-    const float *dy = n->out->grad;
     for (int k = 0; k < 2; k++) {
         float *d = gin(g, n, k);
-        if (!d) continue;
-        int64_t m = n->out->numel;
-#pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < m; i++) d[i] += dy[i];
+        if (d) accumulate(d, n->out->grad, n->out->numel);
     }
 }
 tensor *t_add(graph *g, tensor *a, tensor *b) {
@@ -356,12 +355,7 @@ static void add_channel_bias_bw(graph *g, node *n) {
     int B = x->shape[0], C = x->shape[1];
     int64_t HW = x->numel / ((int64_t)B * C);
     float *dx = gin(g, n, 0);
-    if (dx) {
-        const float *dy = n->out->grad;
-        int64_t m = x->numel;
-#pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < m; i++) dx[i] += dy[i];
-    }
+    if (dx) accumulate(dx, n->out->grad, x->numel);
     float *dv = gin(g, n, 1);
     if (dv) add_channel_bias_backward(dv, n->out->grad, B, C, HW);
 }
@@ -394,7 +388,7 @@ static void to_nhwc_bw(graph *g, node *n) {
     /* dx += transpose(dy): transpose into a scratch then add */
     float *tmp = xmalloc(x->numel * sizeof(float));
     nhwc_to_nchw(tmp, n->out->grad, B, C, HW);
-    for (int64_t i = 0; i < x->numel; i++) dx[i] += tmp[i];
+    accumulate(dx, tmp, x->numel);
     free(tmp);
 }
 tensor *t_nchw_to_nhwc(graph *g, tensor *x) {
@@ -413,7 +407,7 @@ static void to_nchw_bw(graph *g, node *n) {
     int64_t HW = x->shape[1];
     float *tmp = xmalloc(x->numel * sizeof(float));
     nchw_to_nhwc(tmp, n->out->grad, B, C, HW);
-    for (int64_t i = 0; i < x->numel; i++) dx[i] += tmp[i];
+    accumulate(dx, tmp, x->numel);
     free(tmp);
 }
 tensor *t_nhwc_to_nchw(graph *g, tensor *x, int64_t H, int64_t W) {

@@ -158,15 +158,18 @@ int params_load(param_table *t, const char *path, const char *prefix, int allow_
     return rc;
 }
 
-int params_save(const param_table *t, const char *path, const char *grad_prefix) {
-    st_writer *w = st_writer_new();
+void params_write(const param_table *t, st_writer *w, const char *prefix, const float *base) {
     char name[640];
     for (int i = 0; i < t->n; i++) {
         const param_info *p = &t->p[i];
-        const float *src = grad_prefix ? t->grad + p->offset : t->data + p->offset;
-        snprintf(name, sizeof name, "%s%s", grad_prefix ? grad_prefix : "", p->name);
-        st_writer_add(w, name, ST_F32, p->ndim, p->shape, src);
+        snprintf(name, sizeof name, "%s%s", prefix, p->name);
+        st_writer_add(w, name, ST_F32, p->ndim, p->shape, base + p->offset);
     }
+}
+
+int params_save(const param_table *t, const char *path) {
+    st_writer *w = st_writer_new();
+    params_write(t, w, "", t->data);
     st_writer_meta(w, "format", "pt");
     int rc = st_writer_write(w, path);
     st_writer_free(w);

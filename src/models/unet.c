@@ -342,7 +342,6 @@ static tensor *embedding_mlp(unet *u, graph *g, tensor *x, int w1, int b1, int w
 tensor *unet_forward(unet *u, graph *g, const unet_inputs *in) {
     const unet_config *c = &u->cfg;
     const int B = in->B, n = c->n_blocks;
-    fix_all_proj_views(u);
     /* time embedding */
     tensor *tp = t_timestep_embedding(g, in->timesteps, B, c->block_out[0], c->flip_sin_to_cos,
                                       c->freq_shift);
@@ -506,6 +505,7 @@ static int load_config(unet *u, const char *config_path, int with_grad) {
     if (unet_config_load(&c, config_path)) return -1;
     unet_build(u, &c);
     params_alloc(&u->params, with_grad);
+    fix_all_proj_views(u);
     return 0;
 }
 
@@ -540,7 +540,7 @@ int unet_save_dir(const unet *u, const char *dir) {
         return mapo_error("%s: cannot create folder: %s", dir, strerror(errno));
     char p[4200];
     snprintf(p, sizeof p, "%s/diffusion_pytorch_model.safetensors", dir);
-    if (params_save(&u->params, p, NULL)) return -1;
+    if (params_save(&u->params, p)) return -1;
     char *js = json_dumps((json_t *)u->cfg.json, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     if (!js) return mapo_error("%s: cannot serialise config", dir);
     snprintf(p, sizeof p, "%s/config.json", dir);

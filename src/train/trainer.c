@@ -115,22 +115,11 @@ static int save_checkpoint(const train_config *c, const unet *u, const float *m,
     if (unet_save_dir(u, p)) return -1;
     if (m) {
         st_writer *w = st_writer_new();
-        char **names = xmalloc(2 * u->params.n * sizeof(char *));
-        for (int i = 0; i < u->params.n; i++) {
-            const param_info *pi = &u->params.p[i];
-            char nm[600];
-            snprintf(nm, sizeof nm, "exp_avg.%s", pi->name);
-            names[2 * i] = xstrdup(nm);
-            snprintf(nm, sizeof nm, "exp_avg_sq.%s", pi->name);
-            names[2 * i + 1] = xstrdup(nm);
-            st_writer_add(w, names[2 * i], ST_F32, pi->ndim, pi->shape, m + pi->offset);
-            st_writer_add(w, names[2 * i + 1], ST_F32, pi->ndim, pi->shape, v + pi->offset);
-        }
+        params_write(&u->params, w, "exp_avg.", m);
+        params_write(&u->params, w, "exp_avg_sq.", v);
         snprintf(p, sizeof p, "%s/optimizer.safetensors", tmp);
         int rc = st_writer_write(w, p);
         st_writer_free(w);
-        for (int i = 0; i < 2 * u->params.n; i++) free(names[i]);
-        free(names);
         if (rc) return -1;
         json_t *js = json_pack("{s:I, s:I, s:I, s:I, s:s, s:s, s:f, s:I}", "global_step",
                                (json_int_t)step, "seed", (json_int_t)c->seed,
