@@ -39,6 +39,9 @@ typedef struct { int n1w, n1b, c1w, c1b, tw, tb, n2w, n2b, c2w, c2b, sw, sb; } u
 typedef struct {
     int n1w, n1b, q1, k1, v1, o1w, o1b, n2w, n2b, q2, k2, v2, o2w, o2b, n3w, n3b, f1w, f1b, f2w,
         f2b;
+    /* LoRA adapters: lora[attn1/attn2][to_q, to_k, to_v, to_out.0] = {A, B} indices into
+       unet.lora (A [r, in] "down", B [out, r] "up"); -1 where there is none */
+    int lora[2][4][2];
 } unet_tblock;
 typedef struct {
     int nw, nb, piw, pib, pow_, pob;
@@ -58,6 +61,8 @@ typedef struct unet {
     int conv_in_w, conv_in_b, te1w, te1b, te2w, te2b, ae1w, ae1b, ae2w, ae2b;
     unet_block down[UNET_MAX_BLOCKS], up[UNET_MAX_BLOCKS], mid;
     int norm_out_w, norm_out_b, conv_out_w, conv_out_b;
+    param_table lora; /* LoRA adapters (n == 0: none); see lora.c */
+    int lora_on;      /* apply the adapters in forward (0: the base model, DPO's reference) */
 } unet;
 
 typedef struct {
@@ -88,6 +93,25 @@ void unet_free(unet *u);
 int unet_check_inputs(const unet *u, const unet_inputs *in);
 /* Forward; returns model output [B, out_channels, H, W] owned by g. */
 tensor *unet_forward(unet *u, graph *g, const unet_inputs *in);
+/* --- LoRA (lora.c) on to_q, to_k, to_v, to_out.0 of every attention, as the official
+   train_with_lora.py sets it up with peft: y = W x + (alpha/r) B A x, alpha = r.
+   Add fresh adapters of rank r: A ~ N(0, 1/r) (peft's "gaussian" init) from a counter-based
+   stream keyed by seed, B = 0; allocated with gradients; the base weights stay as loaded. */
+int unet_lora_add(unet *u, int rank, uint64_t seed);
+/* Load adapters from a LoRA safetensors file (or a folder holding
+   pytorch_lora_weights.safetensors): diffusers names ("unet.<module>.lora.down.weight" /
+   ".lora.up.weight", as the official script saves) or peft names ("<module>.lora_A.weight" /
+   ".lora_B.weight"), with or without the "unet." prefix, optional "<module>.alpha". The scale
+   alpha/r is folded into B, so the result is for inference or continued training at scale 1.
+   with_grad allocates gradients. Keys for anything but the UNet's attention projections are
+   refused by name. */
+int unet_lora_load(unet *u, const char *path, int with_grad);
+/* Save as the official script does: pytorch_lora_weights.safetensors with diffusers names
+   ("unet." prefix, lora.down / lora.up), loadable by pipeline.load_lora_weights(). */
+int unet_lora_save(const unet *u, const char *path);
+/* Fold the adapters into the base weights (W += B A) and drop them. */
+void unet_lora_merge(unet *u);
+
 /* Multiply-accumulates of one forward (for GFLOP/s reports). */
 double unet_forward_flops(const unet *u, const unet_inputs *in);
 

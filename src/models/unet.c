@@ -61,6 +61,7 @@ static void build_xformer(param_table *t, const unet_config *c, unet_xformer *x,
     x->heads = heads;
     x->n_tb = n_layers;
     x->tb = xcalloc(n_layers, sizeof *x->tb);
+    for (int l = 0; l < n_layers; l++) memset(x->tb[l].lora, 0xff, sizeof x->tb[l].lora); /* -1 */
     snprintf(s, sizeof s, "%s.norm", pre); add_norm(t, &x->nw, &x->nb, C, s);
     snprintf(s, sizeof s, "%s.proj_in", pre);
     if (c->linear_proj) add_linear(t, &x->piw, &x->pib, C, C, s);
@@ -191,6 +192,7 @@ void unet_free(unet *u) {
     }
     free_block(&u->mid, 1);
     params_free(&u->params);
+    params_free(&u->lora);
     unet_config_free(&u->cfg);
     memset(u, 0, sizeof *u);
 }
@@ -224,16 +226,29 @@ static tensor *resnet_forward(unet *u, graph *g, const unet_resnet *r, tensor *x
     return y;
 }
 
+/* W x + b, plus B (A x) when a LoRA adapter {A, B} is present and switched on */
+static tensor *lora_linear(unet *u, graph *g, tensor *x, int w, int b, const int ab[2]) {
+    tensor *y = t_linear(g, x, PV(w), PV(b));
+    if (!u->lora_on || ab[0] < 0) return y;
+    tensor *h = t_linear(g, x, params_view(&u->lora, ab[0]), NULL);
+    tensor *d = t_linear(g, h, params_view(&u->lora, ab[1]), NULL);
+    graph_release(g, h);
+    tensor *s = t_add(g, y, d);
+    graph_release(g, y);
+    graph_release(g, d);
+    return s;
+}
+
 static tensor *attn_forward(unet *u, graph *g, int q, int k, int v, int ow, int ob, tensor *x,
-                            tensor *ctx, int heads) {
-    tensor *Q = t_linear(g, x, PV(q), NULL);
-    tensor *K = t_linear(g, ctx, PV(k), NULL);
-    tensor *V = t_linear(g, ctx, PV(v), NULL);
+                            tensor *ctx, int heads, const int lora[4][2]) {
+    tensor *Q = lora_linear(u, g, x, q, -1, lora[0]);
+    tensor *K = lora_linear(u, g, ctx, k, -1, lora[1]);
+    tensor *V = lora_linear(u, g, ctx, v, -1, lora[2]);
     tensor *A = t_attention(g, Q, K, V, heads);
     graph_release(g, Q);
     graph_release(g, K);
     graph_release(g, V);
-    tensor *o = t_linear(g, A, PV(ow), PV(ob));
+    tensor *o = lora_linear(u, g, A, ow, ob, lora[3]);
     graph_release(g, A);
     return o;
 }
@@ -248,11 +263,11 @@ static tensor *residual(graph *g, tensor *x, tensor *d) {
 static tensor *tblock_forward(unet *u, graph *g, const unet_tblock *b, tensor *x, tensor *ehs,
                               int heads) {
     tensor *n = t_layer_norm(g, x, PV(b->n1w), PV(b->n1b), 1e-5);
-    tensor *a = attn_forward(u, g, b->q1, b->k1, b->v1, b->o1w, b->o1b, n, n, heads);
+    tensor *a = attn_forward(u, g, b->q1, b->k1, b->v1, b->o1w, b->o1b, n, n, heads, b->lora[0]);
     graph_release(g, n);
     x = residual(g, x, a);
     n = t_layer_norm(g, x, PV(b->n2w), PV(b->n2b), 1e-5);
-    a = attn_forward(u, g, b->q2, b->k2, b->v2, b->o2w, b->o2b, n, ehs, heads);
+    a = attn_forward(u, g, b->q2, b->k2, b->v2, b->o2w, b->o2b, n, ehs, heads, b->lora[1]);
     graph_release(g, n);
     x = residual(g, x, a);
     n = t_layer_norm(g, x, PV(b->n3w), PV(b->n3b), 1e-5);
