@@ -18,6 +18,7 @@ typedef struct {
     lr_schedule sched;
     adamw_config adam;
     objective_cfg obj;
+    int lora_rank;      /* --lora_rank: train LoRA adapters only (0 = full fine-tune) */
     int64_t stop_after; /* stop (as if interrupted) after this many steps of this run; 0 = off */
     int quiet;
 } train_config;

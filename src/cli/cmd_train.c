@@ -11,6 +11,7 @@ int cmd_train(int argc, char **argv) {
     train_config c;
     train_config_default(&c);
     const char *loss = "mapo", *sched = "constant";
+    int64_t lora_rank = 0;
     opt_def o[] = {
         {"pretrained_model_name_or_path", OPT_STR, &c.model_dir,
          "diffusers UNet folder or pipeline folder (with unet/)", 0},
@@ -43,6 +44,9 @@ int cmd_train(int argc, char **argv) {
          "a checkpoint folder, or \"latest\" (in --output_dir)", 0},
         {"stop_after_steps", OPT_INT, &c.stop_after,
          "stop after N steps of this run, as an interruption would (tests, time-boxed jobs)", 0},
+        {"lora_rank", OPT_INT, &lora_rank,
+         "train LoRA adapters of this rank on to_q/to_k/to_v/to_out.0 (alpha = rank) instead of "
+         "the whole UNet; saves output_dir/pytorch_lora_weights.safetensors (0 = off)", 0},
         {"quiet", OPT_FLAG, &c.quiet, "no progress lines", 0},
     };
     int n = (int)(sizeof o / sizeof *o);
@@ -51,6 +55,8 @@ int cmd_train(int argc, char **argv) {
                        "PAIRS.safetensors --output_dir DIR [options]");
     if (r) return r > 0 ? 0 : -1;
     if (objective_parse(loss, &c.obj.kind)) return -1;
+    if (lora_rank < 0 || lora_rank > 4096) return mapo_error("--lora_rank must be in 0..4096");
+    c.lora_rank = (int)lora_rank;
     if (lr_schedule_parse(sched, &c.sched))
         return mapo_error("unknown --lr_scheduler '%s' (constant, constant_with_warmup, linear, "
                           "cosine)", sched);

@@ -104,6 +104,20 @@ static int replace_dir(const char *tmp, const char *dst) {
 }
 
 /* --------------------------------------------------------------- checkpoints */
+/* the trained weights: the whole UNet, or only its LoRA adapters */
+static const param_table *trained(const unet *u) { return u->lora.n ? &u->lora : &u->params; }
+
+/* the trained model into dir (created): dir/unet/ or dir/pytorch_lora_weights.safetensors */
+static int save_model(const unet *u, const char *dir) {
+    char p[4300];
+    if (u->lora.n) {
+        snprintf(p, sizeof p, "%s/pytorch_lora_weights.safetensors", dir);
+        return unet_lora_save(u, p);
+    }
+    snprintf(p, sizeof p, "%s/unet", dir);
+    return unet_save_dir(u, p);
+}
+
 static int save_checkpoint(const train_config *c, const unet *u, const float *m,
                            const float *v, int64_t step, const char *dir_name) {
     char tmp[4096], dst[4096], p[4300];
@@ -111,23 +125,22 @@ static int save_checkpoint(const train_config *c, const unet *u, const float *m,
     snprintf(tmp, sizeof tmp, "%s/.%s.tmp", c->output_dir, dir_name);
     rm_rf(tmp);
     if (mkdir_p(tmp)) return -1;
-    snprintf(p, sizeof p, "%s/unet", tmp);
-    if (unet_save_dir(u, p)) return -1;
+    if (save_model(u, tmp)) return -1;
     if (m) {
         st_writer *w = st_writer_new();
-        params_write(&u->params, w, "exp_avg.", m);
-        params_write(&u->params, w, "exp_avg_sq.", v);
+        params_write(trained(u), w, "exp_avg.", m);
+        params_write(trained(u), w, "exp_avg_sq.", v);
         snprintf(p, sizeof p, "%s/optimizer.safetensors", tmp);
         int rc = st_writer_write(w, p);
         st_writer_free(w);
         if (rc) return -1;
-        json_t *js = json_pack("{s:I, s:I, s:I, s:I, s:s, s:s, s:f, s:I}", "global_step",
+        json_t *js = json_pack("{s:I, s:I, s:I, s:I, s:s, s:s, s:f, s:I, s:i}", "global_step",
                                (json_int_t)step, "seed", (json_int_t)c->seed,
                                "train_batch_size", (json_int_t)c->train_batch_size,
                                "gradient_accumulation_steps", (json_int_t)c->grad_accum,
                                "loss", objective_name(c->obj.kind), "dataset_name", c->dataset,
                                "learning_rate", c->learning_rate, "max_train_steps",
-                               (json_int_t)c->max_train_steps);
+                               (json_int_t)c->max_train_steps, "lora_rank", c->lora_rank);
         char *s = json_dumps(js, JSON_INDENT(2));
         json_decref(js);
         snprintf(p, sizeof p, "%s/trainer_state.json", tmp);
@@ -174,6 +187,7 @@ static int load_checkpoint(const train_config *c, unet *u, float *m, float *v, i
     json_int_t bs = json_integer_value(json_object_get(js, "train_batch_size"));
     json_int_t ga = json_integer_value(json_object_get(js, "gradient_accumulation_steps"));
     const char *loss = json_string_value(json_object_get(js, "loss"));
+    json_int_t lr = json_integer_value(json_object_get(js, "lora_rank"));
     int rc = 0;
     if (gs <= 0) rc = mapo_error("%s: bad global_step", p);
     else if (seed != c->seed || bs != c->train_batch_size || ga != c->grad_accum)
@@ -184,15 +198,36 @@ static int load_checkpoint(const train_config *c, unet *u, float *m, float *v, i
     else if (!loss || strcmp(loss, objective_name(c->obj.kind)))
         rc = mapo_error("%s: the checkpoint trained with loss %s, this run uses %s", p,
                         loss ? loss : "?", objective_name(c->obj.kind));
+    else if (lr != c->lora_rank)
+        rc = mapo_error("%s: the checkpoint has --lora_rank %lld, this run %d", p, (long long)lr,
+                        c->lora_rank);
     json_decref(js);
     if (rc) return -1;
-    snprintf(p, sizeof p, "%s/unet/diffusion_pytorch_model.safetensors", dir);
-    if (params_load(&u->params, p, "", 0)) return -1;
+    if (u->lora.n) {
+        /* the adapters of the checkpoint replace the fresh ones (same names and shapes) */
+        snprintf(p, sizeof p, "%s/pytorch_lora_weights.safetensors", dir);
+        st_file lf;
+        if (st_open(&lf, p)) return -1;
+        for (int i = 0; i < u->lora.n && !rc; i++) {
+            const param_info *pi = &u->lora.p[i];
+            char nm[700];
+            size_t len = strlen(pi->name);
+            snprintf(nm, sizeof nm, "unet.%.*s.%s", (int)(len - 14), pi->name,
+                     strstr(pi->name, ".lora_A.") ? "lora.down.weight" : "lora.up.weight");
+            rc = st_read_f32_shape(&lf, nm, u->lora.data + pi->offset, pi->ndim, pi->shape);
+        }
+        st_close(&lf);
+        if (rc) return -1;
+    } else {
+        snprintf(p, sizeof p, "%s/unet/diffusion_pytorch_model.safetensors", dir);
+        if (params_load(&u->params, p, "", 0)) return -1;
+    }
     snprintf(p, sizeof p, "%s/optimizer.safetensors", dir);
     st_file f;
     if (st_open(&f, p)) return -1;
-    for (int i = 0; i < u->params.n && !rc; i++) {
-        const param_info *pi = &u->params.p[i];
+    const param_table *tp = trained(u);
+    for (int i = 0; i < tp->n && !rc; i++) {
+        const param_info *pi = &tp->p[i];
         char nm[600];
         snprintf(nm, sizeof nm, "exp_avg.%s", pi->name);
         rc = st_read_f32_shape(&f, nm, m + pi->offset, pi->ndim, pi->shape);
@@ -273,7 +308,13 @@ int train_run(const train_config *c) {
     int have_ref = 0;
     ddpm_schedule sch;
     if (load_schedule(&sch, c->model_dir)) return -1;
-    if (unet_load_dir(&u, c->model_dir, 1)) {
+    if (c->lora_rank < 0) return mapo_error("--lora_rank must be >= 0");
+    if (unet_load_dir(&u, c->model_dir, c->lora_rank == 0)) {
+        ddpm_free(&sch);
+        return -1;
+    }
+    if (c->lora_rank && unet_lora_add(&u, c->lora_rank, (uint64_t)c->seed)) {
+        unet_free(&u);
         ddpm_free(&sch);
         return -1;
     }
@@ -298,7 +339,15 @@ int train_run(const train_config *c) {
         rc = mapo_error_prefix("%s", c->dataset);
         goto done_data;
     }
-    if (c->obj.kind == OBJ_DPO) {
+    /* Diffusion-DPO's reference: with LoRA the same UNet with adapters off (as the official
+       train_with_lora.py), else a second, frozen UNet */
+    const int ref_is_self = c->obj.kind == OBJ_DPO && c->lora_rank > 0;
+    if (ref_is_self && c->ref_dir) {
+        rc = mapo_error("--ref_model cannot be used with --lora_rank: the reference is the "
+                        "UNet with its adapters switched off");
+        goto done_data;
+    }
+    if (c->obj.kind == OBJ_DPO && !ref_is_self) {
         const char *rd = c->ref_dir ? c->ref_dir : c->model_dir;
         if (unet_load_dir(&ref, rd, 0)) {
             rc = -1;
@@ -314,7 +363,8 @@ int train_run(const train_config *c) {
         rc = -1;
         goto done_ref;
     }
-    const size_t P = u.params.total;
+    param_table *tp = (param_table *)trained(&u);
+    const size_t P = tp->total;
     float *m = xcalloc(P, sizeof(float)), *v = xcalloc(P, sizeof(float));
     int64_t step = 0;
     if (c->resume && load_checkpoint(c, &u, m, v, &step)) {
@@ -348,11 +398,12 @@ int train_run(const train_config *c) {
         rc = mapo_error("%s: cannot open for writing: %s", logp, strerror(errno));
         goto done_buf;
     }
-    double mem = (double)P * 4 * (have_ref ? 5 : 4);
-    mapo_log(1, "mapo train: %s, %zu parameters; %lld pairs of %dx%dx%d; loss %s; batch %d x %lld "
-                "accumulation; memory for weights, gradients%s and AdamW: %.1f MiB\n",
-             c->model_dir, P, (long long)pf.N, pf.C, pf.H, pf.W, objective_name(c->obj.kind), Bp,
-             (long long)c->grad_accum, have_ref ? ", reference" : "", mem / 1048576.0);
+    double mem = (double)u.params.total * 4 * (have_ref ? 2 : 1) + (double)P * 4 * 3;
+    mapo_log(1, "mapo train: %s, %zu trained parameters%s; %lld pairs of %dx%dx%d; loss %s; batch "
+                "%d x %lld accumulation; memory for weights, gradients%s and AdamW: %.1f MiB\n",
+             c->model_dir, P, c->lora_rank ? " (LoRA adapters)" : "", (long long)pf.N, pf.C,
+             pf.H, pf.W, objective_name(c->obj.kind), Bp, (long long)c->grad_accum,
+             have_ref ? ", reference" : "", mem / 1048576.0);
     mapo_log(1, "noise schedule: T=%d, %s target\n", sch.num_train_timesteps,
              sch.pred == PRED_V ? "v_prediction" : "epsilon");
     const double t0 = mapo_now();
@@ -371,9 +422,15 @@ int train_run(const train_config *c) {
             int64_t first = (step * c->grad_accum + micro) * Bp;
             fill_batch(&b, &pf, &sch, &ord, (uint64_t)c->seed, first);
             if (have_ref) model_errors(&ref, &in, b.target, ref_err);
+            if (ref_is_self) {
+                u.lora_on = 0;
+                model_errors(&u, &in, b.target, ref_err);
+                u.lora_on = 1;
+            }
             objective_stats st;
             size_t ap = 0;
-            rc = preference_step(&u, &in, b.target, &cc.obj, have_ref ? ref_err : NULL,
+            rc = preference_step(&u, &in, b.target, &cc.obj,
+                                 have_ref || ref_is_self ? ref_err : NULL,
                                  1.0 / (double)c->grad_accum, err, &st, NULL, &ap);
             if (rc) {
                 rc = mapo_error_prefix("step %lld", (long long)step + 1);
@@ -390,16 +447,16 @@ int train_run(const train_config *c) {
             acc.implicit_acc += w * st.implicit_acc;
         }
         if (rc) break;
-        double gnorm = c->max_grad_norm > 0 ? clip_grad_norm(u.params.grad, P, c->max_grad_norm)
-                                            : sqrt(grad_sq_norm(u.params.grad, P));
+        double gnorm = c->max_grad_norm > 0 ? clip_grad_norm(tp->grad, P, c->max_grad_norm)
+                                            : sqrt(grad_sq_norm(tp->grad, P));
         if (!isfinite(gnorm)) {
             rc = mapo_error("step %lld: gradient norm is not finite; nothing of this step was "
                             "applied (try a lower --learning_rate)", (long long)step + 1);
             break;
         }
         double lr = c->learning_rate * lr_lambda(c->sched, step, c->warmup, c->max_train_steps);
-        adamw_step(u.params.data, u.params.grad, m, v, P, step + 1, lr, &c->adam);
-        params_zero_grad(&u.params);
+        adamw_step(tp->data, tp->grad, m, v, P, step + 1, lr, &c->adam);
+        params_zero_grad(tp);
         step++;
         double el = mapo_now() - t0;
         double pps = (double)(step - step0) * Bp * c->grad_accum / (el > 0 ? el : 1e-9);
@@ -428,13 +485,19 @@ int train_run(const train_config *c) {
         char name[64];
         snprintf(name, sizeof name, "checkpoint-%lld", (long long)step);
         if (c->checkpointing_steps > 0) rc = save_checkpoint(c, &u, m, v, step, name);
-        /* the final model: output_dir/unet, loadable by UNet2DConditionModel.from_pretrained */
+        /* the final model: output_dir/unet, loadable by UNet2DConditionModel.from_pretrained,
+           or output_dir/pytorch_lora_weights.safetensors for pipeline.load_lora_weights */
         char tmp[4200], dst[4200];
-        snprintf(tmp, sizeof tmp, "%s/.unet.tmp", c->output_dir);
-        snprintf(dst, sizeof dst, "%s/unet", c->output_dir);
-        rm_rf(tmp);
-        if (!rc) rc = unet_save_dir(&u, tmp);
-        if (!rc) rc = replace_dir(tmp, dst);
+        if (u.lora.n) {
+            snprintf(dst, sizeof dst, "%s/pytorch_lora_weights.safetensors", c->output_dir);
+            if (!rc) rc = unet_lora_save(&u, dst); /* atomic: temp file + rename */
+        } else {
+            snprintf(tmp, sizeof tmp, "%s/.unet.tmp", c->output_dir);
+            snprintf(dst, sizeof dst, "%s/unet", c->output_dir);
+            rm_rf(tmp);
+            if (!rc) rc = unet_save_dir(&u, tmp);
+            if (!rc) rc = replace_dir(tmp, dst);
+        }
         if (!rc)
             mapo_log(1, "saved %s (%lld steps; peak activations %.1f MiB per micro-batch, "
                         "peak RSS %.1f MiB)\n",

@@ -56,4 +56,25 @@ for cfg in "1 2" "2 1"; do set -- $cfg
 done
 out=$($MAPO diff $TMP/ga1/unet/diffusion_pytorch_model.safetensors $TMP/ga2/unet/diffusion_pytorch_model.safetensors --tol 1e-5 --quiet 2>&1) \
   && ok "accumulation 1x2 == batch 2x1: ${out}" || bad "accumulation differs: $out"
+# LoRA: only the adapters train and are saved (diffusers names); interrupted + resumed is exact;
+# DPO with LoRA uses the adapters switched off as its reference (no second UNet)
+lcommon=(--dataset_name $TMP/p.safetensors --lora_rank 2 --train_batch_size 2 --learning_rate 1e-2
+         --max_train_steps 4 --checkpointing_steps 2 --seed 3 --quiet)
+$MAPO train --pretrained_model_name_or_path $M --output_dir $TMP/la "${lcommon[@]}" 2>$TMP/la.log || bad "lora train: $(cat $TMP/la.log)"
+[ -f $TMP/la/pytorch_lora_weights.safetensors ] && [ ! -d $TMP/la/unet ] && ok "lora run saves pytorch_lora_weights.safetensors only" || bad "lora output"
+$MAPO train --pretrained_model_name_or_path $M --output_dir $TMP/lb "${lcommon[@]}" --stop_after_steps 2 2>/dev/null || bad "lora b"
+$MAPO train --pretrained_model_name_or_path $M --output_dir $TMP/lb "${lcommon[@]}" --resume_from_checkpoint latest 2>/dev/null || bad "lora resume"
+out=$($MAPO diff $TMP/lb/pytorch_lora_weights.safetensors $TMP/la/pytorch_lora_weights.safetensors --tol 0 --quiet 2>&1) \
+  && ok "lora resume bit-identical" || bad "lora resume differs: $out"
+grep -q '"lora.up.weight\|lora.up.weight' <(strings $TMP/la/pytorch_lora_weights.safetensors | head -c 100000) \
+  && ok "diffusers lora names" || bad "lora names"
+$MAPO train --pretrained_model_name_or_path $M --output_dir $TMP/ldpo --dataset_name $TMP/p.safetensors --loss dpo \
+   --lora_rank 2 --train_batch_size 2 --max_train_steps 2 --checkpointing_steps 0 --quiet 2>$TMP/ldpo.log \
+   && grep -q '"implicit_acc": 0\.\?[0-9]' $TMP/ldpo/train_log.jsonl && ok "dpo + lora runs" || bad "dpo lora: $(cat $TMP/ldpo.log)"
+# first DPO step with fresh adapters (B = 0): policy == reference, so the loss is log 2
+l1=$(head -1 $TMP/ldpo/train_log.jsonl | sed 's/.*"loss": \([^,]*\),.*/\1/')
+awk -v l="$l1" 'BEGIN{exit !(l > 0.693146 && l < 0.693148)}' && ok "dpo+lora step 1 loss = log 2 ($l1)" || bad "dpo+lora first loss $l1"
+$MAPO train --pretrained_model_name_or_path $M --output_dir $TMP/lx --dataset_name $TMP/p.safetensors --loss dpo \
+   --lora_rank 2 --ref_model $M --quiet 2>$TMP/lx.log; [ $? -ne 0 ] && grep -q "adapters switched off" $TMP/lx.log \
+   && ok "--ref_model with --lora_rank refused" || bad "ref_model + lora accepted"
 finish
