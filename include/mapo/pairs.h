@@ -18,6 +18,9 @@ typedef struct {
     int C, H, W, S, D, P;
     const float *chosen, *rejected, *ehs, *text_embeds, *time_ids;
     float *owned[5]; /* converted copies for non-F32 inputs */
+    const double *ref_errors; /* [ref_epochs, N, 2] cached Diffusion-DPO reference errors, or NULL */
+    int64_t ref_epochs;
+    double *ref_owned;
 } pair_file;
 
 /* Open and validate against the model (channels, cross_attention_dim, text_time). */

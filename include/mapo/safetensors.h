@@ -72,6 +72,16 @@ void st_writer_add(st_writer *w, const char *name, st_dtype dtype, int ndim,
 void st_writer_meta(st_writer *w, const char *key, const char *value);
 int st_writer_write(st_writer *w, const char *path);
 void st_writer_free(st_writer *w);
+/* Streaming, for files larger than memory: declare tensors without data (st_writer_add_empty),
+ * st_writer_begin writes the header into a temporary file of the final size, st_writer_put
+ * writes n bytes at a byte offset inside tensor i (index in add order), st_writer_commit
+ * fsyncs and renames into place. st_writer_free without a commit removes the temporary file,
+ * so an interrupted run leaves any earlier file at the path untouched. */
+void st_writer_add_empty(st_writer *w, const char *name, st_dtype dtype, int ndim,
+                         const int64_t *shape);
+int st_writer_begin(st_writer *w, const char *path);
+int st_writer_put(st_writer *w, int tensor, size_t offset, const void *data, size_t n);
+int st_writer_commit(st_writer *w);
 
 /* Atomic whole-file write: path.tmp.<pid> then fsync + rename + fsync(dir). */
 int mapo_write_file_atomic(const char *path, const void *data, size_t n);

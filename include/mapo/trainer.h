@@ -19,11 +19,18 @@ typedef struct {
     adamw_config adam;
     objective_cfg obj;
     int lora_rank;      /* --lora_rank: train LoRA adapters only (0 = full fine-tune) */
+    /* image datasets (parquet / JSONL manifest): encoded once into output_dir/cache.safetensors */
+    int resolution;     /* 0: the UNet's sample_size x the VAE factor */
+    int random_crop, no_hflip, on_bad_image; /* on_bad_image: ON_BAD_IMAGE_* (dataset.h) */
+    int no_memory_check; /* run even when the memory plan exceeds MemAvailable */
     int64_t stop_after; /* stop (as if interrupted) after this many steps of this run; 0 = off */
     int quiet;
 } train_config;
 
 void train_config_default(train_config *c);
+/* The noise eps [chw] and timestep (returned) of pair idx in epoch e of a run with this seed:
+   the trainer and cached Diffusion-DPO reference errors (cache.h) draw the same. */
+int pair_noise(uint64_t seed, int64_t epoch, int64_t idx, int T, float *eps, int64_t chw);
 int train_run(const train_config *c);
 
 #endif

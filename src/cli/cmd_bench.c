@@ -41,7 +41,7 @@ static void synth_batch(const unet_config *c, int pairs, int H, int W, int S, in
 
 int cmd_bench(int argc, char **argv) {
     const char *config = "bench/bench_unet.json", *loss = "mapo";
-    int64_t pairs = 2, res = 32, seq = 77, steps = 5, warm = 2;
+    int64_t pairs = 2, res = 32, seq = 77, steps = 5, warm = 2, lora = 0;
     opt_def o[] = {
         {"config", OPT_STR, &config, "UNet config.json (bench/bench_unet.json)", 0},
         {"pairs", OPT_INT, &pairs, "pairs per step (2)", 0},
@@ -50,10 +50,11 @@ int cmd_bench(int argc, char **argv) {
         {"steps", OPT_INT, &steps, "timed steps (5)", 0},
         {"warmup", OPT_INT, &warm, "untimed steps first (2)", 0},
         {"loss", OPT_STR, &loss, "mapo | dpo | sft (mapo)", 0},
+        {"lora_rank", OPT_INT, &lora, "train LoRA adapters of this rank only (0: full)", 0},
     };
-    int r = args_parse(o, 7, argc, argv, 2,
+    int r = args_parse(o, 8, argc, argv, 2,
                        "usage: mapo bench [--config F] [--pairs N] [--res N] [--seq N] "
-                       "[--steps N] [--warmup N] [--loss mapo|dpo|sft]\n"
+                       "[--steps N] [--warmup N] [--loss mapo|dpo|sft] [--lora_rank R]\n"
                        "Times full training steps (forward, objective, backward, clip, AdamW) "
                        "of a random-initialised UNet and prints one JSON line.");
     if (r) return r > 0 ? 0 : -1;
@@ -63,8 +64,12 @@ int cmd_bench(int argc, char **argv) {
     objective_cfg_default(&oc);
     if (objective_parse(loss, &oc.kind)) return -1;
     unet u, ref;
-    if (unet_init_dir(&u, config, 1, 1)) return -1;
-    int have_ref = oc.kind == OBJ_DPO;
+    if (lora < 0 || lora > 4096) return mapo_error("--lora_rank must be in 0..4096");
+    if (unet_init_dir(&u, config, 1, lora == 0)) return -1;
+    if (lora && unet_lora_add(&u, (int)lora, 1)) return -1;
+    param_table *tp = lora ? &u.lora : &u.params;
+    /* DPO's reference: a second UNet, or with LoRA the same one with adapters off */
+    int have_ref = oc.kind == OBJ_DPO && !lora, self_ref = oc.kind == OBJ_DPO && lora;
     if (have_ref && unet_init_dir(&ref, config, 1, 0)) return -1;
     const int n = 2 * (int)pairs, H = (int)res, W = (int)res, S = (int)seq;
     const int P = u.cfg.text_time ? u.cfg.proj_class_dim - 6 * u.cfg.add_time_dim : 0;
@@ -75,7 +80,7 @@ int cmd_bench(int argc, char **argv) {
     synth_batch(&u.cfg, (int)pairs, H, W, S, P, 1, sample, target, ts, ehs, te, tid);
     unet_inputs in = {n, H, W, sample, ts, ehs, S, te, P, tid};
     if (unet_check_inputs(&u, &in)) return -1;
-    float *m = xcalloc(u.params.total, 4), *v = xcalloc(u.params.total, 4);
+    float *m = xcalloc(tp->total, 4), *v = xcalloc(tp->total, 4);
     adamw_config ac = {0.9, 0.999, 1e-8, 1e-2};
     double *err = xmalloc(n * sizeof(double)), *rerr = xmalloc(n * sizeof(double));
     objective_stats st = {0};
@@ -84,23 +89,28 @@ int cmd_bench(int argc, char **argv) {
     for (int64_t s = 0; s < warm + steps; s++) {
         if (s == warm) t0 = mapo_now();
         if (have_ref) model_errors(&ref, &in, target, rerr);
-        if (preference_step(&u, &in, target, &oc, have_ref ? rerr : NULL, 1.0, err, &st, NULL,
-                            &act))
+        if (self_ref) {
+            u.lora_on = 0;
+            model_errors(&u, &in, target, rerr);
+            u.lora_on = 1;
+        }
+        if (preference_step(&u, &in, target, &oc, have_ref || self_ref ? rerr : NULL, 1.0, err,
+                            &st, NULL, &act))
             return -1;
-        clip_grad_norm(u.params.grad, u.params.total, 1.0);
-        adamw_step(u.params.data, u.params.grad, m, v, u.params.total, s + 1, 1e-5, &ac);
-        params_zero_grad(&u.params);
+        clip_grad_norm(tp->grad, tp->total, 1.0);
+        adamw_step(tp->data, tp->grad, m, v, tp->total, s + 1, 1e-5, &ac);
+        params_zero_grad(tp);
     }
     double dt = (mapo_now() - t0) / (double)steps;
     double fwd = unet_forward_flops(&u, &in);
-    double step_flop = 3 * fwd + (have_ref ? fwd : 0);
+    double step_flop = 3 * fwd + (have_ref || self_ref ? fwd : 0);
     printf("{\"impl\":\"mapo\",\"loss_type\":\"%s\",\"loss\":%.6g,\"pairs\":%lld,\"res\":%lld,"
            "\"pairs_per_s\":%.4g,\"step_s\":%.4g,\"fwd_gflop\":%.4g,\"step_gflop\":%.4g,"
            "\"gflop_per_s\":%.4g,\"peak_rss_mb\":%.1f,\"activation_peak_mb\":%.1f,"
-           "\"params\":%zu,\"threads\":%d}\n",
+           "\"params\":%zu,\"trained_params\":%zu,\"threads\":%d}\n",
            loss, st.loss, (long long)pairs, (long long)res, pairs / dt, dt, fwd / 1e9,
            step_flop / 1e9, step_flop / dt / 1e9, mapo_peak_rss() / 1048576.0,
-           act / 1048576.0, u.params.total, omp_get_max_threads());
+           act / 1048576.0, u.params.total, tp->total, omp_get_max_threads());
     free(sample); free(target); free(ts); free(ehs); free(te); free(tid);
     free(m); free(v); free(err); free(rerr);
     if (have_ref) unet_free(&ref);

@@ -5,19 +5,26 @@
 #include "args.h"
 #include "cmds.h"
 #include "mapo/common.h"
+#include "mapo/dataset.h"
 #include "mapo/trainer.h"
 
 int cmd_train(int argc, char **argv) {
     train_config c;
     train_config_default(&c);
     const char *loss = "mapo", *sched = "constant";
-    int64_t lora_rank = 0;
+    int64_t lora_rank = 0, res = 0;
+    const char *bad = "skip";
     opt_def o[] = {
         {"pretrained_model_name_or_path", OPT_STR, &c.model_dir,
          "diffusers UNet folder or pipeline folder (with unet/)", 0},
         {"dataset_name", OPT_STR, &c.dataset,
-         "pair file: safetensors with chosen, rejected, encoder_hidden_states [, text_embeds, "
-         "time_ids]", 0},
+         "Pick-a-Pic-style parquet (file or folder), a JSONL manifest (file or folder), or a "
+         "pair file / mapo cache (.safetensors)", 0},
+        {"resolution", OPT_INT, &res, "image datasets: training resolution (default: the UNet's "
+                                      "sample_size x the VAE factor)", 0},
+        {"random_crop", OPT_FLAG, &c.random_crop, "image datasets: random instead of center crop", 0},
+        {"no_hflip", OPT_FLAG, &c.no_hflip, "image datasets: no random horizontal flip", 0},
+        {"on_bad_image", OPT_STR, &bad, "image datasets: skip | fail on undecodable images (skip)", 0},
         {"output_dir", OPT_STR, &c.output_dir, "where unet/, checkpoints and train_log.jsonl go", 0},
         {"loss", OPT_STR, &loss, "mapo | dpo | sft (default mapo)", 0},
         {"train_batch_size", OPT_INT, &c.train_batch_size, "pairs per micro-batch (4)", 0},
@@ -47,16 +54,21 @@ int cmd_train(int argc, char **argv) {
         {"lora_rank", OPT_INT, &lora_rank,
          "train LoRA adapters of this rank on to_q/to_k/to_v/to_out.0 (alpha = rank) instead of "
          "the whole UNet; saves output_dir/pytorch_lora_weights.safetensors (0 = off)", 0},
+        {"no_memory_check", OPT_FLAG, &c.no_memory_check,
+         "start even when the memory plan exceeds the memory available", 0},
         {"quiet", OPT_FLAG, &c.quiet, "no progress lines", 0},
     };
     int n = (int)(sizeof o / sizeof *o);
     int r = args_parse(o, n, argc, argv, 2,
                        "usage: mapo train --pretrained_model_name_or_path DIR --dataset_name "
-                       "PAIRS.safetensors --output_dir DIR [options]");
+                       "DATA --output_dir DIR [options]");
     if (r) return r > 0 ? 0 : -1;
     if (objective_parse(loss, &c.obj.kind)) return -1;
     if (lora_rank < 0 || lora_rank > 4096) return mapo_error("--lora_rank must be in 0..4096");
     c.lora_rank = (int)lora_rank;
+    if (res < 0 || res > 8192) return mapo_error("--resolution must be in 1..8192");
+    c.resolution = (int)res;
+    if ((c.on_bad_image = pref_parse_on_bad_image(bad)) < 0) return -1;
     if (lr_schedule_parse(sched, &c.sched))
         return mapo_error("unknown --lr_scheduler '%s' (constant, constant_with_warmup, linear, "
                           "cosine)", sched);

@@ -8,4 +8,6 @@ int cmd_init_unet(int argc, char **argv);
 int cmd_make_pairs(int argc, char **argv);
 int cmd_diff(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_sample(int argc, char **argv);
+int cmd_cache(int argc, char **argv);
 #endif

@@ -96,6 +96,21 @@ int pair_file_open(pair_file *p, const char *path, const unet_config *c) {
                             "(projection_class_embeddings_input_dim %d - 6*%d)", path, p->P,
                             c->proj_class_dim, c->add_time_dim);
     }
+    const st_tensor *re = st_find(&p->f, "ref_errors");
+    if (!rc && re) {
+        if (re->ndim != 3 || re->shape[1] != p->N || re->shape[2] != 2 || re->shape[0] < 1)
+            rc = mapo_error("%s: ref_errors must be [epochs, %lld, 2]", path, (long long)p->N);
+        else {
+            p->ref_epochs = re->shape[0];
+            p->ref_owned = xmalloc((size_t)re->numel * sizeof(double));
+            if (st_to_f64(re, p->ref_owned))
+                rc = mapo_error("%s: ref_errors must be a float tensor", path);
+            for (int64_t i = 0; !rc && i < re->numel; i++)
+                if (!isfinite(p->ref_owned[i]) || p->ref_owned[i] < 0)
+                    rc = mapo_error("%s: ref_errors[%lld] is not a finite error", path, (long long)i);
+            p->ref_errors = p->ref_owned;
+        }
+    }
     int64_t n_img = p->N * p->C * p->H * p->W;
     if (!rc) rc = check_finite(path, "chosen", p->chosen, n_img);
     if (!rc) rc = check_finite(path, "rejected", p->rejected, n_img);
@@ -106,6 +121,7 @@ int pair_file_open(pair_file *p, const char *path, const unet_config *c) {
 
 void pair_file_close(pair_file *p) {
     for (int i = 0; i < 5; i++) free(p->owned[i]);
+    free(p->ref_owned);
     st_close(&p->f);
     memset(p, 0, sizeof *p);
 }

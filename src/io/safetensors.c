@@ -550,6 +550,11 @@ struct st_writer {
     char **mk, **mv;
     int nm, mcap;
     char *err; /* first invalid add/meta call, reported by st_writer_write */
+    /* streaming (st_writer_begin / put / commit) */
+    int streaming;
+    atomic_file a;
+    size_t data_start;
+    size_t *offs;
 };
 
 st_writer *st_writer_new(void) { return xcalloc(1, sizeof(st_writer)); }
@@ -572,7 +577,7 @@ static const char *check_add(const st_writer *w, const char *name, st_dtype dtyp
     int64_t numel;
     if (shape_sizes(ndim, shape, dtype, &numel, nbytes))
         return "has a negative or too large shape";
-    if (*nbytes && !data) return "has no data";
+    if (*nbytes && !data && !w->streaming) return "has no data";
     for (int i = 0; i < w->n; i++)
         if (!strcmp(w->e[i].name, name)) return "was added twice";
     return NULL;
@@ -650,8 +655,91 @@ fail:
     return NULL;
 }
 
+/* the header bytes: u64 length + JSON padded with spaces to 8 bytes */
+static char *header_bytes(st_writer *w, const char *path, size_t *total) {
+    json_t *root = build_header(w, path);
+    if (!root) return NULL;
+    char *js = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(root);
+    if (!js) {
+        mapo_error("%s: cannot serialise the safetensors header", path);
+        return NULL;
+    }
+    size_t jl = strlen(js), hl = (jl + 7) & ~(size_t)7;
+    char *hdr = xmalloc(hl + 8);
+    uint64_t hl64 = hl;
+    memcpy(hdr, &hl64, 8); /* little-endian host */
+    memcpy(hdr + 8, js, jl);
+    memset(hdr + 8 + jl, ' ', hl - jl);
+    free(js);
+    *total = hl + 8;
+    return hdr;
+}
+
+void st_writer_add_empty(st_writer *w, const char *name, st_dtype dtype, int ndim,
+                         const int64_t *shape) {
+    int was = w->streaming;
+    w->streaming = 1;
+    st_writer_add(w, name, dtype, ndim, shape, NULL);
+    w->streaming = was;
+    if (!w->err) w->e[w->n - 1].data = NULL;
+}
+
+int st_writer_begin(st_writer *w, const char *path) {
+    if (w->err) return mapo_error("%s: cannot write: %s", path, w->err);
+    size_t hl;
+    char *hdr = header_bytes(w, path, &hl);
+    if (!hdr) return -1;
+    size_t total = hl;
+    w->offs = xcalloc(w->n ? w->n : 1, sizeof(size_t));
+    for (int i = 0; i < w->n; i++) {
+        w->offs[i] = total - hl;
+        total += w->e[i].nbytes;
+    }
+    int rc = atomic_open(&w->a, path);
+    if (!rc) rc = atomic_write(&w->a, hdr, hl);
+    free(hdr);
+    if (!rc && ftruncate(w->a.fd, (off_t)total))
+        rc = mapo_error("%s: cannot size the file to %zu bytes: %s", path, total, strerror(errno));
+    if (rc) {
+        if (w->a.tmp) atomic_abort(&w->a);
+        return -1;
+    }
+    w->streaming = 2; /* open */
+    w->data_start = hl;
+    return 0;
+}
+
+int st_writer_put(st_writer *w, int tensor, size_t offset, const void *data, size_t n) {
+    if (w->streaming != 2) return mapo_error("st_writer_put: no stream open");
+    if (tensor < 0 || tensor >= w->n || offset > w->e[tensor].nbytes ||
+        n > w->e[tensor].nbytes - offset)
+        return mapo_error("%s: write outside tensor %d", w->a.path, tensor);
+    const uint8_t *p = data;
+    off_t at = (off_t)(w->data_start + w->offs[tensor] + offset);
+    while (n) {
+        ssize_t r = pwrite(w->a.fd, p, n, at);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return mapo_error("%s: write failed: %s", w->a.path, r < 0 ? strerror(errno) : "no progress");
+        p += r;
+        at += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+int st_writer_commit(st_writer *w) {
+    if (w->streaming != 2) return mapo_error("st_writer_commit: no stream open");
+    w->streaming = 0;
+    return atomic_commit(&w->a);
+}
+
 int st_writer_write(st_writer *w, const char *path) {
     if (w->err) return mapo_error("%s: cannot write: %s", path, w->err);
+    for (int i = 0; i < w->n; i++)
+        if (w->e[i].nbytes && !w->e[i].data)
+            return mapo_error("%s: tensor '%s' was declared for streaming (st_writer_begin)",
+                              path, w->e[i].name);
     json_t *root = build_header(w, path);
     if (!root) return -1;
     char *js = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
@@ -679,6 +767,8 @@ int st_writer_write(st_writer *w, const char *path) {
 
 void st_writer_free(st_writer *w) {
     if (!w) return;
+    if (w->streaming == 2) atomic_abort(&w->a); /* never committed: the target is untouched */
+    free(w->offs);
     for (int i = 0; i < w->n; i++) free(w->e[i].name);
     for (int i = 0; i < w->nm; i++) {
         free(w->mk[i]);

@@ -16,7 +16,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "mapo/cache.h"
 #include "mapo/common.h"
+#include "mapo/dataset.h"
 #include "mapo/ddpm.h"
 #include "mapo/pairs.h"
 #include "mapo/rng.h"
@@ -35,6 +37,7 @@ void train_config_default(train_config *c) {
     c->sched = LR_CONSTANT;
     c->adam = (adamw_config){0.9, 0.999, 1e-8, 1e-2};
     objective_cfg_default(&c->obj);
+    c->on_bad_image = ON_BAD_IMAGE_SKIP;
 }
 
 typedef struct {
@@ -246,7 +249,17 @@ typedef struct {
     int Bp;                /* pairs per micro-batch */
     int64_t chw;
     float *sample, *target, *timestep, *ehs, *text_embeds, *time_ids, *eps;
+    const double *ref_cached; /* [epochs, N, 2] reference errors from a cache, or NULL */
+    double *ref_err;          /* [2B] filled from ref_cached */
 } batch_buf;
+
+int pair_noise(uint64_t seed, int64_t epoch, int64_t idx, int T, float *eps, int64_t chw) {
+    philox r;
+    philox_init(&r, seed, ((uint64_t)STREAM_NOISE << 40) | (uint64_t)epoch, (uint64_t)idx);
+    int t = (int)philox_below(&r, (uint32_t)T);
+    philox_fill_normal(&r, eps, chw);
+    return t;
+}
 
 static void fill_batch(batch_buf *b, const pair_file *pf, const ddpm_schedule *sch,
                        epoch_order *ord, uint64_t seed, int64_t first_pair) {
@@ -254,10 +267,11 @@ static void fill_batch(batch_buf *b, const pair_file *pf, const ddpm_schedule *s
     const int64_t chw = b->chw, sd = (int64_t)pf->S * pf->D;
     for (int j = 0; j < Bp; j++) {
         int64_t e, idx = pair_index(ord, seed, first_pair + j, &e);
-        philox r;
-        philox_init(&r, seed, ((uint64_t)STREAM_NOISE << 40) | (uint64_t)e, (uint64_t)idx);
-        int t = (int)philox_below(&r, (uint32_t)sch->num_train_timesteps);
-        philox_fill_normal(&r, b->eps, chw);
+        int t = pair_noise(seed, e, idx, sch->num_train_timesteps, b->eps, chw);
+        if (b->ref_cached) {
+            b->ref_err[j] = b->ref_cached[(e * pf->N + idx) * 2];
+            b->ref_err[j + Bp] = b->ref_cached[(e * pf->N + idx) * 2 + 1];
+        }
         for (int half = 0; half < 2; half++) {
             const float *x0 = (half ? pf->rejected : pf->chosen) + idx * chw;
             int s = j + half * Bp;
@@ -285,6 +299,52 @@ static int load_schedule(ddpm_schedule *s, const char *model_dir) {
     return 0;
 }
 
+/* MemAvailable from /proc/meminfo in bytes (0 when unknown) */
+static double mem_available(void) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f) return 0;
+    char line[256];
+    double kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %lf kB", &kb) == 1) break;
+    fclose(f);
+    return kb * 1024.0;
+}
+
+/* Peak activation bytes of one training micro-batch, measured: one forward + backward of a
+   single pair at a reduced latent size (a quarter of each side, at least 2^(blocks-1)) with
+   gradient scale 0 (nothing is accumulated), scaled by the pixel ratio and the batch size.
+   Activations grow linearly with pixels and samples (attention keeps only its row
+   log-sum-exp), so the estimate is close; the first step's measured peak is logged after. */
+static double probe_activations(unet *u, const unet_inputs *full, const batch_buf *b, int C,
+                                int Bp, int n_blocks, const objective_cfg *oc, int dpo) {
+    const int f = 1 << (n_blocks - 1);
+    int h = full->H / 4 / f * f, w = full->W / 4 / f * f;
+    if (h < f) h = f;
+    if (w < f) w = f;
+    if (h > full->H) h = full->H;
+    if (w > full->W) w = full->W;
+    const int64_t chw = (int64_t)C * h * w;
+    float *x = xcalloc(2 * chw, sizeof(float)), *tgt = xcalloc(2 * chw, sizeof(float));
+    float ts[2] = {500, 500};
+    unet_inputs in = *full;
+    in.B = 2;
+    in.H = h;
+    in.W = w;
+    in.sample = x;
+    in.timesteps = ts;
+    in.ehs = b->ehs; /* the first rows of the batch buffers (contents irrelevant) */
+    in.text_embeds = b->text_embeds;
+    in.time_ids = b->time_ids;
+    double err[2], ref[2] = {0, 0};
+    objective_stats st;
+    size_t peak = 0;
+    preference_step(u, &in, tgt, oc, dpo ? ref : NULL, 0.0, err, &st, NULL, &peak);
+    free(x);
+    free(tgt);
+    return (double)peak * ((double)full->H * full->W / ((double)h * w)) * Bp;
+}
+
 static void fmt_time(char *buf, size_t n, double s) {
     if (!isfinite(s) || s < 0) s = 0;
     long t = (long)(s + 0.5);
@@ -307,6 +367,41 @@ int train_run(const train_config *c) {
     unet u, ref;
     int have_ref = 0;
     ddpm_schedule sch;
+    /* an image dataset is encoded once into output_dir/cache.safetensors (reused while it
+       matches the models, data and settings); a .safetensors is a pair file or cache already */
+    char cache_path[4200];
+    const char *pairs_path = c->dataset;
+    size_t dl = strlen(c->dataset);
+    if (dl < 12 || strcmp(c->dataset + dl - 12, ".safetensors")) {
+        if (mkdir_p(c->output_dir)) return -1;
+        snprintf(cache_path, sizeof cache_path, "%s/cache.safetensors", c->output_dir);
+        cache_config cc;
+        cache_config_default(&cc);
+        cc.model_dir = c->model_dir;
+        cc.dataset = c->dataset;
+        cc.out = cache_path;
+        cc.resolution = c->resolution;
+        cc.random_crop = c->random_crop;
+        cc.no_hflip = c->no_hflip;
+        cc.on_bad_image = c->on_bad_image;
+        cc.seed = c->seed;
+        cc.quiet = c->quiet;
+        if (c->obj.kind == OBJ_DPO && !c->lora_rank) {
+            /* reference errors computed once, before the policy is loaded */
+            cc.ref_unet = c->ref_dir ? c->ref_dir : c->model_dir;
+            cc.ref_pair_visits = c->max_train_steps * c->train_batch_size * c->grad_accum;
+        }
+        struct stat st;
+        if (stat(cache_path, &st) == 0 && cache_matches(cache_path, &cc) == 0) {
+            mapo_log(1, "using the cache %s (it matches the models, data and settings)\n",
+                     cache_path);
+        } else {
+            if (stat(cache_path, &st) == 0)
+                mapo_log(1, "rebuilding %s: %s\n", cache_path, mapo_last_error());
+            if (cache_build(&cc)) return -1;
+        }
+        pairs_path = cache_path;
+    }
     if (load_schedule(&sch, c->model_dir)) return -1;
     if (c->lora_rank < 0) return mapo_error("--lora_rank must be >= 0");
     if (unet_load_dir(&u, c->model_dir, c->lora_rank == 0)) {
@@ -319,13 +414,13 @@ int train_run(const train_config *c) {
         return -1;
     }
     pair_file pf;
-    if (pair_file_open(&pf, c->dataset, &u.cfg)) {
+    if (pair_file_open(&pf, pairs_path, &u.cfg)) {
         unet_free(&u);
         ddpm_free(&sch);
         return -1;
     }
-    train_config cc = *c;
-    cc.obj.num_train_timesteps = sch.num_train_timesteps;
+    train_config tcfg = *c;
+    tcfg.obj.num_train_timesteps = sch.num_train_timesteps;
     const int Bp = (int)c->train_batch_size;
     unet_inputs in = {0};
     in.B = 2 * Bp;
@@ -347,7 +442,25 @@ int train_run(const train_config *c) {
                         "UNet with its adapters switched off");
         goto done_data;
     }
-    if (c->obj.kind == OBJ_DPO && !ref_is_self) {
+    /* cached reference errors: valid for this seed, this reference and enough epochs */
+    const double *cached_ref = NULL;
+    if (c->obj.kind == OBJ_DPO && !ref_is_self && pf.ref_errors) {
+        const char *rd = c->ref_dir ? c->ref_dir : c->model_dir;
+        char want[32], seed[32];
+        const char *have = st_meta(&pf.f, "ref_fingerprint"), *hs = st_meta(&pf.f, "seed");
+        snprintf(seed, sizeof seed, "%lld", (long long)c->seed);
+        int64_t need = (c->max_train_steps * c->train_batch_size * c->grad_accum + pf.N - 1) / pf.N;
+        if (unet_dir_fingerprint(rd, want, sizeof want) == 0 && have && !strcmp(have, want) &&
+            hs && !strcmp(hs, seed) && pf.ref_epochs >= need) {
+            cached_ref = pf.ref_errors;
+            mapo_log(1, "Diffusion-DPO reference errors come from %s (%lld epochs): no "
+                        "reference UNet in memory\n", pairs_path, (long long)pf.ref_epochs);
+        } else {
+            mapo_log(1, "the cached reference errors do not fit this run (reference, seed or "
+                        "epochs differ): using the reference UNet\n");
+        }
+    }
+    if (c->obj.kind == OBJ_DPO && !ref_is_self && !cached_ref) {
         const char *rd = c->ref_dir ? c->ref_dir : c->model_dir;
         if (unet_load_dir(&ref, rd, 0)) {
             rc = -1;
@@ -373,6 +486,8 @@ int train_run(const train_config *c) {
     }
     batch_buf b = {0};
     b.Bp = Bp;
+    b.ref_cached = cached_ref;
+    b.ref_err = xmalloc(2 * Bp * sizeof(double));
     b.chw = (int64_t)pf.C * pf.H * pf.W;
     const int n = 2 * Bp;
     b.sample = xmalloc(n * b.chw * sizeof(float));
@@ -398,12 +513,34 @@ int train_run(const train_config *c) {
         rc = mapo_error("%s: cannot open for writing: %s", logp, strerror(errno));
         goto done_buf;
     }
-    double mem = (double)u.params.total * 4 * (have_ref ? 2 : 1) + (double)P * 4 * 3;
     mapo_log(1, "mapo train: %s, %zu trained parameters%s; %lld pairs of %dx%dx%d; loss %s; batch "
-                "%d x %lld accumulation; memory for weights, gradients%s and AdamW: %.1f MiB\n",
+                "%d x %lld accumulation\n",
              c->model_dir, P, c->lora_rank ? " (LoRA adapters)" : "", (long long)pf.N, pf.C,
-             pf.H, pf.W, objective_name(c->obj.kind), Bp, (long long)c->grad_accum,
-             have_ref ? ", reference" : "", mem / 1048576.0);
+             pf.H, pf.W, objective_name(c->obj.kind), Bp, (long long)c->grad_accum);
+    /* the memory plan, printed and checked before the first step */
+    {
+        const double MiB = 1048576.0;
+        double w = (double)u.params.total * 4, r = have_ref ? (double)ref.params.total * 4 : 0;
+        double opt = (double)P * 4 * 3; /* gradients + AdamW moments */
+        double act = probe_activations(&u, &in, &b, pf.C, Bp, (int)u.cfg.n_blocks, &tcfg.obj,
+                                       have_ref || ref_is_self || cached_ref);
+        double bufs = (double)n * b.chw * 4 * 2 + (double)n * pf.S * pf.D * 4;
+        double total = w + r + opt + act + bufs, avail = mem_available();
+        char refs[64] = "";
+        if (have_ref) snprintf(refs, sizeof refs, ", reference UNet %.0f MiB", r / MiB);
+        mapo_log(1, "memory plan: weights %.0f MiB, gradients + AdamW %.0f MiB%s, activations "
+                    "%.0f MiB (measured on a reduced batch, scaled), batch %.0f MiB: %.0f MiB of "
+                    "%.0f MiB available\n",
+                 w / MiB, opt / MiB, refs, act / MiB, bufs / MiB, total / MiB, avail / MiB);
+        if (avail > 0 && total > avail && !c->no_memory_check) {
+            rc = mapo_error("this run needs about %.1f GiB but %.1f GiB are available: lower "
+                            "--train_batch_size (use --gradient_accumulation_steps), train with "
+                            "--lora_rank, or pass --no_memory_check to try anyway",
+                            total / 1073741824.0, avail / 1073741824.0);
+            fclose(log);
+            goto done_buf;
+        }
+    }
     mapo_log(1, "noise schedule: T=%d, %s target\n", sch.num_train_timesteps,
              sch.pred == PRED_V ? "v_prediction" : "epsilon");
     const double t0 = mapo_now();
@@ -429,8 +566,8 @@ int train_run(const train_config *c) {
             }
             objective_stats st;
             size_t ap = 0;
-            rc = preference_step(&u, &in, b.target, &cc.obj,
-                                 have_ref || ref_is_self ? ref_err : NULL,
+            rc = preference_step(&u, &in, b.target, &tcfg.obj,
+                                 cached_ref ? b.ref_err : have_ref || ref_is_self ? ref_err : NULL,
                                  1.0 / (double)c->grad_accum, err, &st, NULL, &ap);
             if (rc) {
                 rc = mapo_error_prefix("step %lld", (long long)step + 1);
@@ -515,6 +652,7 @@ done_buf:
     free(b.ehs);
     free(b.text_embeds);
     free(b.time_ids);
+    free(b.ref_err);
 done_opt:
     free(m);
     free(v);

@@ -1,0 +1,55 @@
+/* cache.h -- `mapo cache`: a preference dataset encoded once into a pair file.
+ *
+ * Every pair (parquet row or manifest line) is decoded, preprocessed as the official script
+ * (resize, flip, crop, [-1, 1]), encoded with the pipeline's VAE (latents x scaling_factor) and
+ * text encoder(s); the result is a pair file (pairs.h: chosen, rejected, encoder_hidden_states
+ * [, text_embeds, time_ids]) that `mapo train` memory-maps. Its metadata records what made it
+ * (model fingerprint, dataset fingerprint, resolution, crop, flip, seed, latents mode), so
+ * training knows when the cache no longer matches. The file is written in streaming mode
+ * (bounded memory) and atomically.
+ *
+ * Differences from the official script, by design: the flip and the VAE sample are drawn once
+ * per pair (counter-based, keyed by seed and pair index) instead of once per epoch.
+ *
+ * Diffusion-DPO reference errors: with ref_unet set, the cache also stores ref_errors
+ * [epochs, N, 2] (float64): the reference UNet's per-sample errors on exactly the noise and
+ * timesteps `mapo train --seed S` will draw for pair i in epoch e. DPO then trains without a
+ * reference model in memory. */
+#ifndef MAPO_CACHE_H
+#define MAPO_CACHE_H
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    const char *model_dir;  /* pipeline folder */
+    const char *dataset;    /* parquet file / folder, or JSONL manifest (file or folder) */
+    const char *out;        /* the cache file (.safetensors) */
+    int resolution;         /* 0: the UNet's sample_size x the VAE factor */
+    int random_crop;        /* 0: center crop */
+    int no_hflip;
+    int on_bad_image;       /* 0 skip, 1 fail */
+    int latents_mean;       /* 1: latent_dist.mean; 0: latent_dist.sample() (the scripts) */
+    int64_t seed;
+    int64_t max_pairs;      /* 0: all */
+    const char *ref_unet;   /* DPO reference UNet (folder or pipeline); NULL: none */
+    int64_t ref_epochs;     /* epochs of reference errors to store (0: from ref_pair_visits) */
+    int64_t ref_pair_visits;/* pairs the training run will visit (steps x batch x accumulation) */
+    int quiet;
+} cache_config;
+
+void cache_config_default(cache_config *c);
+int cache_build(const cache_config *c);
+
+/* The metadata a cache built with c would carry (same keys as the file's __metadata__), as a
+ * JSON object string (caller frees). Used to decide whether an existing cache still fits. */
+char *cache_expected_meta(const cache_config *c);
+/* 0 when the cache at path was made with the same models, data and settings as c would make
+ * it; -1 with a message naming the first difference otherwise (or when unreadable). */
+int cache_matches(const char *path, const cache_config *c);
+
+/* Fingerprint of a UNet folder or a pipeline folder's unet/ (config + weights). */
+int unet_dir_fingerprint(const char *dir, char *buf, size_t n);
+/* Fingerprint of a dataset path (a file, or every regular file below a folder). */
+int dataset_fingerprint(const char *path, char *buf, size_t n);
+
+#endif

@@ -1,0 +1,33 @@
+/* generate.h -- text-to-image sampling as diffusers' StableDiffusion(XL)Pipeline.__call__ does
+ * it: prompt and negative-prompt conditioning, initial latents x init_noise_sigma, the sampler
+ * loop with classifier-free guidance (one UNet call on the [uncond, cond] batch), VAE decode
+ * (tiled for large images), images in [0, 1]. */
+#ifndef MAPO_GENERATE_H
+#define MAPO_GENERATE_H
+#include <stdint.h>
+
+#include "mapo/pipeline.h"
+
+typedef struct {
+    const char *sampler;        /* "ddim" | "euler" */
+    int steps;                  /* num_inference_steps */
+    double guidance_scale;      /* > 1 enables classifier-free guidance */
+    int height, width;          /* pixels, multiples of the VAE factor x 2^(UNet blocks - 1) */
+    uint64_t seed;              /* initial latents from the counter-based RNG (image i: stream i) */
+    int tiled_decode;           /* 1 tiled, 0 whole, -1 auto (tiled above the VAE sample size) */
+    int quiet;
+} gen_config;
+
+void gen_config_default(gen_config *g);
+
+/* One image per prompt. negative[i] may be NULL (no negative prompt: SDXL with
+ * force_zeros_for_empty_prompt then uses zero embeddings, else the empty prompt, as diffusers).
+ * init_latents [n, C, h, w] (NULL: drawn from seed). images [n, height, width, 3] floats in
+ * [0, 1] (diffusers' output_type="np"). */
+int generate_images(pipeline *p, const gen_config *g, const char *const *prompts,
+                    const char *const *negative, int n, const float *init_latents, float *images);
+
+/* [0,1] floats -> 8-bit as diffusers' numpy_to_pil: round(x * 255). */
+void images_to_u8(uint8_t *out, const float *in, int64_t n);
+
+#endif

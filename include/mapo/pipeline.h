@@ -1,0 +1,62 @@
+/* pipeline.h -- a diffusers Stable Diffusion 1.5 or SDXL pipeline folder, as mapo uses it:
+ * tokenizer(s), CLIP text encoder(s), AutoencoderKL, UNet and scheduler config, and the
+ * conditioning the official MaPO / Diffusion-DPO scripts build from them.
+ *
+ * SD 1.5 (text_encoder/ only): encoder_hidden_states = last_hidden_state of CLIPTextModel
+ *   (text_encoder(input_ids)[0] in the scripts).
+ * SDXL (text_encoder/ and text_encoder_2/): encoder_hidden_states = concat(hidden_states[-2] of
+ *   both encoders) along the width; pooled text embedding = text_embeds of the second
+ *   (CLIPTextModelWithProjection); time_ids = original (h, w) + crop top-left (y, x) + target
+ *   (h, w). Prompts are tokenized to the tokenizer's model_max_length (77) with its own padding
+ *   token, truncated as diffusers does (a warning names truncated prompts). */
+#ifndef MAPO_PIPELINE_H
+#define MAPO_PIPELINE_H
+#include <stdint.h>
+
+#include "mapo/clip_text.h"
+#include "mapo/tokenizer.h"
+#include "mapo/unet.h"
+#include "mapo/vae.h"
+
+enum { PIPE_TEXT = 1, PIPE_VAE = 2, PIPE_UNET = 4 };
+
+typedef struct {
+    char dir[3800];
+    int sdxl;                         /* two text encoders, text_time conditioning */
+    int force_zeros_for_empty_prompt; /* model_index.json (SDXL: true) */
+    int n_enc;                        /* 1 or 2 */
+    clip_tokenizer *tok[2];
+    clip_text *te[2];
+    vae *vae;
+    unet unet;
+    int have_unet;
+    int S;         /* tokens per prompt (77) */
+    int D;         /* encoder_hidden_states width (SD 1.5 768, SDXL 2048) */
+    int P;         /* pooled width (SDXL 1280; 0 for SD 1.5) */
+} pipeline;
+
+/* Load the parts asked for (PIPE_* bits) from a pipeline folder. unet_dir (NULL: dir/unet)
+ * takes the UNet from elsewhere, e.g. a trained output_dir/unet. unet_with_grad allocates UNet
+ * gradients (full fine-tuning). Missing folders, or a UNet whose cross_attention_dim /
+ * projection_class_embeddings_input_dim do not fit the text encoders, are one clear error. */
+int pipeline_load(pipeline *p, const char *dir, int parts, const char *unet_dir,
+                  int unet_with_grad);
+void pipeline_free(pipeline *p);
+
+/* Conditioning of n prompts: ehs [n, S, D], pooled [n, P] (SDXL; may be NULL for SD 1.5). */
+int pipeline_encode_prompts(pipeline *p, const char *const *prompts, int n, float *ehs,
+                            float *pooled);
+
+/* SDXL time_ids of one sample: original (h, w), crop top-left (y, x), target (h, w). */
+void pipeline_time_ids(float out[6], int orig_h, int orig_w, int crop_y, int crop_x, int target_h,
+                       int target_w);
+
+/* A fingerprint of the parts that turn data into training inputs (tokenizers, text encoders,
+ * VAE: config bytes, weight file sizes and sampled weight bytes); "" parts are skipped. Written
+ * into caches so a cache made with other models is detected. buf >= 17 chars. */
+int pipeline_fingerprint(const pipeline *p, char *buf, size_t n);
+
+/* The fingerprint of one file (size + FNV-1a of up to 64 sampled 4 KiB blocks). */
+int file_fingerprint(const char *path, uint64_t *h);
+
+#endif

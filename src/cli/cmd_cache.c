@@ -1,0 +1,46 @@
+/* cmd_cache.c -- mapo cache: encode a preference dataset once (see cache.h). */
+#include <stdio.h>
+#include <string.h>
+
+#include "args.h"
+#include "cmds.h"
+#include "mapo/cache.h"
+#include "mapo/common.h"
+#include "mapo/dataset.h"
+
+int cmd_cache(int argc, char **argv) {
+    cache_config c;
+    cache_config_default(&c);
+    int64_t res = 0;
+    const char *bad = "skip", *latents = "sample";
+    opt_def o[] = {
+        {"pretrained_model_name_or_path", OPT_STR, &c.model_dir,
+         "pipeline folder (tokenizer(s), text encoder(s), vae, unet config)", 0},
+        {"dataset_name", OPT_STR, &c.dataset,
+         "Pick-a-Pic-style parquet file or folder, or a JSONL manifest (file or folder)", 0},
+        {"out", OPT_STR, &c.out, "the cache file to write (.safetensors)", 0},
+        {"resolution", OPT_INT, &res, "training resolution (default: UNet sample_size x VAE factor)", 0},
+        {"random_crop", OPT_FLAG, &c.random_crop, "random instead of center crop", 0},
+        {"no_hflip", OPT_FLAG, &c.no_hflip, "no random horizontal flip", 0},
+        {"on_bad_image", OPT_STR, &bad, "skip | fail: what to do with undecodable images (skip)", 0},
+        {"vae_latents", OPT_STR, &latents,
+         "sample | mean: latent_dist.sample() as the scripts, or its mean (sample)", 0},
+        {"seed", OPT_INT, &c.seed, "seed of flips, crops and VAE samples (0); use the training seed", 0},
+        {"max_pairs", OPT_INT, &c.max_pairs, "encode only the first N pairs (0 = all)", 0},
+        {"ref_model", OPT_STR, &c.ref_unet,
+         "also store Diffusion-DPO reference errors of this UNet (folder or pipeline)", 0},
+        {"ref_epochs", OPT_INT, &c.ref_epochs, "epochs of reference errors to store (1)", 0},
+        {"quiet", OPT_FLAG, &c.quiet, "no progress", 0},
+    };
+    int r = args_parse(o, (int)(sizeof o / sizeof *o), argc, argv, 2,
+                       "usage: mapo cache --pretrained_model_name_or_path PIPELINE_DIR "
+                       "--dataset_name DATA --out CACHE.safetensors [options]");
+    if (r) return r > 0 ? 0 : -1;
+    if ((c.on_bad_image = pref_parse_on_bad_image(bad)) < 0) return -1;
+    if (!strcmp(latents, "mean")) c.latents_mean = 1;
+    else if (strcmp(latents, "sample")) return mapo_error("--vae_latents must be sample or mean");
+    if (res < 0 || res > 8192) return mapo_error("--resolution must be in 1..8192");
+    c.resolution = (int)res;
+    if (c.ref_unet && c.ref_epochs == 0) c.ref_epochs = 1;
+    return cache_build(&c);
+}
