@@ -56,6 +56,8 @@ int cmd_train(int argc, char **argv) {
          "the whole UNet; saves output_dir/pytorch_lora_weights.safetensors (0 = off)", 0},
         {"no_memory_check", OPT_FLAG, &c.no_memory_check,
          "start even when the memory plan exceeds the memory available", 0},
+        {"max_memory_mb", OPT_INT, &c.max_memory_mb,
+         "memory this run may use, in MiB (default: what /proc/meminfo calls available)", 0},
         {"quiet", OPT_FLAG, &c.quiet, "no progress lines", 0},
     };
     int n = (int)(sizeof o / sizeof *o);

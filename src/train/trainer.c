@@ -506,13 +506,6 @@ int train_run(const train_config *c) {
     in.time_ids = b.time_ids;
     epoch_order ord = {-1, xmalloc(pf.N * sizeof(int64_t)), pf.N};
     double *err = xmalloc(n * sizeof(double)), *ref_err = xmalloc(n * sizeof(double));
-    char logp[4200];
-    snprintf(logp, sizeof logp, "%s/train_log.jsonl", c->output_dir);
-    FILE *log = fopen(logp, step > 0 ? "a" : "w");
-    if (!log) {
-        rc = mapo_error("%s: cannot open for writing: %s", logp, strerror(errno));
-        goto done_buf;
-    }
     mapo_log(1, "mapo train: %s, %zu trained parameters%s; %lld pairs of %dx%dx%d; loss %s; batch "
                 "%d x %lld accumulation\n",
              c->model_dir, P, c->lora_rank ? " (LoRA adapters)" : "", (long long)pf.N, pf.C,
@@ -526,6 +519,7 @@ int train_run(const train_config *c) {
                                        have_ref || ref_is_self || cached_ref);
         double bufs = (double)n * b.chw * 4 * 2 + (double)n * pf.S * pf.D * 4;
         double total = w + r + opt + act + bufs, avail = mem_available();
+        if (c->max_memory_mb > 0) avail = (double)c->max_memory_mb * 1048576.0;
         char refs[64] = "";
         if (have_ref) snprintf(refs, sizeof refs, ", reference UNet %.0f MiB", r / MiB);
         mapo_log(1, "memory plan: weights %.0f MiB, gradients + AdamW %.0f MiB%s, activations "
@@ -533,13 +527,19 @@ int train_run(const train_config *c) {
                     "%.0f MiB available\n",
                  w / MiB, opt / MiB, refs, act / MiB, bufs / MiB, total / MiB, avail / MiB);
         if (avail > 0 && total > avail && !c->no_memory_check) {
-            rc = mapo_error("this run needs about %.1f GiB but %.1f GiB are available: lower "
+            rc = mapo_error("this run needs about %.2f GiB but %.2f GiB are available: lower "
                             "--train_batch_size (use --gradient_accumulation_steps), train with "
                             "--lora_rank, or pass --no_memory_check to try anyway",
                             total / 1073741824.0, avail / 1073741824.0);
-            fclose(log);
             goto done_buf;
         }
+    }
+    char logp[4200];
+    snprintf(logp, sizeof logp, "%s/train_log.jsonl", c->output_dir);
+    FILE *log = fopen(logp, step > 0 ? "a" : "w");
+    if (!log) {
+        rc = mapo_error("%s: cannot open for writing: %s", logp, strerror(errno));
+        goto done_buf;
     }
     mapo_log(1, "noise schedule: T=%d, %s target\n", sch.num_train_timesteps,
              sch.pred == PRED_V ? "v_prediction" : "epsilon");

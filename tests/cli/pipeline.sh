@@ -58,7 +58,11 @@ $MAPO train --pretrained_model_name_or_path $P --dataset_name $D/parquet --outpu
 $MAPO train --pretrained_model_name_or_path $P --dataset_name $TMP/m1/cache.safetensors --output_dir $TMP/d2 --loss dpo "${common[@]}" 2>$TMP/d2.log || bad "dpo d2: $(cat $TMP/d2.log)"
 out=$($MAPO diff $TMP/d1/unet/diffusion_pytorch_model.safetensors $TMP/d2/unet/diffusion_pytorch_model.safetensors --tol 1e-5 --quiet 2>&1) \
   && ok "dpo with cached reference errors == with the reference UNet: $out" || bad "dpo cached vs live: $out"
-# 7. bad input: one clear line each
+# 7. a run that cannot fit is refused before the first step, with the plan printed
+expect_error "train: memory plan exceeds the limit" "GiB are available" $MAPO train --pretrained_model_name_or_path $P \
+   --dataset_name $TMP/m1/cache.safetensors --output_dir $TMP/oom --max_memory_mb 1
+[ ! -e $TMP/oom/train_log.jsonl ] && ok "nothing trained, no log written" || bad "oom run trained"
+# 8. bad input: one clear line each
 expect_error "sample: no model" "no such folder" $MAPO sample --model /nonexistent --prompt x --out $TMP/x.png
 expect_error "sample: bad size" "multiples of" $MAPO sample --model $P --prompt x --height 30 --out $TMP/x.png
 expect_error "sample: bad sampler" "sampler" $MAPO sample --model $P --prompt x --sampler heun --out $TMP/x.png
