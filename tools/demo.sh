@@ -21,3 +21,20 @@ for loss in mapo dpo sft; do
   summarize $D/$loss/train_log.jsonl
 done
 echo "aligned UNets: $D/{mapo,dpo,sft}/unet (diffusers UNet2DConditionModel folders); logs: $D/*/train_log.jsonl"
+
+# The whole text-to-image path on a tiny random-initialised SDXL pipeline folder (as diffusers
+# saves it) and a Pick-a-Pic-style parquet file: decode + preprocess + encode once (cache), MaPO
+# with LoRA, then images from the base and the aligned model, same seeds.
+P=tests/fixtures/pipeline/sdxl
+echo "== text-to-image: $P aligned with MaPO + LoRA on tests/fixtures/pipeline/data/parquet"
+./mapo train --pretrained_model_name_or_path $P --dataset_name tests/fixtures/pipeline/data/parquet \
+   --output_dir $D/sdxl_mapo_lora --lora_rank 4 --resolution 32 --train_batch_size 2 \
+   --max_train_steps 20 --learning_rate 1e-3 --checkpointing_steps 0 --seed 0 --quiet
+mkdir -p $D/samples
+printf 'a red square\na blue circle on white\ntwo cats\nsunset; sea & sky\n' > $D/prompts.txt
+./mapo sample --model $P --prompts_file $D/prompts.txt --num_inference_steps 8 --seed 1 \
+   --out $D/samples/base.png --grid $D/base_grid.png --quiet
+./mapo sample --model $P --lora $D/sdxl_mapo_lora --prompts_file $D/prompts.txt \
+   --num_inference_steps 8 --seed 1 --out $D/samples/mapo.png --grid $D/mapo_grid.png --quiet
+echo "LoRA: $D/sdxl_mapo_lora/pytorch_lora_weights.safetensors (pipeline.load_lora_weights loads it)"
+echo "images: $D/base_grid.png, $D/mapo_grid.png (random-initialised model: noise-like pictures)"
