@@ -62,7 +62,15 @@ out=$($MAPO diff $TMP/d1/unet/diffusion_pytorch_model.safetensors $TMP/d2/unet/d
 expect_error "train: memory plan exceeds the limit" "GiB are available" $MAPO train --pretrained_model_name_or_path $P \
    --dataset_name $TMP/m1/cache.safetensors --output_dir $TMP/oom --max_memory_mb 1
 [ ! -e $TMP/oom/train_log.jsonl ] && ok "nothing trained, no log written" || bad "oom run trained"
-# 8. bad input: one clear line each
+# 8. undecodable images: skipped with their row named, or refused (--on_bad_image fail)
+B=tests/fixtures/dataset/pickapic.parquet
+$MAPO cache --pretrained_model_name_or_path $P --dataset_name $B --out $TMP/bad.safetensors --resolution 16 2>$TMP/bad.log \
+  && grep -q "row 4 jpg_1" $TMP/bad.log && grep -q "1 pairs skipped" $TMP/bad.log && grep -q "4 pairs" $TMP/bad.log \
+  && ok "bad image skipped, row named, the other pairs cached" || bad "skip bad image: $(cat $TMP/bad.log)"
+expect_error "cache --on_bad_image fail" "row 4 jpg_1" $MAPO cache --pretrained_model_name_or_path $P --dataset_name $B \
+   --out $TMP/bad2.safetensors --resolution 16 --on_bad_image fail
+[ ! -e $TMP/bad2.safetensors ] && ok "a refused cache leaves no file" || bad "partial cache left behind"
+# 9. bad input: one clear line each
 expect_error "sample: no model" "no such folder" $MAPO sample --model /nonexistent --prompt x --out $TMP/x.png
 expect_error "sample: bad size" "multiples of" $MAPO sample --model $P --prompt x --height 30 --out $TMP/x.png
 expect_error "sample: bad sampler" "sampler" $MAPO sample --model $P --prompt x --sampler heun --out $TMP/x.png
