@@ -33,6 +33,16 @@ $MAPO train --pretrained_model_name_or_path $X --dataset_name $D/parquet --outpu
   && grep -q "using the cache" $TMP/tx2.log && ok "cache reused" || bad "cache not reused: $(cat $TMP/tx2.log)"
 $MAPO train --pretrained_model_name_or_path $X --dataset_name $D/parquet --output_dir $TMP/tx "${common[@]}" --resolution 16 2>$TMP/tx3.log \
   && grep -q "rebuilding.*resolution" $TMP/tx3.log && ok "stale cache (resolution) rebuilt" || bad "stale cache: $(cat $TMP/tx3.log)"
+# the cache also notices another VAE (one weight changed) and another dataset (one more pair)
+cp -r $X $TMP/x2
+f=$TMP/x2/vae/diffusion_pytorch_model.safetensors
+printf '\x3f' | dd of=$f bs=1 seek=$(( $(stat -c %s $f) - 2 )) conv=notrunc 2>/dev/null
+$MAPO train --pretrained_model_name_or_path $TMP/x2 --dataset_name $D/parquet --output_dir $TMP/tx "${common[@]}" --resolution 16 2>$TMP/tx4.log \
+  && grep -q "rebuilding.*model_fingerprint" $TMP/tx4.log && ok "stale cache (VAE weights) rebuilt" || bad "stale cache model: $(cat $TMP/tx4.log)"
+cp -r $D/manifest $TMP/man2; head -1 $TMP/man2/manifest.jsonl >> $TMP/man2/manifest.jsonl
+$MAPO train --pretrained_model_name_or_path $P --dataset_name $D/manifest --output_dir $TMP/tm "${common[@]}" 2>/dev/null || bad "tm"
+$MAPO train --pretrained_model_name_or_path $P --dataset_name $TMP/man2 --output_dir $TMP/tm "${common[@]}" 2>$TMP/tm.log \
+  && grep -q "rebuilding.*dataset_fingerprint" $TMP/tm.log && grep -q "6 pairs" $TMP/tm.log && ok "stale cache (dataset) rebuilt" || bad "stale cache dataset: $(cat $TMP/tm.log)"
 # 5. LoRA from the manifest, then sample with the trained LoRA and the trained UNet
 $MAPO train --pretrained_model_name_or_path $P --dataset_name $D/manifest --output_dir $TMP/tl --lora_rank 2 "${common[@]}" 2>$TMP/tl.log \
   && [ -f $TMP/tl/pytorch_lora_weights.safetensors ] && ok "sd15: LoRA train from manifest" || bad "lora train: $(cat $TMP/tl.log)"
