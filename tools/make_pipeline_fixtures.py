@@ -18,8 +18,10 @@
 # data/: a 6-pair preference dataset of generated JPEGs (different sizes), once as a JSONL manifest
 #   folder and once as a Pick-a-Pic-style parquet (snappy; one tie row, which must be dropped),
 #   and expect_cache_{parquet,manifest}_<pipe>.safetensors: the non-tie pairs, preprocessed as
-#   the official script (resolution RES, center crop, no flip) and encoded: chosen / rejected
-#   latents (latent_dist.mean * scaling_factor), encoder_hidden_states, text_embeds, time_ids.
+#   the official script (resolution RES, center crop) and encoded: chosen / rejected latents
+#   (latent_dist.mean * scaling_factor), the same horizontally flipped (chosen_hflip /
+#   rejected_hflip: RandomHorizontalFlip after the resize, before the crop), encoder_hidden_states,
+#   text_embeds, time_ids.
 #   (They differ in the pair whose images have different sizes: in the parquet jpg_0 sets the
 #   original size, in a manifest the chosen image does.)
 import gzip
@@ -253,8 +255,8 @@ def make_data():
     return rows[:5]
 
 
-def preprocess(r):
-    """train_diffusion_dpo_sdxl.py / mapo train.py preprocess_train, center crop, no flip"""
+def preprocess(r, flip=False):
+    """train_diffusion_dpo_sdxl.py / mapo train.py preprocess_train, center crop, flip or not"""
     from torchvision import transforms
     resize = transforms.Resize(RES, interpolation=transforms.InterpolationMode.BILINEAR)
     crop = transforms.CenterCrop(RES)
@@ -266,6 +268,8 @@ def preprocess(r):
     if r["label_0"] == 0:
         t = t[::-1]
     x = resize(torch.cat(t, 0))
+    if flip:
+        x = transforms.RandomHorizontalFlip(p=1.0)(x)
     y1 = max(0, int(round((x.shape[1] - RES) / 2.0)))
     x1 = max(0, int(round((x.shape[2] - RES) / 2.0)))
     x = crop(x)
@@ -275,12 +279,16 @@ def preprocess(r):
 
 def cache_expect(kind, pipe, rows, which):
     exp = {k: [] for k in ("chosen", "rejected", "encoder_hidden_states", "text_embeds",
-                           "time_ids")}
+                           "time_ids", "chosen_hflip", "rejected_hflip")}
     sf = pipe.vae.config.scaling_factor
     with torch.no_grad():
         for r in rows:
             c, rj, orig, crop = preprocess(r)
             for name, x in (("chosen", c), ("rejected", rj)):
+                exp[name].append(pipe.vae.encode(x[None]).latent_dist.mean[0] * sf)
+            cf, rf, _, crop_f = preprocess(r, flip=True)
+            assert crop_f == crop
+            for name, x in (("chosen_hflip", cf), ("rejected_hflip", rf)):
                 exp[name].append(pipe.vae.encode(x[None]).latent_dist.mean[0] * sf)
             if kind == "sd15":
                 ids = pipe.tokenizer(r["caption"], padding="max_length", max_length=77,
@@ -301,8 +309,7 @@ def cache_expect(kind, pipe, rows, which):
                                                     dtype=torch.float32))
     out = {k: torch.stack(v).float().contiguous() for k, v in exp.items() if v}
     save_file(out, os.path.join(ROOT, f"expect_cache_{which}_{kind}.safetensors"),
-              metadata={"resolution": str(RES), "center_crop": "1", "no_hflip": "1",
-                        "latents": "mean"})
+              metadata={"resolution": str(RES), "center_crop": "1", "latents": "mean"})
 
 
 if __name__ == "__main__":

@@ -8,8 +8,11 @@
  * training knows when the cache no longer matches. The file is written in streaming mode
  * (bounded memory) and atomically.
  *
- * Differences from the official script, by design: the flip and the VAE sample are drawn once
- * per pair (counter-based, keyed by seed and pair index) instead of once per epoch.
+ * Flips: with flips on (the default) both orientations are encoded (chosen_hflip,
+ * rejected_hflip) and the trainer picks one per (epoch, pair) with p = 0.5, as the scripts'
+ * RandomHorizontalFlip does. Differences from the official script, by design: the VAE sample
+ * (latent_dist.sample()) and a random crop are drawn once per pair (counter-based, keyed by seed
+ * and pair index) instead of once per epoch.
  *
  * Diffusion-DPO reference errors: with ref_unet set, the cache also stores ref_errors
  * [epochs, N, 2] (float64): the reference UNet's per-sample errors on exactly the noise and

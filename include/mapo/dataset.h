@@ -92,6 +92,14 @@ int pref_dataset_get(pref_dataset *d, int64_t i, const prep_cfg *cfg, uint64_t s
                      uint64_t epoch, char **caption, float *chosen, float *rejected,
                      int orig_hw[2], int crop_yx[2]);
 
+/* Pair i in both orientations, for caches that flip per epoch as the scripts do: one decode,
+ * the same crop (centre, or one random crop drawn from PREF_STREAM_AUG(0) for pair i), then
+ * chosen / rejected unflipped and chosen_f / rejected_f horizontally flipped (flip after the
+ * resize, before the crop, as the scripts). cfg->no_hflip is ignored. Returns as
+ * pref_dataset_get. */
+int pref_dataset_get_flips(pref_dataset *d, int64_t i, const prep_cfg *cfg, uint64_t seed,
+                           char **caption, float *chosen, float *rejected, float *chosen_f,
+                           float *rejected_f, int orig_hw[2], int crop_yx[2]);
 /* Decode both images of every pair (in storage order) to find the bad ones up front: with
  * ON_BAD_IMAGE_SKIP they are marked (and *n_bad, if given, counts all marked pairs);
  * with ON_BAD_IMAGE_FAIL the first one is an error. */

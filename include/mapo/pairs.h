@@ -2,7 +2,8 @@
  *
  * Pair file (safetensors): chosen [N,C,H,W], rejected [N,C,H,W] (latents already scaled),
  *   encoder_hidden_states [N,S,D], and for SDXL-shaped models text_embeds [N,P] and
- *   time_ids [N,6]. Float dtypes F32/F16/BF16/F64; F32 is used in place (mmap).
+ *   time_ids [N,6]; optional chosen_hflip / rejected_hflip [N,C,H,W] (both together) and
+ *   ref_errors [E,N,2] (cached Diffusion-DPO reference errors). Float dtypes F32/F16/BF16/F64; F32 is used in place (mmap).
  * Debug batch (safetensors): sample [2B,C,H,W], timestep [2B] (int or float),
  *   encoder_hidden_states [2B,S,D], target [2B,C,H,W], optional text_embeds, time_ids. */
 #ifndef MAPO_PAIRS_H
@@ -17,7 +18,10 @@ typedef struct {
     int64_t N;
     int C, H, W, S, D, P;
     const float *chosen, *rejected, *ehs, *text_embeds, *time_ids;
-    float *owned[5]; /* converted copies for non-F32 inputs */
+    /* optional: the same pairs horizontally flipped (mapo cache with flips on); training then
+       flips each (epoch, pair) with p = 0.5 */
+    const float *chosen_hflip, *rejected_hflip;
+    float *owned[7]; /* converted copies for non-F32 inputs */
     const double *ref_errors; /* [ref_epochs, N, 2] cached Diffusion-DPO reference errors, or NULL */
     int64_t ref_epochs;
     double *ref_owned;

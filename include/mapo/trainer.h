@@ -32,6 +32,9 @@ void train_config_default(train_config *c);
 /* The noise eps [chw] and timestep (returned) of pair idx in epoch e of a run with this seed:
    the trainer and cached Diffusion-DPO reference errors (cache.h) draw the same. */
 int pair_noise(uint64_t seed, int64_t epoch, int64_t idx, int T, float *eps, int64_t chw);
+/* Whether pair idx is used horizontally flipped in epoch e (p = 0.5), when the pair file holds
+   both orientations (mapo cache with flips on): the scripts' RandomHorizontalFlip per epoch. */
+int pair_flip(uint64_t seed, int64_t epoch, int64_t idx);
 int train_run(const train_config *c);
 
 #endif

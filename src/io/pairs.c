@@ -96,6 +96,10 @@ int pair_file_open(pair_file *p, const char *path, const unet_config *c) {
                             "(projection_class_embeddings_input_dim %d - 6*%d)", path, p->P,
                             c->proj_class_dim, c->add_time_dim);
     }
+    if (!rc && (st_find(&p->f, "chosen_hflip") || st_find(&p->f, "rejected_hflip"))) {
+        rc = get_f32(&p->f, "chosen_hflip", 4, img, &p->chosen_hflip, &p->owned[5], 0);
+        if (!rc) rc = get_f32(&p->f, "rejected_hflip", 4, img, &p->rejected_hflip, &p->owned[6], 0);
+    }
     const st_tensor *re = st_find(&p->f, "ref_errors");
     if (!rc && re) {
         if (re->ndim != 3 || re->shape[1] != p->N || re->shape[2] != 2 || re->shape[0] < 1)
@@ -114,13 +118,16 @@ int pair_file_open(pair_file *p, const char *path, const unet_config *c) {
     int64_t n_img = p->N * p->C * p->H * p->W;
     if (!rc) rc = check_finite(path, "chosen", p->chosen, n_img);
     if (!rc) rc = check_finite(path, "rejected", p->rejected, n_img);
+    if (!rc && p->chosen_hflip) rc = check_finite(path, "chosen_hflip", p->chosen_hflip, n_img);
+    if (!rc && p->rejected_hflip)
+        rc = check_finite(path, "rejected_hflip", p->rejected_hflip, n_img);
     if (!rc) rc = check_finite(path, "encoder_hidden_states", p->ehs, p->N * p->S * p->D);
     if (rc) pair_file_close(p);
     return rc;
 }
 
 void pair_file_close(pair_file *p) {
-    for (int i = 0; i < 5; i++) free(p->owned[i]);
+    for (int i = 0; i < 7; i++) free(p->owned[i]);
     free(p->ref_owned);
     st_close(&p->f);
     memset(p, 0, sizeof *p);

@@ -209,8 +209,10 @@ static int reference_errors(const cache_config *c, const pair_file *pf, double *
     for (int64_t e = 0; e < c->ref_epochs && !rc; e++)
         for (int64_t i = 0; i < pf->N && !rc; i++) {
             int t = pair_noise((uint64_t)c->seed, e, i, sch.num_train_timesteps, eps, chw);
+            const int fl = pf->chosen_hflip && pair_flip((uint64_t)c->seed, e, i);
             for (int half = 0; half < 2; half++) {
-                const float *x0 = (half ? pf->rejected : pf->chosen) + i * chw;
+                const float *x0 = (half ? (fl ? pf->rejected_hflip : pf->rejected)
+                                        : (fl ? pf->chosen_hflip : pf->chosen)) + i * chw;
                 ddpm_add_noise(&sch, sample + half * chw, x0, eps, chw, t);
                 ddpm_target(&sch, target + half * chw, x0, eps, chw, t);
                 ts[half] = (float)t;
@@ -267,7 +269,10 @@ int cache_build(const cache_config *c) {
     int64_t *keep = xmalloc((N0 ? N0 : 1) * sizeof(int64_t)), N = 0, n_bad = 0;
     prep_cfg pc = {res, c->random_crop, c->no_hflip};
     const int64_t pix = 3LL * res * res;
-    float *ch = xmalloc(2 * pix * sizeof(float)), *rj = ch + pix;
+    /* [chosen, rejected, chosen flipped, rejected flipped]: with flips on, both orientations
+       are cached and the trainer flips per (epoch, pair) with p = 0.5, as the scripts do */
+    const int flips = !c->no_hflip, nimg = flips ? 4 : 2;
+    float *ch = xmalloc(4 * pix * sizeof(float)), *rj = ch + pix;
     /* every image decoded up front: bad ones are marked (skip) or refused (fail) before the
        file is sized */
     rc = pref_dataset_check(ds, &n_bad);
@@ -294,19 +299,28 @@ int cache_build(const cache_config *c) {
             st_writer_add_empty(w, "text_embeds", ST_F32, 2, (int64_t[]){N, P});
             st_writer_add_empty(w, "time_ids", ST_F32, 2, (int64_t[]){N, 6});
         }
-        double gib = (double)N * (2 * lat + (int64_t)S * D + P + 6) * 4 / 1073741824.0;
+        if (flips) {
+            st_writer_add_empty(w, "chosen_hflip", ST_F32, 4, (int64_t[]){N, L, h, h});
+            st_writer_add_empty(w, "rejected_hflip", ST_F32, 4, (int64_t[]){N, L, h, h});
+        }
+        double gib = (double)N * (nimg * lat + (int64_t)S * D + P + 6) * 4 / 1073741824.0;
         if (!c->quiet)
             mapo_log(1, "mapo cache: %lld pairs at %dx%d -> %s (%.2f GiB)\n", (long long)N, res,
                      res, c->out, gib);
         rc = st_writer_begin(w, c->out);
     }
-    float *z = xmalloc(2 * lat * sizeof(float)), *noise = xmalloc(2 * lat * sizeof(float));
+    float *z = xmalloc(4 * lat * sizeof(float)), *noise = xmalloc(4 * lat * sizeof(float));
     float *ehs = xmalloc((size_t)S * D * sizeof(float)), *pooled = xmalloc((P ? P : 1) * sizeof(float));
     const double t0 = mapo_now();
     for (int64_t j = 0; j < N && !rc; j++) {
         char *cap = NULL;
         int orig[2], crop[2];
-        rc = pref_dataset_get(ds, keep[j], &pc, (uint64_t)c->seed, 0, &cap, ch, rj, orig, crop);
+        if (flips)
+            rc = pref_dataset_get_flips(ds, keep[j], &pc, (uint64_t)c->seed, &cap, ch, rj,
+                                        ch + 2 * pix, ch + 3 * pix, orig, crop);
+        else
+            rc = pref_dataset_get(ds, keep[j], &pc, (uint64_t)c->seed, 0, &cap, ch, rj, orig,
+                                  crop);
         if (rc > 0) rc = mapo_error("%s pair %lld became unreadable", c->dataset, (long long)keep[j]);
         if (rc) break;
         /* chosen and rejected through the VAE together */
@@ -314,10 +328,10 @@ int cache_build(const cache_config *c) {
         if (!c->latents_mean) {
             philox r;
             philox_init(&r, (uint64_t)c->seed, STREAM_VAE_NOISE, (uint64_t)keep[j]);
-            philox_fill_normal(&r, noise, 2 * lat);
+            philox_fill_normal(&r, noise, nimg * lat);
             nz = noise;
         }
-        rc = vae_encode_latents(p.vae, ch, 2, res, res, nz, z, 0);
+        rc = vae_encode_latents(p.vae, ch, nimg, res, res, nz, z, 0);
         const char *cp = cap ? cap : "";
         if (!rc) rc = pipeline_encode_prompts(&p, &cp, 1, ehs, P ? pooled : NULL);
         free(cap);
@@ -329,6 +343,11 @@ int cache_build(const cache_config *c) {
             pipeline_time_ids(tid, orig[0], orig[1], crop[0], crop[1], res, res);
             rc = st_writer_put(w, 3, j * (size_t)P * 4, pooled, (size_t)P * 4);
             if (!rc) rc = st_writer_put(w, 4, j * 24, tid, 24);
+        }
+        if (!rc && flips) {
+            const int k = P ? 5 : 3;
+            rc = st_writer_put(w, k, j * lat * 4, z + 2 * lat, lat * 4);
+            if (!rc) rc = st_writer_put(w, k + 1, j * lat * 4, z + 3 * lat, lat * 4);
         }
         if (rc) rc = mapo_error_prefix("%s pair %lld", c->dataset, (long long)keep[j]);
         progress(c, "encoding pairs", j + 1, N, t0);
@@ -378,8 +397,9 @@ int cache_build(const cache_config *c) {
         snprintf(ep, sizeof ep, "%lld", (long long)c->ref_epochs);
         st_writer_meta(w, "ref_fingerprint", rf);
         st_writer_meta(w, "ref_epochs", ep);
-        const char *names[] = {"chosen", "rejected", "encoder_hidden_states", "text_embeds", "time_ids"};
-        for (int i = 0; i < 5; i++) {
+        const char *names[] = {"chosen", "rejected", "encoder_hidden_states", "text_embeds",
+                               "time_ids", "chosen_hflip", "rejected_hflip"};
+        for (int i = 0; i < 7; i++) {
             const st_tensor *t = st_find(&pf.f, names[i]);
             if (t) st_writer_add(w, names[i], t->dtype, t->ndim, t->shape, t->data);
         }

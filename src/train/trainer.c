@@ -24,7 +24,7 @@
 #include "mapo/rng.h"
 #include "mapo/safetensors.h"
 
-enum { STREAM_PERM = 1, STREAM_NOISE = 2 };
+enum { STREAM_PERM = 1, STREAM_NOISE = 2, STREAM_FLIP = 4 }; /* 3: dataset.h augmentation */
 
 void train_config_default(train_config *c) {
     memset(c, 0, sizeof *c);
@@ -261,6 +261,12 @@ int pair_noise(uint64_t seed, int64_t epoch, int64_t idx, int T, float *eps, int
     return t;
 }
 
+int pair_flip(uint64_t seed, int64_t epoch, int64_t idx) {
+    philox r;
+    philox_init(&r, seed, ((uint64_t)STREAM_FLIP << 40) | (uint64_t)epoch, (uint64_t)idx);
+    return philox_uniform(&r) < 0.5;
+}
+
 static void fill_batch(batch_buf *b, const pair_file *pf, const ddpm_schedule *sch,
                        epoch_order *ord, uint64_t seed, int64_t first_pair) {
     const int Bp = b->Bp;
@@ -272,8 +278,10 @@ static void fill_batch(batch_buf *b, const pair_file *pf, const ddpm_schedule *s
             b->ref_err[j] = b->ref_cached[(e * pf->N + idx) * 2];
             b->ref_err[j + Bp] = b->ref_cached[(e * pf->N + idx) * 2 + 1];
         }
+        const int fl = pf->chosen_hflip && pair_flip(seed, e, idx);
         for (int half = 0; half < 2; half++) {
-            const float *x0 = (half ? pf->rejected : pf->chosen) + idx * chw;
+            const float *x0 = (half ? (fl ? pf->rejected_hflip : pf->rejected)
+                                    : (fl ? pf->chosen_hflip : pf->chosen)) + idx * chw;
             int s = j + half * Bp;
             ddpm_add_noise(sch, b->sample + s * chw, x0, b->eps, chw, t);
             ddpm_target(sch, b->target + s * chw, x0, b->eps, chw, t);

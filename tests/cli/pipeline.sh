@@ -8,19 +8,23 @@ F=tests/fixtures/pipeline
 D=$F/data
 for kind in sd15 sdxl; do
   P=$F/$kind
+  nt=$([ $kind = sdxl ] && echo 7 || echo 5)
   # 1. the cache of the manifest dataset equals diffusers' encoding of the official preprocessing
-  #    (center crop, no flip, latent_dist.mean). Tolerance 1e-4 relative per tensor: float32 VAE
-  #    and text encoders (~1e-6); JPEG decoding is the same libjpeg-turbo ISLOW IDCT as Pillow's.
+  #    (center crop, latent_dist.mean), both orientations (flips on: the trainer flips per epoch).
+  #    Tolerance 1e-4 relative per tensor: float32 VAE and text encoders (~1e-6); JPEG decoding
+  #    is the same libjpeg-turbo ISLOW IDCT as Pillow's.
   $MAPO cache --pretrained_model_name_or_path $P --dataset_name $D/manifest --out $TMP/$kind.m.safetensors \
-     --resolution 32 --no_hflip --vae_latents mean --quiet 2>$TMP/c.log || bad "$kind cache manifest: $(cat $TMP/c.log)"
+     --resolution 32 --vae_latents mean --quiet 2>$TMP/c.log || bad "$kind cache manifest: $(cat $TMP/c.log)"
   out=$($MAPO diff $TMP/$kind.m.safetensors $F/expect_cache_manifest_$kind.safetensors --tol 1e-4 --quiet 2>&1) \
+     && grep -q "compared $nt tensors" <<<"$out" \
      && ok "$kind manifest cache == diffusers: $out" || bad "$kind manifest cache differs from diffusers: $out"
   # 2. the Pick-a-Pic parquet (same images; a tie row, which must be dropped; jpg_1 of another
-  #    size, resized to jpg_0's with PIL bicubic)
+  #    size, resized to jpg_0's with PIL bicubic), flips off: no flipped tensors
   $MAPO cache --pretrained_model_name_or_path $P --dataset_name $D/parquet --out $TMP/$kind.p.safetensors \
      --resolution 32 --no_hflip --vae_latents mean --quiet 2>$TMP/c.log || bad "$kind cache parquet: $(cat $TMP/c.log)"
   out=$($MAPO diff $TMP/$kind.p.safetensors $F/expect_cache_parquet_$kind.safetensors --tol 1e-4 --quiet 2>&1) \
-     && ok "$kind parquet cache == diffusers: $out" || bad "$kind parquet cache differs from diffusers: $out"
+     && grep -q "compared $((nt - 2)) tensors (2 only in B)" <<<"$out" \
+     && ok "$kind parquet cache (--no_hflip) == diffusers: $out" || bad "$kind parquet cache differs from diffusers: $out"
 done
 P=$F/sd15; X=$F/sdxl
 common=(--resolution 32 --train_batch_size 2 --max_train_steps 3 --checkpointing_steps 0 --learning_rate 1e-3 --seed 5 --quiet)
