@@ -608,6 +608,58 @@ static void test_atomic_failure_keeps_old(void **state) {
     st_close(&f);
 }
 
+/* streaming: header first, rows written at offsets in any order, then commit; an aborted stream
+   leaves the earlier file untouched and no temporary file */
+static void test_streaming_writer(void **state) {
+    (void)state;
+    char dir[] = "/tmp/mapo_st_stream_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[256];
+    snprintf(path, sizeof path, "%s/s.safetensors", dir);
+    float a[6] = {1, 2, 3, 4, 5, 6};
+    double d[2] = {0.25, -8};
+    st_writer *w = st_writer_new();
+    st_writer_meta(w, "k", "v");
+    st_writer_add_empty(w, "a", ST_F32, 2, (int64_t[]){3, 2});
+    st_writer_add_empty(w, "d", ST_F64, 1, (int64_t[]){2});
+    assert_int_equal(st_writer_write(w, path), -1); /* no data: must be streamed */
+    assert_int_equal(st_writer_begin(w, path), 0);
+    assert_int_equal(st_writer_put(w, 0, 4 * 4, a + 4, 8), 0); /* last row first */
+    assert_int_equal(st_writer_put(w, 0, 0, a, 16), 0);
+    assert_int_equal(st_writer_put(w, 1, 0, d, 16), 0);
+    assert_int_equal(st_writer_put(w, 0, 20, a, 8), -1); /* past the tensor */
+    assert_int_equal(st_writer_put(w, 2, 0, a, 4), -1);  /* no such tensor */
+    assert_int_equal(st_writer_commit(w), 0);
+    st_writer_free(w);
+    st_file f;
+    assert_int_equal(st_open(&f, path), 0);
+    float got[6];
+    assert_int_equal(st_read_f32_shape(&f, "a", got, 2, (int64_t[]){3, 2}), 0);
+    assert_memory_equal(got, a, sizeof a);
+    const st_tensor *t = st_find(&f, "d");
+    assert_non_null(t);
+    assert_memory_equal(t->data, d, sizeof d);
+    assert_string_equal(st_meta(&f, "k"), "v");
+    st_close(&f);
+    /* an abandoned stream: the committed file stays, no temporary is left */
+    w = st_writer_new();
+    st_writer_add_empty(w, "a", ST_F32, 1, (int64_t[]){1});
+    assert_int_equal(st_writer_begin(w, path), 0);
+    st_writer_free(w);
+    assert_int_equal(st_open(&f, path), 0);
+    assert_non_null(st_find(&f, "d"));
+    st_close(&f);
+    DIR *dd = opendir(dir);
+    struct dirent *e;
+    int n = 0;
+    while ((e = readdir(dd)))
+        if (e->d_name[0] != '.') n++;
+    closedir(dd);
+    assert_int_equal(n, 1);
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dtype_table),
@@ -624,6 +676,7 @@ int main(void) {
         cmocka_unit_test(test_writer_misuse),
         cmocka_unit_test(test_atomic_write),
         cmocka_unit_test(test_atomic_failure_keeps_old),
+        cmocka_unit_test(test_streaming_writer),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -21,6 +21,9 @@ int ddpm_from_config(ddpm_schedule *s, const char *path);
 /* SD defaults: T=1000, scaled_linear 0.00085..0.012, epsilon */
 void ddpm_default(ddpm_schedule *s);
 void ddpm_free(ddpm_schedule *s);
+/* torch.linspace(start, end, n, dtype=float32) bit for bit (first half start + i*step, second
+   half end - (n-1-i)*step, fused multiply-adds): shared by the training and sampling schedules */
+void linspace_f32(float *out, double start, double end, int n);
 /* xt = sqrt(abar_t) x0 + sqrt(1-abar_t) eps, n elements */
 void ddpm_add_noise(const ddpm_schedule *s, float *xt, const float *x0, const float *eps,
                     size_t n, int t);

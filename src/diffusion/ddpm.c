@@ -22,7 +22,7 @@
 #include "mapo/common.h"
 
 /* torch.linspace(start, end, n, dtype=float32) on an AVX2 / AVX-512 CPU */
-static void linspace_f32(float *out, double start_d, double end_d, int n) {
+void linspace_f32(float *out, double start_d, double end_d, int n) {
     const float start = (float)start_d, end = (float)end_d;
     if (n == 1) {
         out[0] = start;

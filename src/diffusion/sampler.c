@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "mapo/common.h"
+#include "mapo/ddpm.h"
 
 enum { K_DDIM = 0, K_EULER = 1 };
 enum { P_EPS = 0, P_V, P_SAMPLE };
@@ -220,19 +221,6 @@ static int parse_cfg(cfg *c, json_t *root, const char *src, int kind) {
 }
 
 /* ------------------------------------------------------------------ schedule */
-/* torch.linspace(start, end, n, dtype=float32) on an AVX2 / AVX-512 CPU (see ddpm.c) */
-static void linspace_f32(float *out, double start_d, double end_d, int n) {
-    const float start = (float)start_d, end = (float)end_d;
-    if (n == 1) {
-        out[0] = start;
-        return;
-    }
-    const float step = (end - start) / (float)(n - 1);
-    const int half = n / 2;
-    for (int i = 0; i < n; i++)
-        out[i] = i < half ? fmaf(step, (float)i, start) : fmaf(-step, (float)(n - 1 - i), end);
-}
-
 /* diffusers' betas_for_alpha_bar(T) with the cosine transform, in Python double */
 static double cos_abar(double t) {
     const double c = cos((t + 0.008) / 1.008 * M_PI / 2);

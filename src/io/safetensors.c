@@ -740,21 +740,12 @@ int st_writer_write(st_writer *w, const char *path) {
         if (w->e[i].nbytes && !w->e[i].data)
             return mapo_error("%s: tensor '%s' was declared for streaming (st_writer_begin)",
                               path, w->e[i].name);
-    json_t *root = build_header(w, path);
-    if (!root) return -1;
-    char *js = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    json_decref(root);
-    if (!js) return mapo_error("%s: cannot serialise the safetensors header", path);
-    size_t jl = strlen(js), hl = (jl + 7) & ~(size_t)7;
-    char *hdr = xmalloc(hl + 8);
-    uint64_t hl64 = hl;
-    memcpy(hdr, &hl64, 8); /* little-endian host */
-    memcpy(hdr + 8, js, jl);
-    memset(hdr + 8 + jl, ' ', hl - jl);
-    free(js);
+    size_t hl;
+    char *hdr = header_bytes(w, path, &hl);
+    if (!hdr) return -1;
     atomic_file a;
     int rc = atomic_open(&a, path);
-    if (!rc) rc = atomic_write(&a, hdr, hl + 8);
+    if (!rc) rc = atomic_write(&a, hdr, hl);
     for (int i = 0; !rc && i < w->n; i++)
         if (w->e[i].nbytes) rc = atomic_write(&a, w->e[i].data, w->e[i].nbytes);
     free(hdr);
