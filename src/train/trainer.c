@@ -21,6 +21,7 @@
 #include "mapo/dataset.h"
 #include "mapo/ddpm.h"
 #include "mapo/pairs.h"
+#include "mapo/pipeline.h"
 #include "mapo/rng.h"
 #include "mapo/safetensors.h"
 
@@ -359,6 +360,34 @@ static void fmt_time(char *buf, size_t n, double s) {
     snprintf(buf, n, "%ld:%02ld:%02ld", t / 3600, (t / 60) % 60, t % 60);
 }
 
+/* A cache given as --dataset_name must have been made with this pipeline's tokenizers, text
+   encoders and VAE (and --resolution, when given) */
+static int check_given_cache(const train_config *c) {
+    st_file f;
+    if (st_open(&f, c->dataset)) return -1;
+    const char *mf = st_meta(&f, "model_fingerprint"), *res = st_meta(&f, "resolution");
+    int rc = 0;
+    char vae_cfg[4200];
+    snprintf(vae_cfg, sizeof vae_cfg, "%s/vae/config.json", c->model_dir);
+    struct stat st;
+    if (mf && stat(vae_cfg, &st) == 0) {
+        pipeline p;
+        memset(&p, 0, sizeof p);
+        snprintf(p.dir, sizeof p.dir, "%s", c->model_dir);
+        char want[32];
+        if (pipeline_fingerprint(&p, want, sizeof want)) rc = -1;
+        else if (strcmp(want, mf))
+            rc = mapo_error("%s: this cache was made with other tokenizers / text encoders / VAE "
+                            "than %s has (model_fingerprint %s, the pipeline's %s): rebuild it "
+                            "with mapo cache", c->dataset, c->model_dir, mf, want);
+    }
+    if (!rc && res && c->resolution && atoi(res) != c->resolution)
+        rc = mapo_error("%s: this cache holds resolution %s, the run asks --resolution %d: "
+                        "rebuild it with mapo cache", c->dataset, res, c->resolution);
+    st_close(&f);
+    return rc;
+}
+
 int train_run(const train_config *c) {
     if (!c->model_dir || !c->dataset || !c->output_dir)
         return mapo_error("train needs --pretrained_model_name_or_path, --dataset_name and "
@@ -409,6 +438,8 @@ int train_run(const train_config *c) {
             if (cache_build(&cc)) return -1;
         }
         pairs_path = cache_path;
+    } else if (check_given_cache(c)) {
+        return -1;
     }
     if (load_schedule(&sch, c->model_dir)) return -1;
     if (c->lora_rank < 0) return mapo_error("--lora_rank must be >= 0");

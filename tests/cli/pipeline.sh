@@ -47,6 +47,13 @@ cp -r $D/manifest $TMP/man2; head -1 $TMP/man2/manifest.jsonl >> $TMP/man2/manif
 $MAPO train --pretrained_model_name_or_path $P --dataset_name $D/manifest --output_dir $TMP/tm "${common[@]}" 2>/dev/null || bad "tm"
 $MAPO train --pretrained_model_name_or_path $P --dataset_name $TMP/man2 --output_dir $TMP/tm "${common[@]}" 2>$TMP/tm.log \
   && grep -q "rebuilding.*dataset_fingerprint" $TMP/tm.log && grep -q "6 pairs" $TMP/tm.log && ok "stale cache (dataset) rebuilt" || bad "stale cache dataset: $(cat $TMP/tm.log)"
+# a cache given directly must fit the pipeline and the resolution
+expect_error "train on a cache of another VAE" "rebuild it with mapo cache" $MAPO train --pretrained_model_name_or_path $TMP/x2 \
+   --dataset_name $TMP/sdxl.m.safetensors --output_dir $TMP/tc --max_train_steps 1
+expect_error "train on a cache of another resolution" "resolution 32" $MAPO train --pretrained_model_name_or_path $X \
+   --dataset_name $TMP/sdxl.m.safetensors --output_dir $TMP/tc --max_train_steps 1 --resolution 64
+$MAPO train --pretrained_model_name_or_path $X --dataset_name $TMP/sdxl.m.safetensors --output_dir $TMP/tc \
+   --max_train_steps 1 --train_batch_size 2 --quiet 2>$TMP/tc.log && ok "train on a fitting cache" || bad "train on cache: $(cat $TMP/tc.log)"
 # 5. LoRA from the manifest, then sample with the trained LoRA and the trained UNet
 $MAPO train --pretrained_model_name_or_path $P --dataset_name $D/manifest --output_dir $TMP/tl --lora_rank 2 "${common[@]}" 2>$TMP/tl.log \
   && [ -f $TMP/tl/pytorch_lora_weights.safetensors ] && ok "sd15: LoRA train from manifest" || bad "lora train: $(cat $TMP/tl.log)"
