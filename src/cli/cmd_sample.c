@@ -80,6 +80,10 @@ int cmd_sample(int argc, char **argv) {
     if (r) return r > 0 ? 0 : -1;
     if (!model || !out) return mapo_error("sample needs --model and --out");
     if (!!prompt == !!prompts_file) return mapo_error("give exactly one of --prompt and --prompts_file");
+    if (height < 0 || width < 0 || height > IMAGE_MAX_SIDE || width > IMAGE_MAX_SIDE)
+        return mapo_error("--height and --width must be in 1..%d", IMAGE_MAX_SIDE);
+    if (steps < 1 || steps > 1000) return mapo_error("--num_inference_steps must be in 1..1000");
+    if (tiled < -1 || tiled > 1) return mapo_error("--tiled_decode must be -1, 0 or 1");
     if (strcmp(sampler, "euler") && strcmp(sampler, "ddim"))
         return mapo_error("unknown --sampler '%s' (euler, ddim)", sampler);
     char **prompts = NULL;
@@ -113,6 +117,12 @@ int cmd_sample(int argc, char **argv) {
     g.height = height ? (int)height : p.unet.cfg.sample_size * f;
     g.width = width ? (int)width : g.height;
     g.seed = (uint64_t)seed;
+    if (g.height < 1 || g.width < 1 || g.height > IMAGE_MAX_SIDE || g.width > IMAGE_MAX_SIDE ||
+        (int64_t)g.height * g.width > IMAGE_MAX_PIXELS) {
+        rc = mapo_error("--height %d x --width %d is outside 1..%d per side (at most %lld pixels)",
+                        g.height, g.width, IMAGE_MAX_SIDE, (long long)IMAGE_MAX_PIXELS);
+        goto done_p;
+    }
     g.tiled_decode = (int)tiled;
     g.quiet = quiet;
     if (latents) {

@@ -395,6 +395,9 @@ int train_run(const train_config *c) {
     if (c->train_batch_size < 1 || c->grad_accum < 1 || c->max_train_steps < 1)
         return mapo_error("--train_batch_size, --gradient_accumulation_steps and "
                           "--max_train_steps must be >= 1");
+    if (c->train_batch_size > 65536 || c->grad_accum > 65536 || c->max_train_steps > ((int64_t)1 << 40))
+        return mapo_error("--train_batch_size and --gradient_accumulation_steps must be <= 65536, "
+                          "--max_train_steps <= 2^40");
     if (!(c->learning_rate >= 0) || c->warmup < 0 || c->checkpointing_steps < 0)
         return mapo_error("--learning_rate, --lr_warmup_steps and --checkpointing_steps must "
                           "be >= 0");

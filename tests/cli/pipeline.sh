@@ -94,6 +94,9 @@ expect_error "cache --on_bad_image fail" "row 4 jpg_1" $MAPO cache --pretrained_
 # 9. bad input: one clear line each
 expect_error "sample: no model" "no such folder" $MAPO sample --model /nonexistent --prompt x --out $TMP/x.png
 expect_error "sample: bad size" "multiples of" $MAPO sample --model $P --prompt x --height 30 --out $TMP/x.png
+expect_error "sample: absurd size" "--height" $MAPO sample --model $P --prompt x --height 100000 --out $TMP/x.png
+expect_error "sample: size past int" "--height" $MAPO sample --model $P --prompt x --height 4294967328 --out $TMP/x.png
+expect_error "sample: no prompts in file" "no prompts" $MAPO sample --model $P --prompts_file /dev/null --out $TMP/x.png
 expect_error "sample: bad sampler" "sampler" $MAPO sample --model $P --prompt x --sampler heun --out $TMP/x.png
 expect_error "cache: missing dataset" "nonexistent" $MAPO cache --pretrained_model_name_or_path $P --dataset_name /nonexistent/d.parquet --out $TMP/x.safetensors
 expect_error "cache: bad resolution" "resolution" $MAPO cache --pretrained_model_name_or_path $P --dataset_name $D/manifest --out $TMP/x.safetensors --resolution 33
