@@ -308,7 +308,9 @@ static int load_schedule(ddpm_schedule *s, const char *model_dir) {
     return 0;
 }
 
-/* MemAvailable from /proc/meminfo in bytes (0 when unknown) */
+/* The memory this run may use, in bytes (0 when unknown): MemAvailable of /proc/meminfo plus
+   what this process already holds (the model is loaded when the plan is made, and the plan
+   counts it) */
 static double mem_available(void) {
     FILE *f = fopen("/proc/meminfo", "r");
     if (!f) return 0;
@@ -317,7 +319,15 @@ static double mem_available(void) {
     while (fgets(line, sizeof line, f))
         if (sscanf(line, "MemAvailable: %lf kB", &kb) == 1) break;
     fclose(f);
-    return kb * 1024.0;
+    double own = 0;
+    FILE *g = fopen("/proc/self/statm", "r");
+    if (g) {
+        long size, resident;
+        if (fscanf(g, "%ld %ld", &size, &resident) == 2)
+            own = (double)resident * (double)sysconf(_SC_PAGESIZE);
+        fclose(g);
+    }
+    return kb > 0 ? kb * 1024.0 + own : 0;
 }
 
 /* Peak activation bytes of one training micro-batch, measured: one forward + backward of a
