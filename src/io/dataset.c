@@ -105,15 +105,6 @@ static const char *base_of(const char *path) {
     return s ? s + 1 : path;
 }
 
-static int is_dir(const char *p) {
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
-}
-static int is_file(const char *p) {
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
-}
-
 static int read_file(const char *path, uint8_t **buf, size_t *n, long long max, const char *what) {
     *buf = NULL;
     *n = 0;
@@ -257,7 +248,7 @@ static int list_parquet(const char *dir, char ***names, int *count) {
     while ((e = readdir(dp))) {
         if (e->d_name[0] == '.' || !ends_with(e->d_name, ".parquet")) continue;
         char *full = path_join(dir, e->d_name);
-        if (!is_file(full)) {
+        if (!mapo_is_file(full)) {
             free(full);
             continue;
         }
@@ -443,7 +434,7 @@ int pref_dataset_open(pref_dataset **out, const char *path, const pref_dataset_o
         }
     } else if (S_ISDIR(st.st_mode)) {
         char *m = path_join(path, "manifest.jsonl");
-        if (is_file(m)) {
+        if (mapo_is_file(m)) {
             rc = open_manifest(d, m);
         } else {
             char **names = NULL;
@@ -452,7 +443,7 @@ int pref_dataset_open(pref_dataset **out, const char *path, const pref_dataset_o
             rc = list_parquet(path, &names, &count);
             if (!rc && count == 0) {
                 char *data = path_join(path, "data");
-                if (is_dir(data)) {
+                if (mapo_is_dir(data)) {
                     free(where);
                     where = data;
                     rc = list_parquet(data, &names, &count);

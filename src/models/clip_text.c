@@ -259,11 +259,6 @@ void clip_text_free(clip_text *m) {
     free(m);
 }
 
-static int is_file(const char *p) {
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
-}
-
 static void shape_str(char *buf, size_t n, int ndim, const int64_t *s) {
     size_t k = snprintf(buf, n, "[");
     for (int i = 0; i < ndim && k < n; i++)
@@ -355,11 +350,11 @@ int clip_text_load_dir(clip_text **out, const char *dir) {
     char cp[4200], wp[4200];
     snprintf(cp, sizeof cp, "%s/config.json", dir);
     snprintf(wp, sizeof wp, "%s/model.safetensors", dir);
-    if (!is_file(cp)) return mapo_error("%s: no config.json: not a text_encoder folder", dir);
-    if (!is_file(wp)) {
+    if (!mapo_is_file(cp)) return mapo_error("%s: no config.json: not a text_encoder folder", dir);
+    if (!mapo_is_file(wp)) {
         char ip[4300];
         snprintf(ip, sizeof ip, "%s.index.json", wp);
-        if (is_file(ip))
+        if (mapo_is_file(ip))
             return mapo_error("%s: sharded checkpoints (model.safetensors.index.json) are not "
                               "supported; re-save as one file", dir);
         return mapo_error("%s: no model.safetensors (pytorch_model.bin is not supported; for a "

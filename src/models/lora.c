@@ -9,7 +9,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "mapo/common.h"
 #include "mapo/rng.h"
@@ -160,8 +159,7 @@ static int reset_block(unet *u, unet_tblock *b, void *ctx) {
 
 int unet_lora_load(unet *u, const char *path, int with_grad) {
     char p[4200];
-    struct stat sb;
-    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
+    if (mapo_is_dir(path))
         snprintf(p, sizeof p, "%s/pytorch_lora_weights.safetensors", path);
     else
         snprintf(p, sizeof p, "%s", path);

@@ -11,11 +11,6 @@
 
 #include "mapo/common.h"
 
-static int is_dir(const char *p) {
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
 void pipeline_free(pipeline *p) {
     for (int i = 0; i < 2; i++) {
         if (p->tok[i]) clip_tokenizer_free(p->tok[i]);
@@ -32,9 +27,9 @@ int pipeline_load(pipeline *p, const char *dir, int parts, const char *unet_dir,
     if (strlen(dir) >= sizeof p->dir - 32) return mapo_error("%s: path too long", dir);
     snprintf(p->dir, sizeof p->dir, "%s", dir);
     char q[4096];
-    if (!is_dir(dir)) return mapo_error("%s: no such folder", dir);
+    if (!mapo_is_dir(dir)) return mapo_error("%s: no such folder", dir);
     snprintf(q, sizeof q, "%s/text_encoder_2", dir);
-    p->sdxl = is_dir(q);
+    p->sdxl = mapo_is_dir(q);
     p->n_enc = p->sdxl ? 2 : 1;
     p->S = 77;
     /* model_index.json: force_zeros_for_empty_prompt (SDXL pipelines register it, default true) */

@@ -488,29 +488,21 @@ double unet_forward_flops(const unet *u, const unet_inputs *in) {
 }
 
 /* ------------------------------------------------------------------ load / save */
-static int is_dir(const char *p) {
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
-}
-static int is_file(const char *p) {
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
-}
 
 /* dir may be a UNet folder or a pipeline folder with unet/ */
 static int resolve_dir(const char *dir, char *out, size_t n) {
     char p[4096];
     snprintf(p, sizeof p, "%s/config.json", dir);
-    if (is_file(p)) {
+    if (mapo_is_file(p)) {
         snprintf(out, n, "%s", dir);
         return 0;
     }
     snprintf(p, sizeof p, "%s/unet/config.json", dir);
-    if (is_file(p)) {
+    if (mapo_is_file(p)) {
         snprintf(out, n, "%s/unet", dir);
         return 0;
     }
-    if (!is_dir(dir)) return mapo_error("%s: no such folder", dir);
+    if (!mapo_is_dir(dir)) return mapo_error("%s: no such folder", dir);
     return mapo_error("%s: no config.json (nor unet/config.json): not a diffusers UNet or "
                       "pipeline folder", dir);
 }
@@ -531,7 +523,7 @@ int unet_load_dir(unet *u, const char *dir, int with_grad) {
     snprintf(p, sizeof p, "%s/config.json", d);
     if (load_config(u, p, with_grad)) return -1;
     snprintf(p, sizeof p, "%s/diffusion_pytorch_model.safetensors", d);
-    if (!is_file(p)) {
+    if (!mapo_is_file(p)) {
         unet_free(u);
         return mapo_error("%s: no diffusion_pytorch_model.safetensors (sharded or .bin "
                           "checkpoints are not supported; re-save with safe_serialization)", d);

@@ -438,15 +438,6 @@ static int load_weights(vae *v, const char *path) {
     return rc;
 }
 
-static int is_file(const char *p) {
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
-}
-static int is_dir(const char *p) {
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
 void vae_free(vae *v) {
     if (!v) return;
     for (int i = 0; i < VAE_MAX_BLOCKS; i++) {
@@ -462,12 +453,12 @@ int vae_load_dir(vae **out, const char *dir) {
     char d[4096], p[4200];
     if (strlen(dir) > 4000) return mapo_error("VAE folder path is too long");
     snprintf(p, sizeof p, "%s/config.json", dir);
-    if (is_file(p)) {
+    if (mapo_is_file(p)) {
         snprintf(d, sizeof d, "%s", dir);
     } else {
         snprintf(p, sizeof p, "%s/vae/config.json", dir);
-        if (!is_file(p)) {
-            if (!is_dir(dir)) return mapo_error("%s: no such folder", dir);
+        if (!mapo_is_file(p)) {
+            if (!mapo_is_dir(dir)) return mapo_error("%s: no such folder", dir);
             return mapo_error("%s: no config.json (nor vae/config.json): not a diffusers "
                               "AutoencoderKL or pipeline folder", dir);
         }
@@ -487,7 +478,7 @@ int vae_load_dir(vae **out, const char *dir) {
     build(v);
     v->conv_scratch = (size_t)64 << 20;
     snprintf(p, sizeof p, "%s/diffusion_pytorch_model.safetensors", d);
-    if (!is_file(p)) {
+    if (!mapo_is_file(p)) {
         vae_free(v);
         return mapo_error("%s: no diffusion_pytorch_model.safetensors (sharded or .bin "
                           "checkpoints are not supported; re-save with safe_serialization)", d);
