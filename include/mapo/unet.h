@@ -111,6 +111,8 @@ int unet_lora_load(unet *u, const char *path, int with_grad);
 int unet_lora_save(const unet *u, const char *path);
 /* Fold the adapters into the base weights (W += B A) and drop them. */
 void unet_lora_merge(unet *u);
+/* Remove the adapters (the UNet is the base model again). */
+void unet_lora_drop(unet *u);
 
 /* Multiply-accumulates of one forward (for GFLOP/s reports). */
 double unet_forward_flops(const unet *u, const unet_inputs *in);

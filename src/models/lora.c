@@ -157,6 +157,12 @@ static int reset_block(unet *u, unet_tblock *b, void *ctx) {
     return 0;
 }
 
+void unet_lora_drop(unet *u) {
+    params_free(&u->lora);
+    each_tblock(u, reset_block, NULL);
+    u->lora_on = 0;
+}
+
 int unet_lora_load(unet *u, const char *path, int with_grad) {
     char p[4200];
     if (mapo_is_dir(path))
@@ -196,8 +202,7 @@ int unet_lora_load(unet *u, const char *path, int with_grad) {
     st_close(&f);
     if (rc) {
         /* leave the UNet without adapters */
-        params_free(&u->lora);
-        each_tblock(u, reset_block, NULL);
+        unet_lora_drop(u);
         return -1;
     }
     u->lora_on = 1;
@@ -236,7 +241,6 @@ static int merge_block(unet *u, unet_tblock *b, void *ctx) {
                     const float bq = B[o * r + q];
                     for (int64_t i = 0; i < in; i++) W[o * in + i] += bq * A[q * in + i];
                 }
-            b->lora[a][k][0] = b->lora[a][k][1] = -1;
         }
     return 0;
 }
@@ -244,6 +248,5 @@ static int merge_block(unet *u, unet_tblock *b, void *ctx) {
 void unet_lora_merge(unet *u) {
     if (!u->lora.n) return;
     each_tblock(u, merge_block, NULL);
-    params_free(&u->lora);
-    u->lora_on = 0;
+    unet_lora_drop(u);
 }

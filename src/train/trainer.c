@@ -208,20 +208,15 @@ static int load_checkpoint(const train_config *c, unet *u, float *m, float *v, i
     json_decref(js);
     if (rc) return -1;
     if (u->lora.n) {
-        /* the adapters of the checkpoint replace the fresh ones (same names and shapes) */
+        /* the checkpoint's adapters replace the fresh ones; they must have the same layout, as
+           the optimizer moments were sized for it */
+        const size_t total = u->lora.total;
         snprintf(p, sizeof p, "%s/pytorch_lora_weights.safetensors", dir);
-        st_file lf;
-        if (st_open(&lf, p)) return -1;
-        for (int i = 0; i < u->lora.n && !rc; i++) {
-            const param_info *pi = &u->lora.p[i];
-            char nm[700];
-            size_t len = strlen(pi->name);
-            snprintf(nm, sizeof nm, "unet.%.*s.%s", (int)(len - 14), pi->name,
-                     strstr(pi->name, ".lora_A.") ? "lora.down.weight" : "lora.up.weight");
-            rc = st_read_f32_shape(&lf, nm, u->lora.data + pi->offset, pi->ndim, pi->shape);
-        }
-        st_close(&lf);
-        if (rc) return -1;
+        unet_lora_drop(u);
+        if (unet_lora_load(u, p, 1)) return -1;
+        if (u->lora.total != total)
+            return mapo_error("%s: the adapters hold %zu values, this run's %zu", p,
+                              u->lora.total, total);
     } else {
         snprintf(p, sizeof p, "%s/unet/diffusion_pytorch_model.safetensors", dir);
         if (params_load(&u->params, p, "", 0)) return -1;
