@@ -20,6 +20,10 @@ int ddpm_init(ddpm_schedule *s, int T, double beta_start, double beta_end,
 int ddpm_from_config(ddpm_schedule *s, const char *path);
 /* SD defaults: T=1000, scaled_linear 0.00085..0.012, epsilon */
 void ddpm_default(ddpm_schedule *s);
+/* The training schedule of a model folder: <dir>/scheduler/scheduler_config.json (a pipeline
+   folder), else <dir>/../scheduler/scheduler_config.json (its unet/ folder), else the SD
+   default (ddpm_default). */
+int ddpm_from_model_dir(ddpm_schedule *s, const char *dir);
 void ddpm_free(ddpm_schedule *s);
 /* torch.linspace(start, end, n, dtype=float32) bit for bit (first half start + i*step, second
    half end - (n-1-i)*step, fused multiply-adds): shared by the training and sampling schedules */

@@ -4,7 +4,9 @@
 #define MAPO_TRAINER_H
 #include <stdint.h>
 
+#include "mapo/ddpm.h"
 #include "mapo/optim.h"
+#include "mapo/pairs.h"
 #include "mapo/step.h"
 
 typedef struct {
@@ -29,12 +31,19 @@ typedef struct {
 } train_config;
 
 void train_config_default(train_config *c);
-/* The noise eps [chw] and timestep (returned) of pair idx in epoch e of a run with this seed:
-   the trainer and cached Diffusion-DPO reference errors (cache.h) draw the same. */
-int pair_noise(uint64_t seed, int64_t epoch, int64_t idx, int T, float *eps, int64_t chw);
-/* Whether pair idx is used horizontally flipped in epoch e (p = 0.5), when the pair file holds
-   both orientations (mapo cache with flips on): the scripts' RandomHorizontalFlip per epoch. */
-int pair_flip(uint64_t seed, int64_t epoch, int64_t idx);
+/* The 2B inputs of a micro-batch: pair j in slots j (chosen) and j + Bp (rejected). */
+typedef struct {
+    int Bp;        /* pairs */
+    int64_t chw;
+    float *sample, *target, *timestep, *ehs, *text_embeds, *time_ids;
+    float *eps;    /* scratch [chw] */
+} pair_slots;
+/* Pair idx of epoch `epoch` as a run with this seed sees it: noise, timestep and horizontal flip
+   (p = 0.5, when the pair file holds both orientations: the scripts' per-epoch
+   RandomHorizontalFlip) from counter-based streams; noisy inputs, targets and conditioning into
+   slot j. The trainer and cached Diffusion-DPO reference errors (cache.h) both use it. */
+void pair_fill(pair_slots *b, const pair_file *pf, const ddpm_schedule *sch, uint64_t seed,
+               int64_t epoch, int64_t idx, int j);
 int train_run(const train_config *c);
 
 #endif

@@ -209,3 +209,13 @@ void ddpm_target(const ddpm_schedule *s, float *target, const float *x0, const f
         target[i] = u - w;
     }
 }
+
+int ddpm_from_model_dir(ddpm_schedule *s, const char *dir) {
+    char p[4200];
+    snprintf(p, sizeof p, "%s/scheduler/scheduler_config.json", dir);
+    if (mapo_is_file(p)) return ddpm_from_config(s, p);
+    snprintf(p, sizeof p, "%s/../scheduler/scheduler_config.json", dir);
+    if (mapo_is_file(p)) return ddpm_from_config(s, p);
+    ddpm_default(s);
+    return 0;
+}

@@ -191,45 +191,32 @@ static int reference_errors(const cache_config *c, const pair_file *pf, double *
     unet u;
     if (unet_load_dir(&u, c->ref_unet, 0)) return -1;
     ddpm_schedule sch;
-    char q[4200];
-    struct stat st;
-    snprintf(q, sizeof q, "%s/scheduler/scheduler_config.json", c->model_dir);
-    int rc = stat(q, &st) == 0 ? ddpm_from_config(&sch, q) : (ddpm_default(&sch), 0);
-    if (rc) {
+    if (ddpm_from_model_dir(&sch, c->model_dir)) {
         unet_free(&u);
         return -1;
     }
     const int64_t chw = (int64_t)pf->C * pf->H * pf->W, sd = (int64_t)pf->S * pf->D;
-    float *sample = xmalloc(2 * chw * sizeof(float)), *target = xmalloc(2 * chw * sizeof(float));
-    float *eps = xmalloc(chw * sizeof(float)), ts[2], *ehs = xmalloc(2 * sd * sizeof(float));
-    float *te = pf->P ? xmalloc(2 * (size_t)pf->P * sizeof(float)) : NULL, tid[12];
-    unet_inputs in = {2, pf->H, pf->W, sample, ts, ehs, pf->S, te, pf->P, pf->P ? tid : NULL};
-    rc = unet_check_inputs(&u, &in);
+    pair_slots b = {1, chw, xmalloc(2 * chw * sizeof(float)), xmalloc(2 * chw * sizeof(float)),
+                    xmalloc(2 * sizeof(float)), xmalloc(2 * sd * sizeof(float)),
+                    pf->P ? xmalloc(2 * (size_t)pf->P * sizeof(float)) : NULL,
+                    pf->P ? xmalloc(12 * sizeof(float)) : NULL, xmalloc(chw * sizeof(float))};
+    unet_inputs in = {2, pf->H, pf->W, b.sample, b.timestep, b.ehs, pf->S, b.text_embeds, pf->P,
+                      b.time_ids};
+    int rc = unet_check_inputs(&u, &in);
     const double t0 = mapo_now();
     for (int64_t e = 0; e < c->ref_epochs && !rc; e++)
         for (int64_t i = 0; i < pf->N && !rc; i++) {
-            int t = pair_noise((uint64_t)c->seed, e, i, sch.num_train_timesteps, eps, chw);
-            const int fl = pf->chosen_hflip && pair_flip((uint64_t)c->seed, e, i);
-            for (int half = 0; half < 2; half++) {
-                const float *x0 = (half ? (fl ? pf->rejected_hflip : pf->rejected)
-                                        : (fl ? pf->chosen_hflip : pf->chosen)) + i * chw;
-                ddpm_add_noise(&sch, sample + half * chw, x0, eps, chw, t);
-                ddpm_target(&sch, target + half * chw, x0, eps, chw, t);
-                ts[half] = (float)t;
-                memcpy(ehs + half * sd, pf->ehs + i * sd, sd * sizeof(float));
-                if (pf->P) {
-                    memcpy(te + half * pf->P, pf->text_embeds + i * pf->P, pf->P * sizeof(float));
-                    memcpy(tid + 6 * half, pf->time_ids + i * 6, 6 * sizeof(float));
-                }
-            }
-            rc = model_errors(&u, &in, target, ref + (e * pf->N + i) * 2);
+            pair_fill(&b, pf, &sch, (uint64_t)c->seed, e, i, 0);
+            rc = model_errors(&u, &in, b.target, ref + (e * pf->N + i) * 2);
             progress(c, "reference errors", e * pf->N + i + 1, c->ref_epochs * pf->N, t0);
         }
-    free(sample);
-    free(target);
-    free(eps);
-    free(ehs);
-    free(te);
+    free(b.sample);
+    free(b.target);
+    free(b.timestep);
+    free(b.ehs);
+    free(b.text_embeds);
+    free(b.time_ids);
+    free(b.eps);
     ddpm_free(&sch);
     unet_free(&u);
     return rc;

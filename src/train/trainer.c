@@ -242,14 +242,13 @@ static int load_checkpoint(const train_config *c, unet *u, float *m, float *v, i
 
 /* --------------------------------------------------------------- the loop */
 typedef struct {
-    int Bp;                /* pairs per micro-batch */
-    int64_t chw;
-    float *sample, *target, *timestep, *ehs, *text_embeds, *time_ids, *eps;
+    pair_slots s;             /* the 2B inputs of a micro-batch */
     const double *ref_cached; /* [epochs, N, 2] reference errors from a cache, or NULL */
     double *ref_err;          /* [2B] filled from ref_cached */
 } batch_buf;
 
-int pair_noise(uint64_t seed, int64_t epoch, int64_t idx, int T, float *eps, int64_t chw) {
+static int pair_noise(uint64_t seed, int64_t epoch, int64_t idx, int T, float *eps,
+                      int64_t chw) {
     philox r;
     philox_init(&r, seed, ((uint64_t)STREAM_NOISE << 40) | (uint64_t)epoch, (uint64_t)idx);
     int t = (int)philox_below(&r, (uint32_t)T);
@@ -257,50 +256,45 @@ int pair_noise(uint64_t seed, int64_t epoch, int64_t idx, int T, float *eps, int
     return t;
 }
 
-int pair_flip(uint64_t seed, int64_t epoch, int64_t idx) {
+static int pair_flip(uint64_t seed, int64_t epoch, int64_t idx) {
     philox r;
     philox_init(&r, seed, ((uint64_t)STREAM_FLIP << 40) | (uint64_t)epoch, (uint64_t)idx);
     return philox_uniform(&r) < 0.5;
 }
 
-static void fill_batch(batch_buf *b, const pair_file *pf, const ddpm_schedule *sch,
-                       epoch_order *ord, uint64_t seed, int64_t first_pair) {
+void pair_fill(pair_slots *b, const pair_file *pf, const ddpm_schedule *sch, uint64_t seed,
+               int64_t epoch, int64_t idx, int j) {
     const int Bp = b->Bp;
     const int64_t chw = b->chw, sd = (int64_t)pf->S * pf->D;
-    for (int j = 0; j < Bp; j++) {
-        int64_t e, idx = pair_index(ord, seed, first_pair + j, &e);
-        int t = pair_noise(seed, e, idx, sch->num_train_timesteps, b->eps, chw);
-        if (b->ref_cached) {
-            b->ref_err[j] = b->ref_cached[(e * pf->N + idx) * 2];
-            b->ref_err[j + Bp] = b->ref_cached[(e * pf->N + idx) * 2 + 1];
-        }
-        const int fl = pf->chosen_hflip && pair_flip(seed, e, idx);
-        for (int half = 0; half < 2; half++) {
-            const float *x0 = (half ? (fl ? pf->rejected_hflip : pf->rejected)
-                                    : (fl ? pf->chosen_hflip : pf->chosen)) + idx * chw;
-            int s = j + half * Bp;
-            ddpm_add_noise(sch, b->sample + s * chw, x0, b->eps, chw, t);
-            ddpm_target(sch, b->target + s * chw, x0, b->eps, chw, t);
-            b->timestep[s] = (float)t;
-            memcpy(b->ehs + s * sd, pf->ehs + idx * sd, sd * sizeof(float));
-            if (pf->text_embeds) {
-                memcpy(b->text_embeds + (int64_t)s * pf->P, pf->text_embeds + idx * pf->P,
-                       pf->P * sizeof(float));
-                memcpy(b->time_ids + s * 6, pf->time_ids + idx * 6, 6 * sizeof(float));
-            }
+    int t = pair_noise(seed, epoch, idx, sch->num_train_timesteps, b->eps, chw);
+    const int fl = pf->chosen_hflip && pair_flip(seed, epoch, idx);
+    for (int half = 0; half < 2; half++) {
+        const float *x0 = (half ? (fl ? pf->rejected_hflip : pf->rejected)
+                                : (fl ? pf->chosen_hflip : pf->chosen)) + idx * chw;
+        int s = j + half * Bp;
+        ddpm_add_noise(sch, b->sample + s * chw, x0, b->eps, chw, t);
+        ddpm_target(sch, b->target + s * chw, x0, b->eps, chw, t);
+        b->timestep[s] = (float)t;
+        memcpy(b->ehs + s * sd, pf->ehs + idx * sd, sd * sizeof(float));
+        if (pf->text_embeds) {
+            memcpy(b->text_embeds + (int64_t)s * pf->P, pf->text_embeds + idx * pf->P,
+                   pf->P * sizeof(float));
+            memcpy(b->time_ids + s * 6, pf->time_ids + idx * 6, 6 * sizeof(float));
         }
     }
 }
 
-static int load_schedule(ddpm_schedule *s, const char *model_dir) {
-    char p[4200];
-    struct stat st;
-    snprintf(p, sizeof p, "%s/scheduler/scheduler_config.json", model_dir);
-    if (stat(p, &st) == 0) return ddpm_from_config(s, p);
-    snprintf(p, sizeof p, "%s/../scheduler/scheduler_config.json", model_dir);
-    if (stat(p, &st) == 0) return ddpm_from_config(s, p);
-    ddpm_default(s);
-    return 0;
+static void fill_batch(batch_buf *b, const pair_file *pf, const ddpm_schedule *sch,
+                       epoch_order *ord, uint64_t seed, int64_t first_pair) {
+    const int Bp = b->s.Bp;
+    for (int j = 0; j < Bp; j++) {
+        int64_t e, idx = pair_index(ord, seed, first_pair + j, &e);
+        pair_fill(&b->s, pf, sch, seed, e, idx, j);
+        if (b->ref_cached) {
+            b->ref_err[j] = b->ref_cached[(e * pf->N + idx) * 2];
+            b->ref_err[j + Bp] = b->ref_cached[(e * pf->N + idx) * 2 + 1];
+        }
+    }
 }
 
 /* The memory this run may use, in bytes (0 when unknown): MemAvailable of /proc/meminfo plus
@@ -347,9 +341,9 @@ static double probe_activations(unet *u, const unet_inputs *full, const batch_bu
     in.W = w;
     in.sample = x;
     in.timesteps = ts;
-    in.ehs = b->ehs; /* the first rows of the batch buffers (contents irrelevant) */
-    in.text_embeds = b->text_embeds;
-    in.time_ids = b->time_ids;
+    in.ehs = b->s.ehs; /* the first rows of the batch buffers (contents irrelevant) */
+    in.text_embeds = b->s.text_embeds;
+    in.time_ids = b->s.time_ids;
     double err[2], ref[2] = {0, 0};
     objective_stats st;
     size_t peak = 0;
@@ -449,7 +443,7 @@ int train_run(const train_config *c) {
     } else if (check_given_cache(c)) {
         return -1;
     }
-    if (load_schedule(&sch, c->model_dir)) return -1;
+    if (ddpm_from_model_dir(&sch, c->model_dir)) return -1;
     if (c->lora_rank < 0) return mapo_error("--lora_rank must be >= 0");
     if (unet_load_dir(&u, c->model_dir, c->lora_rank == 0)) {
         ddpm_free(&sch);
@@ -532,25 +526,25 @@ int train_run(const train_config *c) {
         goto done_opt;
     }
     batch_buf b = {0};
-    b.Bp = Bp;
+    b.s.Bp = Bp;
     b.ref_cached = cached_ref;
     b.ref_err = xmalloc(2 * Bp * sizeof(double));
-    b.chw = (int64_t)pf.C * pf.H * pf.W;
+    b.s.chw = (int64_t)pf.C * pf.H * pf.W;
     const int n = 2 * Bp;
-    b.sample = xmalloc(n * b.chw * sizeof(float));
-    b.target = xmalloc(n * b.chw * sizeof(float));
-    b.eps = xmalloc(b.chw * sizeof(float));
-    b.timestep = xmalloc(n * sizeof(float));
-    b.ehs = xmalloc((size_t)n * pf.S * pf.D * sizeof(float));
+    b.s.sample = xmalloc(n * b.s.chw * sizeof(float));
+    b.s.target = xmalloc(n * b.s.chw * sizeof(float));
+    b.s.eps = xmalloc(b.s.chw * sizeof(float));
+    b.s.timestep = xmalloc(n * sizeof(float));
+    b.s.ehs = xmalloc((size_t)n * pf.S * pf.D * sizeof(float));
     if (pf.text_embeds) {
-        b.text_embeds = xmalloc((size_t)n * pf.P * sizeof(float));
-        b.time_ids = xmalloc(n * 6 * sizeof(float));
+        b.s.text_embeds = xmalloc((size_t)n * pf.P * sizeof(float));
+        b.s.time_ids = xmalloc(n * 6 * sizeof(float));
     }
-    in.sample = b.sample;
-    in.timesteps = b.timestep;
-    in.ehs = b.ehs;
-    in.text_embeds = b.text_embeds;
-    in.time_ids = b.time_ids;
+    in.sample = b.s.sample;
+    in.timesteps = b.s.timestep;
+    in.ehs = b.s.ehs;
+    in.text_embeds = b.s.text_embeds;
+    in.time_ids = b.s.time_ids;
     epoch_order ord = {-1, xmalloc(pf.N * sizeof(int64_t)), pf.N};
     double *err = xmalloc(n * sizeof(double)), *ref_err = xmalloc(n * sizeof(double));
     mapo_log(1, "mapo train: %s, %zu trained parameters%s; %lld pairs of %dx%dx%d; loss %s; batch "
@@ -564,7 +558,7 @@ int train_run(const train_config *c) {
         double opt = (double)P * 4 * 3; /* gradients + AdamW moments */
         double act = probe_activations(&u, &in, &b, pf.C, Bp, (int)u.cfg.n_blocks, &tcfg.obj,
                                        have_ref || ref_is_self || cached_ref);
-        double bufs = (double)n * b.chw * 4 * 2 + (double)n * pf.S * pf.D * 4;
+        double bufs = (double)n * b.s.chw * 4 * 2 + (double)n * pf.S * pf.D * 4;
         double total = w + r + opt + act + bufs, avail = mem_available();
         if (c->max_memory_mb > 0) avail = (double)c->max_memory_mb * 1048576.0;
         char refs[64] = "";
@@ -605,15 +599,15 @@ int train_run(const train_config *c) {
         for (int64_t micro = 0; micro < c->grad_accum && !rc; micro++) {
             int64_t first = (step * c->grad_accum + micro) * Bp;
             fill_batch(&b, &pf, &sch, &ord, (uint64_t)c->seed, first);
-            if (have_ref) model_errors(&ref, &in, b.target, ref_err);
+            if (have_ref) model_errors(&ref, &in, b.s.target, ref_err);
             if (ref_is_self) {
                 u.lora_on = 0;
-                model_errors(&u, &in, b.target, ref_err);
+                model_errors(&u, &in, b.s.target, ref_err);
                 u.lora_on = 1;
             }
             objective_stats st;
             size_t ap = 0;
-            rc = preference_step(&u, &in, b.target, &tcfg.obj,
+            rc = preference_step(&u, &in, b.s.target, &tcfg.obj,
                                  cached_ref ? b.ref_err : have_ref || ref_is_self ? ref_err : NULL,
                                  1.0 / (double)c->grad_accum, err, &st, NULL, &ap);
             if (rc) {
@@ -692,13 +686,13 @@ done_buf:
     free(err);
     free(ref_err);
     free(ord.perm);
-    free(b.sample);
-    free(b.target);
-    free(b.eps);
-    free(b.timestep);
-    free(b.ehs);
-    free(b.text_embeds);
-    free(b.time_ids);
+    free(b.s.sample);
+    free(b.s.target);
+    free(b.s.eps);
+    free(b.s.timestep);
+    free(b.s.ehs);
+    free(b.s.text_embeds);
+    free(b.s.time_ids);
     free(b.ref_err);
 done_opt:
     free(m);
