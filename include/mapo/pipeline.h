@@ -54,7 +54,7 @@ void pipeline_time_ids(float out[6], int orig_h, int orig_w, int crop_y, int cro
 /* A fingerprint of the parts that turn data into training inputs (tokenizers, text encoders,
  * VAE: config bytes, weight file sizes and sampled weight bytes); "" parts are skipped. Written
  * into caches so a cache made with other models is detected. buf >= 17 chars. */
-int pipeline_fingerprint(const pipeline *p, char *buf, size_t n);
+int pipeline_fingerprint(const char *dir, char *buf, size_t n);
 
 /* The fingerprint of one file (size + FNV-1a of up to 64 sampled 4 KiB blocks). */
 int file_fingerprint(const char *path, uint64_t *h);

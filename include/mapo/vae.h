@@ -37,6 +37,8 @@ typedef struct vae vae;
 /* dir: a VAE folder (config.json) or a pipeline folder with vae/config.json. 0 or -1. */
 int vae_load_dir(vae **v, const char *dir);
 void vae_free(vae *v);
+/* The downscale factor of the VAE in dir (folder or pipeline) from its config alone. */
+int vae_config_downscale(const char *dir, int *factor);
 
 double vae_scaling_factor(const vae *v);
 double vae_shift_factor(const vae *v); /* 0 when the config has null / no shift_factor */

@@ -191,7 +191,7 @@ int file_fingerprint(const char *path, uint64_t *h) {
     return 0;
 }
 
-int pipeline_fingerprint(const pipeline *p, char *buf, size_t n) {
+int pipeline_fingerprint(const char *dir, char *buf, size_t n) {
     const char *files[] = {
         "tokenizer/vocab.json", "tokenizer/merges.txt", "tokenizer/tokenizer.json",
         "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
@@ -203,7 +203,7 @@ int pipeline_fingerprint(const pipeline *p, char *buf, size_t n) {
     uint64_t x = 0xcbf29ce484222325ULL;
     for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
         char q[4200];
-        snprintf(q, sizeof q, "%s/%s", p->dir, files[i]);
+        snprintf(q, sizeof q, "%s/%s", dir, files[i]);
         struct stat st;
         if (stat(q, &st)) continue;
         uint64_t h;

@@ -448,13 +448,13 @@ void vae_free(vae *v) {
     free(v);
 }
 
-int vae_load_dir(vae **out, const char *dir) {
-    *out = NULL;
-    char d[4096], p[4200];
+/* dir (a VAE folder or a pipeline folder with vae/) -> its folder d and parsed config in v */
+static int read_config(vae *v, const char *dir, char d[4096]) {
+    char p[4200];
     if (strlen(dir) > 4000) return mapo_error("VAE folder path is too long");
     snprintf(p, sizeof p, "%s/config.json", dir);
     if (mapo_is_file(p)) {
-        snprintf(d, sizeof d, "%s", dir);
+        snprintf(d, 4096, "%s", dir);
     } else {
         snprintf(p, sizeof p, "%s/vae/config.json", dir);
         if (!mapo_is_file(p)) {
@@ -462,16 +462,31 @@ int vae_load_dir(vae **out, const char *dir) {
             return mapo_error("%s: no config.json (nor vae/config.json): not a diffusers "
                               "AutoencoderKL or pipeline folder", dir);
         }
-        snprintf(d, sizeof d, "%s/vae", dir);
+        snprintf(d, 4096, "%s/vae", dir);
     }
     snprintf(p, sizeof p, "%s/config.json", d);
     json_error_t err;
     json_t *root = json_load_file(p, JSON_REJECT_DUPLICATES, &err);
     if (!root) return mapo_error("%s: cannot read config: %s (line %d)", p, err.text, err.line);
-    vae *v = xcalloc(1, sizeof *v);
     int rc = parse_config(v, root, p);
     json_decref(root);
-    if (rc) {
+    return rc;
+}
+
+int vae_config_downscale(const char *dir, int *factor) {
+    vae *v = xcalloc(1, sizeof *v);
+    char d[4096];
+    int rc = read_config(v, dir, d);
+    if (!rc) *factor = 1 << (v->n_blocks - 1);
+    free(v);
+    return rc;
+}
+
+int vae_load_dir(vae **out, const char *dir) {
+    *out = NULL;
+    char d[4096], p[4200];
+    vae *v = xcalloc(1, sizeof *v);
+    if (read_config(v, dir, d)) {
         free(v);
         return -1;
     }

@@ -111,9 +111,9 @@ int unet_dir_fingerprint(const char *dir, char *buf, size_t n) {
 }
 
 /* ------------------------------------------------------------------ metadata */
-static json_t *meta_of(const cache_config *c, const pipeline *p, int resolution) {
+static json_t *meta_of(const cache_config *c, int resolution) {
     char mf[32], df[32];
-    if (pipeline_fingerprint(p, mf, sizeof mf)) return NULL;
+    if (pipeline_fingerprint(c->model_dir, mf, sizeof mf)) return NULL;
     if (dataset_fingerprint(c->dataset, df, sizeof df)) return NULL;
     char res[32], seed[32];
     snprintf(res, sizeof res, "%d", resolution);
@@ -128,23 +128,23 @@ static json_t *meta_of(const cache_config *c, const pipeline *p, int resolution)
                      c->on_bad_image == ON_BAD_IMAGE_FAIL ? "fail" : "skip");
 }
 
-static int default_resolution(const pipeline *p, const char *model_dir) {
-    /* the UNet's sample_size x the VAE factor (SD 1.5: 512, SDXL: 1024) */
+/* --resolution, or the UNet's sample_size x the VAE factor (SD 1.5: 512, SDXL: 1024), from the
+   configs alone; -1 on error */
+static int resolution_of(const cache_config *c) {
+    if (c->resolution) return c->resolution;
     unet_config uc;
     char q[4200];
-    snprintf(q, sizeof q, "%s/unet/config.json", model_dir);
-    if (unet_config_load(&uc, q)) return -1;
-    int r = uc.sample_size * vae_downscale(p->vae);
+    int f;
+    snprintf(q, sizeof q, "%s/unet/config.json", c->model_dir);
+    if (vae_config_downscale(c->model_dir, &f) || unet_config_load(&uc, q)) return -1;
+    int r = uc.sample_size * f;
     unet_config_free(&uc);
     return r;
 }
 
 char *cache_expected_meta(const cache_config *c) {
-    pipeline p;
-    if (pipeline_load(&p, c->model_dir, PIPE_VAE, NULL, 0)) return NULL;
-    int res = c->resolution ? c->resolution : default_resolution(&p, c->model_dir);
-    json_t *m = res > 0 ? meta_of(c, &p, res) : NULL;
-    pipeline_free(&p);
+    int res = resolution_of(c);
+    json_t *m = res > 0 ? meta_of(c, res) : NULL;
     if (!m) return NULL;
     char *s = json_dumps(m, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(m);
@@ -230,14 +230,18 @@ int cache_build(const cache_config *c) {
     pipeline p;
     if (pipeline_load(&p, c->model_dir, PIPE_TEXT | PIPE_VAE, NULL, 0)) return -1;
     int rc = 0;
-    int res = c->resolution ? c->resolution : default_resolution(&p, c->model_dir);
+    int res = resolution_of(c);
     const int f = vae_downscale(p.vae), L = vae_latent_channels(p.vae);
-    if (res <= 0 || res % f || res > 8192) {
+    if (res < 0) {
+        pipeline_free(&p);
+        return -1;
+    }
+    if (res == 0 || res % f || res > 8192) {
         pipeline_free(&p);
         return mapo_error("--resolution %d must be a positive multiple of %d (the VAE factor)",
                           res, f);
     }
-    json_t *meta = meta_of(c, &p, res);
+    json_t *meta = meta_of(c, res);
     if (!meta) {
         pipeline_free(&p);
         return -1;

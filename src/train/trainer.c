@@ -370,11 +370,8 @@ static int check_given_cache(const train_config *c) {
     snprintf(vae_cfg, sizeof vae_cfg, "%s/vae/config.json", c->model_dir);
     struct stat st;
     if (mf && stat(vae_cfg, &st) == 0) {
-        pipeline p;
-        memset(&p, 0, sizeof p);
-        snprintf(p.dir, sizeof p.dir, "%s", c->model_dir);
         char want[32];
-        if (pipeline_fingerprint(&p, want, sizeof want)) rc = -1;
+        if (pipeline_fingerprint(c->model_dir, want, sizeof want)) rc = -1;
         else if (strcmp(want, mf))
             rc = mapo_error("%s: this cache was made with other tokenizers / text encoders / VAE "
                             "than %s has (model_fingerprint %s, the pipeline's %s): rebuild it "
