@@ -22,6 +22,11 @@ void per_sample_mse(double *err, const float *pred, const float *target, int n, 
 /* Errors of a model on the batch without recording a tape (reference passes). */
 int model_errors(unet *u, const unet_inputs *in, const float *target, double *err);
 
+/* Diffusion-DPO's reference errors: those of `ref` when given, else of u with its LoRA
+ * adapters switched off (the reference of the official train_with_lora.py). */
+int dpo_reference_errors(unet *u, unet *ref, const unet_inputs *in, const float *target,
+                         double *err);
+
 /* Forward + objective + backward; accumulates grad_scale * d loss / d params into the
  * model's gradient arena. in->B = 2 * pairs, chosen half first. ref_err: 2B reference
  * errors (DPO), or NULL. pred_out (optional): the model output. errors: 2B out.

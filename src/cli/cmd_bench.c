@@ -88,12 +88,8 @@ int cmd_bench(int argc, char **argv) {
     double t0 = 0;
     for (int64_t s = 0; s < warm + steps; s++) {
         if (s == warm) t0 = mapo_now();
-        if (have_ref) model_errors(&ref, &in, target, rerr);
-        if (self_ref) {
-            u.lora_on = 0;
-            model_errors(&u, &in, target, rerr);
-            u.lora_on = 1;
-        }
+        if (have_ref || self_ref)
+            dpo_reference_errors(&u, have_ref ? &ref : NULL, &in, target, rerr);
         if (preference_step(&u, &in, target, &oc, have_ref || self_ref ? rerr : NULL, 1.0, err,
                             &st, NULL, &act))
             return -1;

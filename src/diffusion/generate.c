@@ -27,14 +27,6 @@ void images_to_u8(uint8_t *out, const float *in, int64_t n) {
     }
 }
 
-static int scheduler_path(const pipeline *p, char *q, size_t n) {
-    snprintf(q, n, "%s/scheduler/scheduler_config.json", p->dir);
-    FILE *f = fopen(q, "r");
-    if (!f) return mapo_error("%s: missing (a pipeline folder has scheduler/)", q);
-    fclose(f);
-    return 0;
-}
-
 /* one image: x [C,h,w] in place through the whole loop */
 static int denoise(pipeline *p, const gen_config *g, sampler *s, float *x, const float *cond,
                    const float *uncond, const float *pc, const float *pu, int h, int w) {
@@ -94,7 +86,7 @@ int generate_images(pipeline *p, const gen_config *g, const char *const *prompts
     if (!(g->guidance_scale >= 0) || !isfinite(g->guidance_scale))
         return mapo_error("--guidance_scale must be a finite number >= 0");
     char q[4200];
-    if (scheduler_path(p, q, sizeof q)) return -1;
+    snprintf(q, sizeof q, "%s/scheduler/scheduler_config.json", p->dir);
     sampler *s;
     if (sampler_create(&s, q, g->sampler, g->steps)) return -1;
     const int h = g->height / f, w = g->width / f, C = p->unet.cfg.in_channels;

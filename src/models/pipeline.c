@@ -98,13 +98,8 @@ int pipeline_load(pipeline *p, const char *dir, int parts, const char *unet_dir,
             rc = mapo_error("%s: vae latent_channels %d != unet in_channels %d", dir,
                             vae_latent_channels(p->vae), c->in_channels);
     }
-    if (rc) {
-        char saved[1024];
-        snprintf(saved, sizeof saved, "%s", mapo_last_error());
-        pipeline_free(p);
-        return mapo_error("%s", saved);
-    }
-    return 0;
+    if (rc) pipeline_free(p); /* keeps the message */
+    return rc;
 }
 
 int pipeline_encode_prompts(pipeline *p, const char *const *prompts, int n, float *ehs,

@@ -92,3 +92,13 @@ int preference_step(unet *u, const unet_inputs *in, const float *target,
     graph_free(&g);
     return rc;
 }
+
+int dpo_reference_errors(unet *u, unet *ref, const unet_inputs *in, const float *target,
+                         double *err) {
+    if (ref) return model_errors(ref, in, target, err);
+    const int on = u->lora_on;
+    u->lora_on = 0;
+    int rc = model_errors(u, in, target, err);
+    u->lora_on = on;
+    return rc;
+}

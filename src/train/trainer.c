@@ -596,12 +596,8 @@ int train_run(const train_config *c) {
         for (int64_t micro = 0; micro < c->grad_accum && !rc; micro++) {
             int64_t first = (step * c->grad_accum + micro) * Bp;
             fill_batch(&b, &pf, &sch, &ord, (uint64_t)c->seed, first);
-            if (have_ref) model_errors(&ref, &in, b.s.target, ref_err);
-            if (ref_is_self) {
-                u.lora_on = 0;
-                model_errors(&u, &in, b.s.target, ref_err);
-                u.lora_on = 1;
-            }
+            if (have_ref || ref_is_self)
+                dpo_reference_errors(&u, have_ref ? &ref : NULL, &in, b.s.target, ref_err);
             objective_stats st;
             size_t ap = 0;
             rc = preference_step(&u, &in, b.s.target, &tcfg.obj,
