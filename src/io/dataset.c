@@ -656,14 +656,18 @@ static int bad_pair(pref_dataset *d, int64_t i) {
     return 1;
 }
 
-int pref_dataset_get(pref_dataset *d, int64_t i, const prep_cfg *cfg, uint64_t seed,
-                     uint64_t epoch, char **caption, float *chosen, float *rejected,
-                     int orig_hw[2], int crop_yx[2]) {
+/* Pair i decoded and preprocessed: out[0..1] chosen / rejected with the flip and crop drawn
+   from PREF_STREAM_AUG(epoch) as prep_pair does; with both, also out[2..3] flipped, the two
+   orientations sharing one crop (centre, or one random crop). */
+static int get_impl(pref_dataset *d, int64_t i, const prep_cfg *cfg, uint64_t seed,
+                    uint64_t epoch, int both, char **caption, float *const out[4],
+                    int orig_hw[2], int crop_yx[2]) {
     if (caption) *caption = NULL;
     if (check_index(d, i)) return -1;
     if (!cfg || cfg->resolution < 1 || cfg->resolution > IMAGE_MAX_SIDE)
         return mapo_error("dataset: resolution %d out of range", cfg ? cfg->resolution : 0);
-    if (!chosen || !rejected) return mapo_error("dataset: no output buffers");
+    for (int k = 0; k < (both ? 4 : 2); k++)
+        if (!out[k]) return mapo_error("dataset: no output buffers");
     if (d->bad[i]) return 1;
     mapo_image a, b;
     int swap = 0;
@@ -672,8 +676,29 @@ int pref_dataset_get(pref_dataset *d, int64_t i, const prep_cfg *cfg, uint64_t s
     if (rc > 0) return bad_pair(d, i);
     philox r;
     philox_init(&r, seed, PREF_STREAM_AUG(epoch), (uint64_t)i);
-    int ohw[2], cyx[2];
-    rc = prep_pair(chosen, rejected, ohw, cyx, &a, &b, swap, cfg, &r);
+    int ohw[2], cyx[2], cyx_f[2];
+    if (!both) {
+        rc = prep_pair(out[0], out[1], ohw, cyx, &a, &b, swap, cfg, &r);
+    } else {
+        const int res = cfg->resolution;
+        int y1 = -1, x1 = -1;
+        if (cfg->random_crop) {
+            int oh = 0, ow = 0;
+            rc = prep_resize_size(a.h, a.w, res, &oh, &ow);
+            if (!rc && (oh < res || ow < res))
+                rc = mapo_error("preprocess: resized %dx%d image is smaller than the %d crop",
+                                ow, oh, res);
+            if (!rc) {
+                y1 = (int)philox_below(&r, (uint32_t)(oh - res + 1));
+                x1 = (int)philox_below(&r, (uint32_t)(ow - res + 1));
+            }
+        }
+        if (!rc) rc = prep_pair_fixed(out[0], out[1], ohw, cyx, &a, &b, swap, res, 0, y1, x1);
+        if (!rc)
+            rc = prep_pair_fixed(out[2], out[3], ohw, cyx_f, &a, &b, swap, res, 1, y1, x1);
+        if (!rc && (cyx[0] != cyx_f[0] || cyx[1] != cyx_f[1]))
+            rc = mapo_error("crop offsets differ between the two orientations");
+    }
     image_free(&a);
     image_free(&b);
     if (rc) {
@@ -688,52 +713,18 @@ int pref_dataset_get(pref_dataset *d, int64_t i, const prep_cfg *cfg, uint64_t s
     return 0;
 }
 
+int pref_dataset_get(pref_dataset *d, int64_t i, const prep_cfg *cfg, uint64_t seed,
+                     uint64_t epoch, char **caption, float *chosen, float *rejected,
+                     int orig_hw[2], int crop_yx[2]) {
+    float *const out[4] = {chosen, rejected, NULL, NULL};
+    return get_impl(d, i, cfg, seed, epoch, 0, caption, out, orig_hw, crop_yx);
+}
+
 int pref_dataset_get_flips(pref_dataset *d, int64_t i, const prep_cfg *cfg, uint64_t seed,
                            char **caption, float *chosen, float *rejected, float *chosen_f,
                            float *rejected_f, int orig_hw[2], int crop_yx[2]) {
-    if (caption) *caption = NULL;
-    if (check_index(d, i)) return -1;
-    if (!cfg || cfg->resolution < 1 || cfg->resolution > IMAGE_MAX_SIDE)
-        return mapo_error("dataset: resolution %d out of range", cfg ? cfg->resolution : 0);
-    if (!chosen || !rejected || !chosen_f || !rejected_f)
-        return mapo_error("dataset: no output buffers");
-    if (d->bad[i]) return 1;
-    mapo_image a, b;
-    int swap = 0;
-    int rc = load_pair(d, i, &a, &b, &swap);
-    if (rc < 0) return -1;
-    if (rc > 0) return bad_pair(d, i);
-    const int res = cfg->resolution;
-    int y1 = -1, x1 = -1, ohw[2], cyx[2], cyx_f[2];
-    if (cfg->random_crop) {
-        philox r;
-        philox_init(&r, seed, PREF_STREAM_AUG(0), (uint64_t)i);
-        int oh = 0, ow = 0;
-        rc = prep_resize_size(a.h, a.w, res, &oh, &ow);
-        if (!rc && (oh < res || ow < res))
-            rc = mapo_error("preprocess: resized %dx%d image is smaller than the %d crop", ow, oh,
-                            res);
-        if (!rc) {
-            y1 = (int)philox_below(&r, (uint32_t)(oh - res + 1));
-            x1 = (int)philox_below(&r, (uint32_t)(ow - res + 1));
-        }
-    }
-    if (!rc) rc = prep_pair_fixed(chosen, rejected, ohw, cyx, &a, &b, swap, res, 0, y1, x1);
-    if (!rc) rc = prep_pair_fixed(chosen_f, rejected_f, ohw, cyx_f, &a, &b, swap, res, 1, y1, x1);
-    image_free(&a);
-    image_free(&b);
-    if (rc) {
-        char src[4400];
-        pref_dataset_describe(d, i, src, sizeof src);
-        mapo_error_prefix("%s", src);
-        return bad_pair(d, i);
-    }
-    if (cyx[0] != cyx_f[0] || cyx[1] != cyx_f[1])
-        return mapo_error("dataset: crop offsets differ between the two orientations");
-    if (caption && pref_dataset_caption(d, i, caption)) return -1;
-    if (orig_hw) orig_hw[0] = ohw[0], orig_hw[1] = ohw[1];
-    if (crop_yx) crop_yx[0] = cyx[0], crop_yx[1] = cyx[1];
-    return 0;
+    float *const out[4] = {chosen, rejected, chosen_f, rejected_f};
+    return get_impl(d, i, cfg, seed, 0, 1, caption, out, orig_hw, crop_yx);
 }
 
 int pref_dataset_check(pref_dataset *d, int64_t *n_bad) {
