@@ -50,8 +50,6 @@ char *cache_expected_meta(const cache_config *c);
  * it; -1 with a message naming the first difference otherwise (or when unreadable). */
 int cache_matches(const char *path, const cache_config *c);
 
-/* Fingerprint of a UNet folder or a pipeline folder's unet/ (config + weights). */
-int unet_dir_fingerprint(const char *dir, char *buf, size_t n);
 /* Fingerprint of a dataset path (a file, or every regular file below a folder). */
 int dataset_fingerprint(const char *path, char *buf, size_t n);
 

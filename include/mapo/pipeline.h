@@ -56,6 +56,10 @@ void pipeline_time_ids(float out[6], int orig_h, int orig_w, int crop_y, int cro
  * into caches so a cache made with other models is detected. buf >= 17 chars. */
 int pipeline_fingerprint(const char *dir, char *buf, size_t n);
 
+/* Fingerprint of a UNet folder or a pipeline folder's unet/ (config + weights): which reference
+ * UNet cached Diffusion-DPO errors belong to. */
+int unet_dir_fingerprint(const char *dir, char *buf, size_t n);
+
 /* The fingerprint of one file (size + FNV-1a of up to 64 sampled 4 KiB blocks). */
 int file_fingerprint(const char *path, uint64_t *h);
 

@@ -186,21 +186,14 @@ int file_fingerprint(const char *path, uint64_t *h) {
     return 0;
 }
 
-int pipeline_fingerprint(const char *dir, char *buf, size_t n) {
-    const char *files[] = {
-        "tokenizer/vocab.json", "tokenizer/merges.txt", "tokenizer/tokenizer.json",
-        "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
-        "tokenizer_2/vocab.json", "tokenizer_2/merges.txt", "tokenizer_2/tokenizer.json",
-        "tokenizer_2/special_tokens_map.json", "tokenizer_2/tokenizer_config.json",
-        "text_encoder/config.json", "text_encoder/model.safetensors",
-        "text_encoder_2/config.json", "text_encoder_2/model.safetensors", "vae/config.json",
-        "vae/diffusion_pytorch_model.safetensors"};
+/* files (relative to dir) hashed with their names; missing ones are skipped unless required */
+static int files_fingerprint(const char *dir, const char *const *files, int nf, int required,
+                             char *buf, size_t n) {
     uint64_t x = 0xcbf29ce484222325ULL;
-    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+    for (int i = 0; i < nf; i++) {
         char q[4200];
         snprintf(q, sizeof q, "%s/%s", dir, files[i]);
-        struct stat st;
-        if (stat(q, &st)) continue;
+        if (!required && !mapo_is_file(q)) continue;
         uint64_t h;
         if (file_fingerprint(q, &h)) return -1;
         x = fnv(x, files[i], strlen(files[i]));
@@ -208,4 +201,25 @@ int pipeline_fingerprint(const char *dir, char *buf, size_t n) {
     }
     snprintf(buf, n, "%016llx", (unsigned long long)x);
     return 0;
+}
+
+int pipeline_fingerprint(const char *dir, char *buf, size_t n) {
+    static const char *const files[] = {
+        "tokenizer/vocab.json", "tokenizer/merges.txt", "tokenizer/tokenizer.json",
+        "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
+        "tokenizer_2/vocab.json", "tokenizer_2/merges.txt", "tokenizer_2/tokenizer.json",
+        "tokenizer_2/special_tokens_map.json", "tokenizer_2/tokenizer_config.json",
+        "text_encoder/config.json", "text_encoder/model.safetensors",
+        "text_encoder_2/config.json", "text_encoder_2/model.safetensors", "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors"};
+    return files_fingerprint(dir, files, (int)(sizeof files / sizeof *files), 0, buf, n);
+}
+
+int unet_dir_fingerprint(const char *dir, char *buf, size_t n) {
+    static const char *const plain[] = {"config.json", "diffusion_pytorch_model.safetensors"};
+    static const char *const sub[] = {"unet/config.json",
+                                      "unet/diffusion_pytorch_model.safetensors"};
+    char p[4200];
+    snprintf(p, sizeof p, "%s/unet/config.json", dir);
+    return files_fingerprint(dir, mapo_is_file(p) ? sub : plain, 2, 1, buf, n);
 }

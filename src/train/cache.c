@@ -93,23 +93,6 @@ int dataset_fingerprint(const char *path, char *buf, size_t n) {
     return 0;
 }
 
-int unet_dir_fingerprint(const char *dir, char *buf, size_t n) {
-    char p[4200];
-    struct stat st;
-    snprintf(p, sizeof p, "%s/unet/config.json", dir);
-    const char *sub = stat(p, &st) == 0 ? "/unet" : "";
-    uint64_t h = 0xcbf29ce484222325ULL, f;
-    const char *files[] = {"config.json", "diffusion_pytorch_model.safetensors"};
-    for (int i = 0; i < 2; i++) {
-        snprintf(p, sizeof p, "%s%s/%s", dir, sub, files[i]);
-        if (file_fingerprint(p, &f)) return -1;
-        h ^= f;
-        h *= 0x100000001b3ULL;
-    }
-    snprintf(buf, n, "%016llx", (unsigned long long)h);
-    return 0;
-}
-
 /* ------------------------------------------------------------------ metadata */
 static json_t *meta_of(const cache_config *c, int resolution) {
     char mf[32], df[32];
