@@ -43,11 +43,9 @@ typedef struct {
 void cache_config_default(cache_config *c);
 int cache_build(const cache_config *c);
 
-/* The metadata a cache built with c would carry (same keys as the file's __metadata__), as a
- * JSON object string (caller frees). Used to decide whether an existing cache still fits. */
-char *cache_expected_meta(const cache_config *c);
-/* 0 when the cache at path was made with the same models, data and settings as c would make
- * it; -1 with a message naming the first difference otherwise (or when unreadable). */
+/* 0 when the cache at path carries the metadata a cache built with c would (same models, data
+ * and settings); -1 with a message naming the first difference otherwise (or when unreadable).
+ * Reads configs and fingerprints only, no weights. */
 int cache_matches(const char *path, const cache_config *c);
 
 /* Fingerprint of a dataset path (a file, or every regular file below a folder). */

@@ -125,20 +125,10 @@ static int resolution_of(const cache_config *c) {
     return r;
 }
 
-char *cache_expected_meta(const cache_config *c) {
-    int res = resolution_of(c);
-    json_t *m = res > 0 ? meta_of(c, res) : NULL;
-    if (!m) return NULL;
-    char *s = json_dumps(m, JSON_COMPACT | JSON_SORT_KEYS);
-    json_decref(m);
-    return s;
-}
-
 int cache_matches(const char *path, const cache_config *c) {
-    char *want = cache_expected_meta(c);
-    if (!want) return -1;
-    json_t *w = json_loads(want, 0, NULL);
-    free(want);
+    int res = resolution_of(c);
+    json_t *w = res > 0 ? meta_of(c, res) : NULL;
+    if (!w) return -1;
     st_file f;
     if (st_open(&f, path)) {
         json_decref(w);
