@@ -8,7 +8,8 @@ TEST_LDLIBS := -lcmocka
 
 BUILD   := build
 LIB_SRC := $(wildcard src/core/*.c src/io/*.c src/ops/*.c src/models/*.c \
-                      src/diffusion/*.c src/align/*.c src/train/*.c)
+                      src/diffusion/*.c src/align/*.c src/train/*.c \
+                      src/eval/*.c src/study/*.c)
 CLI_SRC := $(wildcard src/cli/*.c)
 TEST_SRC := $(wildcard tests/test_*.c)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)

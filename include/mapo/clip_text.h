@@ -54,6 +54,9 @@ int clip_text_load(clip_text **m, const char *config_path, const char *weights_p
 /* From a config.json alone, weights random (params_init_random, seed): for benchmarks. */
 int clip_text_init_random(clip_text **m, const char *config_path, uint64_t seed);
 void clip_text_free(clip_text *m);
+/* Write the weights (transformers' names, as loaded or "text_model." for random init) to a
+ * model.safetensors file, atomically. */
+int clip_text_save(const clip_text *m, const char *weights_path);
 
 const clip_text_config *clip_text_get_config(const clip_text *m);
 int clip_text_hidden_size(const clip_text *m);

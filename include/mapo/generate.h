@@ -16,6 +16,7 @@ typedef struct {
     uint64_t seed;              /* initial latents from the counter-based RNG (image i: stream i) */
     int tiled_decode;           /* 1 tiled, 0 whole, -1 auto (tiled above the VAE sample size) */
     int quiet;
+    int batch;                  /* images denoised together (<= 1: one at a time) */
 } gen_config;
 
 void gen_config_default(gen_config *g);

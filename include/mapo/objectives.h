@@ -34,4 +34,8 @@ int objective_dpo(double *dl, objective_stats *st, const double *l, const double
 /* SFT: loss = mean(l_w); d/dl_l = 0 */
 int objective_sft(double *dl, objective_stats *st, const double *l, int B);
 
+/* Plain denoising loss on n single images (pretraining, SFT on an images-only file):
+   loss = mean(l_i), dl_i = 1/n; err_w = loss, err_l = margin = 0. */
+int objective_denoise(double *dl, objective_stats *st, const double *l, int n);
+
 #endif

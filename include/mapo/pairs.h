@@ -1,9 +1,12 @@
 /* pairs.h -- tensor pair files (training data in model space) and debug-step batches.
  *
  * Pair file (safetensors): chosen [N,C,H,W], rejected [N,C,H,W] (latents already scaled),
- *   encoder_hidden_states [N,S,D], and for SDXL-shaped models text_embeds [N,P] and
+ *   encoder_hidden_states [N,S,D] -- or, when many pairs share a few prompts, a prompt table
+ *   prompt_embeds [Np,S,D] with prompt_index [N] (integer, 0 <= index < Np) -- and for SDXL-shaped models text_embeds [N,P] and
  *   time_ids [N,6]; optional chosen_hflip / rejected_hflip [N,C,H,W] (both together) and
- *   ref_errors [E,N,2] (cached Diffusion-DPO reference errors). Float dtypes F32/F16/BF16/F64; F32 is used in place (mmap).
+ *   ref_errors [E,N,2] (cached Diffusion-DPO reference errors).
+ *   Without 'rejected' the file holds single captioned images (chosen only): what plain
+ *   denoising training (pretraining, SFT) reads; preference losses refuse it. Float dtypes F32/F16/BF16/F64; F32 is used in place (mmap).
  * Debug batch (safetensors): sample [2B,C,H,W], timestep [2B] (int or float),
  *   encoder_hidden_states [2B,S,D], target [2B,C,H,W], optional text_embeds, time_ids. */
 #ifndef MAPO_PAIRS_H
@@ -18,6 +21,8 @@ typedef struct {
     int64_t N;
     int C, H, W, S, D, P;
     const float *chosen, *rejected, *ehs, *text_embeds, *time_ids;
+    int64_t n_prompts;        /* rows of ehs: N, or Np with a prompt table */
+    int32_t *prompt_index;    /* [N] row of ehs for each pair, or NULL (row = pair) */
     /* optional: the same pairs horizontally flipped (mapo cache with flips on); training then
        flips each (epoch, pair) with p = 0.5 */
     const float *chosen_hflip, *rejected_hflip;
@@ -30,6 +35,8 @@ typedef struct {
 /* Open and validate against the model (channels, cross_attention_dim, text_time). */
 int pair_file_open(pair_file *p, const char *path, const unet_config *c);
 void pair_file_close(pair_file *p);
+/* encoder_hidden_states [S,D] of pair idx */
+const float *pair_file_ehs(const pair_file *p, int64_t idx);
 
 typedef struct {
     int n; /* 2B */

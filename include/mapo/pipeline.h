@@ -27,7 +27,8 @@ typedef struct {
     int n_enc;                        /* 1 or 2 */
     clip_tokenizer *tok[2];
     clip_text *te[2];
-    vae *vae;
+    vae *vae;                         /* NULL for a pixel-space pipeline */
+    int pixel;                        /* no vae/: the UNet works on pixels in [-1, 1] */
     unet unet;
     int have_unet;
     int S;         /* tokens per prompt (77) */
@@ -42,6 +43,12 @@ typedef struct {
 int pipeline_load(pipeline *p, const char *dir, int parts, const char *unet_dir,
                   int unet_with_grad);
 void pipeline_free(pipeline *p);
+
+/* 1 when dir's model_index.json declares no VAE ("vae": [null, null]): a pixel-space pipeline
+ * (tokenizer, text_encoder, unet, scheduler), whose UNet denoises images in [-1, 1]. */
+int pipeline_is_pixel(const char *dir);
+/* Pixels per latent cell: the VAE's downscale factor, 1 for a pixel-space pipeline. */
+int pipeline_downscale(const pipeline *p);
 
 /* Conditioning of n prompts: ehs [n, S, D], pooled [n, P] (SDXL; may be NULL for SD 1.5). */
 int pipeline_encode_prompts(pipeline *p, const char *const *prompts, int n, float *ehs,

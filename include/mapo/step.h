@@ -10,6 +10,7 @@ typedef struct {
     objective_kind kind;
     double beta_mapo, snr_value, beta_dpo;
     int num_train_timesteps;
+    int unpaired; /* the batch holds single images (an images-only file): plain denoising loss */
 } objective_cfg;
 
 void objective_cfg_default(objective_cfg *c);

@@ -61,4 +61,8 @@ int clip_tokenizer_eos_id(const clip_tokenizer *t);
 int clip_tokenizer_pad_id(const clip_tokenizer *t);
 int clip_tokenizer_vocab_size(const clip_tokenizer *t); /* largest id + 1 */
 
+/* GPT-2's bytes_to_unicode character of byte b (0..255) as UTF-8 in out (NUL-terminated):
+   the alphabet of a byte-level vocabulary. Returns out. */
+const char *clip_byte_to_unicode(int b, char out[5]);
+
 #endif

@@ -172,3 +172,18 @@ int objective_sft(double *dl, objective_stats *st, const double *l, int B) {
     st->margin = st->err_l - st->err_w;
     return check_result(dl, st, B, "SFT");
 }
+
+int objective_denoise(double *dl, objective_stats *st, const double *l, int n) {
+    stats_clear(st);
+    if (n <= 0) return mapo_error("denoising loss needs at least one image (got %d)", n);
+    if (check_errors("per-sample error", l, n, "denoising")) return -1;
+    double sum = 0;
+    for (int i = 0; i < n; i++) {
+        sum += l[i];
+        dl[i] = 1.0 / n;
+    }
+    st->err_w = st->loss = sum / n;
+    for (int i = 0; i < n; i++)
+        if (!isfinite(dl[i])) return mapo_error("denoising: non-finite gradient");
+    return isfinite(st->loss) ? 0 : mapo_error("denoising: the loss is not finite");
+}

@@ -48,7 +48,7 @@ static void numbered(char *dst, size_t n, const char *out, int i) {
 int cmd_sample(int argc, char **argv) {
     const char *model = NULL, *prompt = NULL, *prompts_file = NULL, *neg = NULL, *out = NULL;
     const char *grid = NULL, *unet_dir = NULL, *lora = NULL, *latents = NULL, *sampler = "euler";
-    int64_t steps = 30, seed = 0, height = 0, width = 0, rows = 0, tiled = -1;
+    int64_t steps = 30, seed = 0, height = 0, width = 0, rows = 0, tiled = -1, batch = 1;
     double guidance = -1;
     int quiet = 0;
     opt_def o[] = {
@@ -72,6 +72,7 @@ int cmd_sample(int argc, char **argv) {
         {"out", OPT_STR, &out, "output PNG (several prompts: OUT-000.png, OUT-001.png, ...)", 0},
         {"grid", OPT_STR, &grid, "also write all images as one grid PNG", 0},
         {"grid_rows", OPT_INT, &rows, "rows of the grid (default: about square)", 0},
+        {"batch", OPT_INT, &batch, "images denoised together (1)", 0},
         {"quiet", OPT_FLAG, &quiet, "no progress", 0},
     };
     int r = args_parse(o, (int)(sizeof o / sizeof *o), argc, argv, 2,
@@ -113,7 +114,7 @@ int cmd_sample(int argc, char **argv) {
     g.sampler = sampler;
     g.steps = (int)steps;
     g.guidance_scale = guidance >= 0 ? guidance : (p.sdxl ? 5.0 : 7.5);
-    const int f = vae_downscale(p.vae);
+    const int f = pipeline_downscale(&p);
     g.height = height ? (int)height : p.unet.cfg.sample_size * f;
     g.width = width ? (int)width : g.height;
     g.seed = (uint64_t)seed;
@@ -125,6 +126,11 @@ int cmd_sample(int argc, char **argv) {
     }
     g.tiled_decode = (int)tiled;
     g.quiet = quiet;
+    if (batch < 1 || batch > 4096) {
+        rc = mapo_error("--batch must be in 1..4096");
+        goto done_p;
+    }
+    g.batch = (int)batch;
     if (latents) {
         st_file sf;
         if (st_open(&sf, latents)) {

@@ -10,4 +10,6 @@ int cmd_diff(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_sample(int argc, char **argv);
 int cmd_cache(int argc, char **argv);
+int cmd_init_pixel_pipeline(int argc, char **argv);
+int cmd_fmnist_data(int argc, char **argv);
 #endif

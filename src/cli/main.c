@@ -17,7 +17,9 @@ static void usage(void) {
            "  init-unet    write a random-initialised UNet folder from a config.json\n"
            "  make-pairs   write a synthetic pair file for a model (demos, benchmarks)\n"
            "  diff         compare two safetensors files tensor by tensor\n"
-           "  bench        time the training step (pairs/s, GFLOP/s, peak RSS)\n");
+           "  bench        time the training step (pairs/s, GFLOP/s, peak RSS)\n"
+           "  init-pixel-pipeline  a small pixel-space text-to-image pipeline folder\n"
+           "  fmnist-data  Fashion-MNIST as captioned images for pretraining\n");
 }
 
 int main(int argc, char **argv) {
@@ -40,6 +42,8 @@ int main(int argc, char **argv) {
     else if (!strcmp(c, "make-pairs")) rc = cmd_make_pairs(argc, argv);
     else if (!strcmp(c, "diff")) rc = cmd_diff(argc, argv);
     else if (!strcmp(c, "bench")) rc = cmd_bench(argc, argv);
+    else if (!strcmp(c, "init-pixel-pipeline")) rc = cmd_init_pixel_pipeline(argc, argv);
+    else if (!strcmp(c, "fmnist-data")) rc = cmd_fmnist_data(argc, argv);
     else {
         fprintf(stderr, "mapo: error: unknown command '%s' (see mapo --help)\n", c);
         return 2;

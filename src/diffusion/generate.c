@@ -27,58 +27,63 @@ void images_to_u8(uint8_t *out, const float *in, int64_t n) {
     }
 }
 
-/* one image: x [C,h,w] in place through the whole loop */
-static int denoise(pipeline *p, const gen_config *g, sampler *s, float *x, const float *cond,
-                   const float *uncond, const float *pc, const float *pu, int h, int w) {
+/* nb images: x [nb,C,h,w] in place through the whole loop; cond / uncond [nb,S,D], pc / pu
+   [nb,P]. The UNet sees one batch [uncond x nb, cond x nb] per step, as the pipelines do. */
+static int denoise(pipeline *p, const gen_config *g, sampler *s, float *x, int nb,
+                   const float *cond, const float *uncond, const float *pc, const float *pu,
+                   int h, int w) {
     unet *u = &p->unet;
     const int C = u->cfg.in_channels, S = p->S, D = p->D, P = p->P;
     const int cfg = g->guidance_scale > 1.0;
-    const int B = cfg ? 2 : 1;
-    const int64_t chw = (int64_t)C * h * w;
-    float *xin = xmalloc(B * chw * sizeof(float)), *eps = xmalloc(chw * sizeof(float));
-    float *ehs = xmalloc((size_t)B * S * D * sizeof(float)), ts[2];
-    float *te = P ? xmalloc((size_t)B * P * sizeof(float)) : NULL, tid[12];
-    /* batch order as the pipelines: [uncond, cond] */
-    if (cfg) memcpy(ehs, uncond, (size_t)S * D * sizeof(float));
-    memcpy(ehs + (size_t)(B - 1) * S * D, cond, (size_t)S * D * sizeof(float));
+    const int B = (cfg ? 2 : 1) * nb;
+    const int64_t chw = (int64_t)C * h * w, sd = (int64_t)S * D;
+    float *xin = xmalloc(B * chw * sizeof(float)), *eps = xmalloc(nb * chw * sizeof(float));
+    float *ehs = xmalloc((size_t)B * sd * sizeof(float));
+    float *ts = xmalloc(B * sizeof(float));
+    float *te = P ? xmalloc((size_t)B * P * sizeof(float)) : NULL;
+    float *tid = P ? xmalloc((size_t)B * 6 * sizeof(float)) : NULL;
+    if (cfg) memcpy(ehs, uncond, (size_t)nb * sd * sizeof(float));
+    memcpy(ehs + (size_t)(B - nb) * sd, cond, (size_t)nb * sd * sizeof(float));
     if (P) {
-        if (cfg) memcpy(te, pu, P * sizeof(float));
-        memcpy(te + (size_t)(B - 1) * P, pc, P * sizeof(float));
+        if (cfg) memcpy(te, pu, (size_t)nb * P * sizeof(float));
+        memcpy(te + (size_t)(B - nb) * P, pc, (size_t)nb * P * sizeof(float));
         for (int b = 0; b < B; b++)
             pipeline_time_ids(tid + 6 * b, g->height, g->width, 0, 0, g->height, g->width);
     }
-    unet_inputs in = {B, h, w, xin, ts, ehs, S, te, P, P ? tid : NULL};
+    unet_inputs in = {B, h, w, xin, ts, ehs, S, te, P, tid};
     int rc = unet_check_inputs(u, &in);
     const int T = sampler_num_steps(s);
     for (int i = 0; i < T && !rc; i++) {
         for (int b = 0; b < B; b++) {
-            sampler_scale_model_input(s, i, xin + b * chw, x, chw);
+            sampler_scale_model_input(s, i, xin + b * chw, x + (b % nb) * chw, chw);
             ts[b] = (float)sampler_timestep(s, i);
         }
         graph gr;
         graph_init(&gr, 0);
         tensor *y = unet_forward(u, &gr, &in);
-        if (cfg) cfg_combine(eps, y->data, y->data + chw, g->guidance_scale, chw);
-        else memcpy(eps, y->data, chw * sizeof(float));
+        if (cfg) cfg_combine(eps, y->data, y->data + nb * chw, g->guidance_scale, nb * chw);
+        else memcpy(eps, y->data, nb * chw * sizeof(float));
         graph_free(&gr);
-        rc = sampler_step(s, i, x, eps, NULL, chw);
+        rc = sampler_step(s, i, x, eps, NULL, nb * chw);
         if (!g->quiet) mapo_log(1, "\r  step %d/%d", i + 1, T);
     }
     if (!g->quiet) mapo_log(1, "\n");
-    for (int64_t k = 0; k < chw && !rc; k++)
+    for (int64_t k = 0; k < nb * chw && !rc; k++)
         if (!isfinite(x[k])) rc = mapo_error("sampling produced a non-finite latent (step output)");
     free(xin);
     free(eps);
     free(ehs);
+    free(ts);
     free(te);
+    free(tid);
     return rc;
 }
 
 int generate_images(pipeline *p, const gen_config *g, const char *const *prompts,
                     const char *const *negative, int n, const float *init_latents, float *images) {
-    if (!p->have_unet || !p->vae || !p->te[0])
+    if (!p->have_unet || (!p->vae && !p->pixel) || !p->te[0])
         return mapo_error("sampling needs the pipeline's unet, vae and text encoders");
-    const int f = vae_downscale(p->vae), ub = 1 << (p->unet.cfg.n_blocks - 1);
+    const int f = pipeline_downscale(p), ub = 1 << (p->unet.cfg.n_blocks - 1);
     if (g->height <= 0 || g->width <= 0 || g->height % (f * ub) || g->width % (f * ub))
         return mapo_error("--height and --width must be positive multiples of %d for this "
                           "pipeline (got %dx%d)", f * ub, g->height, g->width);
@@ -96,7 +101,6 @@ int generate_images(pipeline *p, const gen_config *g, const char *const *prompts
     float *unc = xcalloc((size_t)n * S * D, sizeof(float));
     float *pc = P ? xmalloc((size_t)n * P * sizeof(float)) : NULL;
     float *pu = P ? xcalloc((size_t)n * P, sizeof(float)) : NULL;
-    float *x = xmalloc(chw * sizeof(float));
     float *img = xmalloc((size_t)3 * g->height * g->width * sizeof(float));
     int rc = pipeline_encode_prompts(p, prompts, n, cond, pc);
     if (!rc && g->guidance_scale > 1.0) {
@@ -109,35 +113,49 @@ int generate_images(pipeline *p, const gen_config *g, const char *const *prompts
         }
     }
     int tiled = g->tiled_decode;
-    if (tiled < 0) tiled = g->height > vae_sample_size(p->vae) || g->width > vae_sample_size(p->vae);
-    for (int i = 0; i < n && !rc; i++) {
-        if (init_latents) {
-            memcpy(x, init_latents + i * chw, chw * sizeof(float));
-        } else {
-            philox r;
-            philox_init(&r, g->seed, STREAM_LATENTS, (uint64_t)i);
-            philox_fill_normal(&r, x, chw);
-        }
-        sampler_init_noise(s, x, chw);
-        if (!g->quiet) mapo_log(1, "image %d/%d: %s\n", i + 1, n, prompts[i]);
-        rc = denoise(p, g, s, x, cond + (size_t)i * S * D, unc + (size_t)i * S * D,
-                     P ? pc + (size_t)i * P : NULL, P ? pu + (size_t)i * P : NULL, h, w);
-        if (!rc) rc = vae_decode_latents(p->vae, x, 1, h, w, img, tiled);
-        if (rc) break;
-        /* (x / 2 + 0.5).clamp(0, 1), CHW -> HWC */
-        const int64_t hw = (int64_t)g->height * g->width;
-        float *o = images + (size_t)i * hw * 3;
-        for (int64_t k = 0; k < hw; k++)
-            for (int c = 0; c < 3; c++) {
-                float v = img[c * hw + k] / 2.0f + 0.5f;
-                o[k * 3 + c] = v < 0 ? 0 : v > 1 ? 1 : v;
+    if (tiled < 0 && p->vae)
+        tiled = g->height > vae_sample_size(p->vae) || g->width > vae_sample_size(p->vae);
+    const int nbmax = g->batch > 1 ? g->batch : 1;
+    float *xb = xmalloc((size_t)nbmax * chw * sizeof(float));
+    for (int i0 = 0; i0 < n && !rc; i0 += nbmax) {
+        const int nb = n - i0 < nbmax ? n - i0 : nbmax;
+        for (int j = 0; j < nb; j++) {
+            const int i = i0 + j;
+            if (init_latents) {
+                memcpy(xb + j * chw, init_latents + i * chw, chw * sizeof(float));
+            } else {
+                philox r;
+                philox_init(&r, g->seed, STREAM_LATENTS, (uint64_t)i);
+                philox_fill_normal(&r, xb + j * chw, chw);
             }
+            if (!g->quiet) mapo_log(1, "image %d/%d: %s\n", i + 1, n, prompts[i]);
+        }
+        sampler_init_noise(s, xb, nb * chw);
+        rc = denoise(p, g, s, xb, nb, cond + (size_t)i0 * S * D, unc + (size_t)i0 * S * D,
+                     P ? pc + (size_t)i0 * P : NULL, P ? pu + (size_t)i0 * P : NULL, h, w);
+        for (int j = 0; j < nb && !rc; j++) {
+            const float *xj = xb + j * chw;
+            if (p->vae) rc = vae_decode_latents(p->vae, xj, 1, h, w, img, tiled);
+            if (rc) break;
+            if (!p->vae) /* pixel space: C = 1 is gray (copied to R, G, B), C = 3 is RGB */
+                for (int c = 0; c < 3; c++)
+                    memcpy(img + (size_t)c * h * w, xj + (size_t)(C == 3 ? c : 0) * h * w,
+                           (size_t)h * w * sizeof(float));
+            /* (x / 2 + 0.5).clamp(0, 1), CHW -> HWC */
+            const int64_t hw = (int64_t)g->height * g->width;
+            float *o = images + (size_t)(i0 + j) * hw * 3;
+            for (int64_t k = 0; k < hw; k++)
+                for (int c = 0; c < 3; c++) {
+                    float v = img[c * hw + k] / 2.0f + 0.5f;
+                    o[k * 3 + c] = v < 0 ? 0 : v > 1 ? 1 : v;
+                }
+        }
     }
+    free(xb);
     free(cond);
     free(unc);
     free(pc);
     free(pu);
-    free(x);
     free(img);
     sampler_free(s);
     return rc;

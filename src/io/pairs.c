@@ -63,10 +63,16 @@ int pair_file_open(pair_file *p, const char *path, const unet_config *c) {
     if (st_open(&p->f, path)) return -1;
     const st_tensor *ch = st_find(&p->f, "chosen");
     const st_tensor *eh = st_find(&p->f, "encoder_hidden_states");
+    const char *eh_name = "encoder_hidden_states";
+    if (!eh) {
+        eh = st_find(&p->f, "prompt_embeds");
+        eh_name = "prompt_embeds";
+    }
     if (!ch || ch->ndim != 4 || !eh || eh->ndim != 3) {
         st_close(&p->f);
         return mapo_error("%s: a pair file needs 'chosen' [N,C,H,W], 'rejected' [N,C,H,W] and "
-                          "'encoder_hidden_states' [N,S,D]", path);
+                          "'encoder_hidden_states' [N,S,D] (or 'prompt_embeds' [Np,S,D] with "
+                          "'prompt_index' [N])", path);
     }
     p->N = ch->shape[0];
     p->C = (int)ch->shape[1];
@@ -82,10 +88,30 @@ int pair_file_open(pair_file *p, const char *path, const unet_config *c) {
     else if (p->D != c->cross_dim)
         rc = mapo_error("%s: encoder_hidden_states width %d != the model's cross_attention_dim "
                         "%d", path, p->D, c->cross_dim);
-    int64_t img[4] = {p->N, p->C, p->H, p->W}, e[3] = {p->N, p->S, p->D};
+    p->n_prompts = eh == st_find(&p->f, "encoder_hidden_states") ? p->N : eh->shape[0];
+    int64_t img[4] = {p->N, p->C, p->H, p->W}, e[3] = {p->n_prompts, p->S, p->D};
     if (!rc) rc = get_f32(&p->f, "chosen", 4, img, &p->chosen, &p->owned[0], 0);
-    if (!rc) rc = get_f32(&p->f, "rejected", 4, img, &p->rejected, &p->owned[1], 0);
-    if (!rc) rc = get_f32(&p->f, "encoder_hidden_states", 3, e, &p->ehs, &p->owned[2], 0);
+    if (!rc) rc = get_f32(&p->f, "rejected", 4, img, &p->rejected, &p->owned[1], 1);
+    if (!rc) rc = get_f32(&p->f, eh_name, 3, e, &p->ehs, &p->owned[2], 0);
+    if (!rc && p->n_prompts < 1) rc = mapo_error("%s: prompt_embeds holds no prompt", path);
+    if (!rc && strcmp(eh_name, "encoder_hidden_states")) {
+        const float *pi;
+        float *own = NULL;
+        int64_t ni[1] = {p->N};
+        rc = get_f32(&p->f, "prompt_index", 1, ni, &pi, &own, 0);
+        if (!rc) {
+            p->prompt_index = xmalloc((size_t)p->N * sizeof(int32_t));
+            for (int64_t i = 0; i < p->N && !rc; i++) {
+                if (!(pi[i] >= 0 && pi[i] < (float)p->n_prompts) || pi[i] != floorf(pi[i]))
+                    rc = mapo_error("%s: prompt_index[%lld] = %g is not a row of prompt_embeds "
+                                    "(0..%lld)", path, (long long)i, (double)pi[i],
+                                    (long long)p->n_prompts - 1);
+                else p->prompt_index[i] = (int32_t)pi[i];
+            }
+        }
+        if (own) free(own);
+        else if (!rc) rc = mapo_error("%s: prompt_index must be an integer tensor", path);
+    }
     if (!rc && c->text_time) {
         int64_t te[2] = {p->N, -1}, ti[2] = {p->N, 6};
         rc = get_f32(&p->f, "text_embeds", 2, te, &p->text_embeds, &p->owned[3], 0);
@@ -98,7 +124,8 @@ int pair_file_open(pair_file *p, const char *path, const unet_config *c) {
     }
     if (!rc && (st_find(&p->f, "chosen_hflip") || st_find(&p->f, "rejected_hflip"))) {
         rc = get_f32(&p->f, "chosen_hflip", 4, img, &p->chosen_hflip, &p->owned[5], 0);
-        if (!rc) rc = get_f32(&p->f, "rejected_hflip", 4, img, &p->rejected_hflip, &p->owned[6], 0);
+        if (!rc) rc = get_f32(&p->f, "rejected_hflip", 4, img, &p->rejected_hflip, &p->owned[6],
+                              !p->rejected);
     }
     const st_tensor *re = st_find(&p->f, "ref_errors");
     if (!rc && re) {
@@ -117,11 +144,11 @@ int pair_file_open(pair_file *p, const char *path, const unet_config *c) {
     }
     int64_t n_img = p->N * p->C * p->H * p->W;
     if (!rc) rc = check_finite(path, "chosen", p->chosen, n_img);
-    if (!rc) rc = check_finite(path, "rejected", p->rejected, n_img);
+    if (!rc && p->rejected) rc = check_finite(path, "rejected", p->rejected, n_img);
     if (!rc && p->chosen_hflip) rc = check_finite(path, "chosen_hflip", p->chosen_hflip, n_img);
     if (!rc && p->rejected_hflip)
         rc = check_finite(path, "rejected_hflip", p->rejected_hflip, n_img);
-    if (!rc) rc = check_finite(path, "encoder_hidden_states", p->ehs, p->N * p->S * p->D);
+    if (!rc) rc = check_finite(path, eh_name, p->ehs, p->n_prompts * p->S * p->D);
     if (rc) pair_file_close(p);
     return rc;
 }
@@ -129,8 +156,14 @@ int pair_file_open(pair_file *p, const char *path, const unet_config *c) {
 void pair_file_close(pair_file *p) {
     for (int i = 0; i < 7; i++) free(p->owned[i]);
     free(p->ref_owned);
+    free(p->prompt_index);
     st_close(&p->f);
     memset(p, 0, sizeof *p);
+}
+
+const float *pair_file_ehs(const pair_file *p, int64_t idx) {
+    int64_t row = p->prompt_index ? p->prompt_index[idx] : idx;
+    return p->ehs + row * (int64_t)p->S * p->D;
 }
 
 static float *copy_out(const float *src, float *owned, int64_t n) {

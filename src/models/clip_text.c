@@ -375,6 +375,10 @@ int clip_text_init_random(clip_text **out, const char *config_path, uint64_t see
     return 0;
 }
 
+int clip_text_save(const clip_text *m, const char *weights_path) {
+    return params_save(&m->params, weights_path);
+}
+
 const clip_text_config *clip_text_get_config(const clip_text *m) { return &m->cfg; }
 int clip_text_hidden_size(const clip_text *m) { return m->cfg.hidden_size; }
 int clip_text_projection_dim(const clip_text *m) { return m->cfg.projection_dim; }

@@ -75,8 +75,11 @@ int pipeline_load(pipeline *p, const char *dir, int parts, const char *unet_dir,
         }
     }
     if (!rc && (parts & PIPE_VAE)) {
+        /* a pixel-space pipeline has no vae/ (model_index.json "vae": [null, null]): the UNet
+           sees images in [-1, 1] directly */
         snprintf(q, sizeof q, "%s/vae", dir);
-        if (vae_load_dir(&p->vae, q)) rc = -1;
+        if (!mapo_is_dir(q) && pipeline_is_pixel(dir)) p->pixel = 1;
+        else if (vae_load_dir(&p->vae, q)) rc = -1;
     }
     if (!rc && (parts & PIPE_UNET)) {
         if (unet_load_dir(&p->unet, unet_dir ? unet_dir : dir, unet_with_grad)) rc = -1;
@@ -94,13 +97,30 @@ int pipeline_load(pipeline *p, const char *dir, int parts, const char *unet_dir,
             rc = mapo_error("%s: pooled width %d + 6 x %d != the UNet's "
                             "projection_class_embeddings_input_dim %d", dir, p->P,
                             c->add_time_dim, c->proj_class_dim);
-        if (!rc && (parts & PIPE_VAE) && vae_latent_channels(p->vae) != c->in_channels)
+        if (!rc && p->pixel && c->in_channels != 1 && c->in_channels != 3)
+            rc = mapo_error("%s: a pixel-space pipeline needs a UNet with 1 (gray) or 3 (RGB) "
+                            "in_channels, not %d", dir, c->in_channels);
+        if (!rc && (parts & PIPE_VAE) && p->vae && vae_latent_channels(p->vae) != c->in_channels)
             rc = mapo_error("%s: vae latent_channels %d != unet in_channels %d", dir,
                             vae_latent_channels(p->vae), c->in_channels);
     }
     if (rc) pipeline_free(p); /* keeps the message */
     return rc;
 }
+
+int pipeline_is_pixel(const char *dir) {
+    char q[4200];
+    snprintf(q, sizeof q, "%s/model_index.json", dir);
+    json_error_t je;
+    json_t *mi = json_load_file(q, 0, &je);
+    if (!mi) return 0;
+    json_t *v = json_object_get(mi, "vae");
+    int pixel = json_is_array(v) && json_array_size(v) == 2 && json_is_null(json_array_get(v, 0));
+    json_decref(mi);
+    return pixel;
+}
+
+int pipeline_downscale(const pipeline *p) { return p->vae ? vae_downscale(p->vae) : 1; }
 
 int pipeline_encode_prompts(pipeline *p, const char *const *prompts, int n, float *ehs,
                             float *pooled) {

@@ -801,7 +801,7 @@ done:
     return rc;
 }
 
-static const char *bytes_to_unicode_char(int b, char out[4]) {
+const char *clip_byte_to_unicode(int b, char out[5]) {
     /* GPT-2's bytes_to_unicode: printable Latin-1 bytes map to themselves, the other 68 to
      * U+0100.. in byte order */
     uint32_t c;
@@ -831,7 +831,7 @@ static int load_common(clip_tokenizer **out, const char *vocab_json, const char 
         goto fail;
     for (int b = 0; b < 256; b++) {
         char s[12];
-        bytes_to_unicode_char(b, s);
+        clip_byte_to_unicode(b, s);
         size_t n = strlen(s);
         t->byte_id[b] = vocab_get(t, s, n);
         memcpy(s + n, "</w>", 5);

@@ -13,6 +13,7 @@ void objective_cfg_default(objective_cfg *c) {
     c->snr_value = 0.5;
     c->beta_dpo = 5000;
     c->num_train_timesteps = 1000;
+    c->unpaired = 0;
 }
 
 int objective_parse(const char *s, objective_kind *k) {
@@ -52,7 +53,8 @@ int preference_step(unet *u, const unet_inputs *in, const float *target,
                     const objective_cfg *oc, const double *ref_err, double grad_scale,
                     double *errors, objective_stats *st, float *pred_out,
                     size_t *activation_peak) {
-    if (in->B % 2) return mapo_error("a preference batch needs an even number of samples");
+    if (in->B % 2 && !oc->unpaired)
+        return mapo_error("a preference batch needs an even number of samples");
     const int B = in->B / 2;
     graph g;
     graph_init(&g, 1);
@@ -62,7 +64,9 @@ int preference_step(unet *u, const unet_inputs *in, const float *target,
     if (pred_out) memcpy(pred_out, pred->data, pred->numel * sizeof(float));
     double *dl = xmalloc(in->B * sizeof(double));
     int rc;
-    switch (oc->kind) {
+    if (oc->unpaired) {
+        rc = objective_denoise(dl, st, errors, in->B);
+    } else switch (oc->kind) {
     case OBJ_MAPO:
         rc = objective_mapo(dl, st, errors, B, oc->beta_mapo, oc->snr_value,
                             oc->num_train_timesteps);

@@ -268,14 +268,14 @@ void pair_fill(pair_slots *b, const pair_file *pf, const ddpm_schedule *sch, uin
     const int64_t chw = b->chw, sd = (int64_t)pf->S * pf->D;
     int t = pair_noise(seed, epoch, idx, sch->num_train_timesteps, b->eps, chw);
     const int fl = pf->chosen_hflip && pair_flip(seed, epoch, idx);
-    for (int half = 0; half < 2; half++) {
+    for (int half = 0; half < (pf->rejected ? 2 : 1); half++) {
         const float *x0 = (half ? (fl ? pf->rejected_hflip : pf->rejected)
                                 : (fl ? pf->chosen_hflip : pf->chosen)) + idx * chw;
         int s = j + half * Bp;
         ddpm_add_noise(sch, b->sample + s * chw, x0, b->eps, chw, t);
         ddpm_target(sch, b->target + s * chw, x0, b->eps, chw, t);
         b->timestep[s] = (float)t;
-        memcpy(b->ehs + s * sd, pf->ehs + idx * sd, sd * sizeof(float));
+        memcpy(b->ehs + s * sd, pair_file_ehs(pf, idx), sd * sizeof(float));
         if (pf->text_embeds) {
             memcpy(b->text_embeds + (int64_t)s * pf->P, pf->text_embeds + idx * pf->P,
                    pf->P * sizeof(float));
@@ -350,7 +350,8 @@ static double probe_activations(unet *u, const unet_inputs *full, const batch_bu
     preference_step(u, &in, tgt, oc, dpo ? ref : NULL, 0.0, err, &st, NULL, &peak);
     free(x);
     free(tgt);
-    return (double)peak * ((double)full->H * full->W / ((double)h * w)) * Bp;
+    return (double)peak * ((double)full->H * full->W / ((double)h * w)) * Bp *
+           (oc->unpaired ? 0.5 : 1.0);
 }
 
 static void fmt_time(char *buf, size_t n, double s) {
@@ -459,9 +460,17 @@ int train_run(const train_config *c) {
     }
     train_config tcfg = *c;
     tcfg.obj.num_train_timesteps = sch.num_train_timesteps;
-    const int Bp = (int)c->train_batch_size;
+    tcfg.obj.unpaired = pf.rejected == NULL;
+    if (tcfg.obj.unpaired && c->obj.kind != OBJ_SFT) {
+        pair_file_close(&pf);
+        unet_free(&u);
+        ddpm_free(&sch);
+        return mapo_error("%s holds single images (no 'rejected'): only --loss sft (plain "
+                          "denoising) trains on it", pairs_path);
+    }
+    const int Bp = (int)c->train_batch_size, halves = tcfg.obj.unpaired ? 1 : 2;
     unet_inputs in = {0};
-    in.B = 2 * Bp;
+    in.B = halves * Bp;
     in.H = pf.H;
     in.W = pf.W;
     in.S = pf.S;
@@ -527,7 +536,7 @@ int train_run(const train_config *c) {
     b.ref_cached = cached_ref;
     b.ref_err = xmalloc(2 * Bp * sizeof(double));
     b.s.chw = (int64_t)pf.C * pf.H * pf.W;
-    const int n = 2 * Bp;
+    const int n = halves * Bp;
     b.s.sample = xmalloc(n * b.s.chw * sizeof(float));
     b.s.target = xmalloc(n * b.s.chw * sizeof(float));
     b.s.eps = xmalloc(b.s.chw * sizeof(float));
