@@ -16,7 +16,7 @@ LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TESTS   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all test demo bench clean deps
+.PHONY: all test demo study bench clean deps
 all: mapo
 
 deps:
@@ -46,6 +46,12 @@ test: deps
 demo: deps
 	@$(MAKE) --no-print-directory mapo
 	@bash tools/demo.sh
+
+# the full Fashion-MNIST reference-mismatch study (docs/STUDY.md); resumes where it stopped
+study: deps
+	@$(MAKE) --no-print-directory mapo
+	@bash tools/study.sh full out/study
+	./mapo report --study out/study --out docs/study --md_prefix study/
 
 # mapo's training step; with torch + diffusers installed (development only), PyTorch beside it
 bench: mapo

@@ -4,11 +4,13 @@
 
 #include "args.h"
 #include "cmds.h"
+#include "mapo/curves.h"
 #include "mapo/common.h"
 #include "mapo/dataset.h"
 #include "mapo/trainer.h"
 
 int cmd_train(int argc, char **argv) {
+    int curves = 0;
     train_config c;
     train_config_default(&c);
     const char *loss = "mapo", *sched = "constant";
@@ -59,6 +61,9 @@ int cmd_train(int argc, char **argv) {
         {"max_memory_mb", OPT_INT, &c.max_memory_mb,
          "memory this run may use, in MiB (default: what /proc/meminfo calls available)", 0},
         {"quiet", OPT_FLAG, &c.quiet, "no progress lines", 0},
+        {"curves", OPT_FLAG, &curves,
+         "at the end, plot train_log.jsonl into output_dir/curves.html (loss, errors, margin, "
+         "win / lose scores, gradient norm, LR)", 0},
     };
     int n = (int)(sizeof o / sizeof *o);
     int r = args_parse(o, n, argc, argv, 2,
@@ -74,5 +79,13 @@ int cmd_train(int argc, char **argv) {
     if (lr_schedule_parse(sched, &c.sched))
         return mapo_error("unknown --lr_scheduler '%s' (constant, constant_with_warmup, linear, "
                           "cosine)", sched);
-    return train_run(&c);
+    if (train_run(&c)) return -1;
+    if (curves) {
+        char lp[4200], hp[4200];
+        snprintf(lp, sizeof lp, "%s/train_log.jsonl", c.output_dir);
+        snprintf(hp, sizeof hp, "%s/curves.html", c.output_dir);
+        if (curves_write(lp, hp, c.output_dir)) return -1;
+        mapo_log(1, "wrote %s\n", hp);
+    }
+    return 0;
 }

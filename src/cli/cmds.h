@@ -12,4 +12,8 @@ int cmd_sample(int argc, char **argv);
 int cmd_cache(int argc, char **argv);
 int cmd_init_pixel_pipeline(int argc, char **argv);
 int cmd_fmnist_data(int argc, char **argv);
+int cmd_fmnist_evaluators(int argc, char **argv);
+int cmd_fmnist_pairs(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_report(int argc, char **argv);
 #endif

@@ -19,7 +19,11 @@ static void usage(void) {
            "  diff         compare two safetensors files tensor by tensor\n"
            "  bench        time the training step (pairs/s, GFLOP/s, peak RSS)\n"
            "  init-pixel-pipeline  a small pixel-space text-to-image pipeline folder\n"
-           "  fmnist-data  Fashion-MNIST as captioned images for pretraining\n");
+           "  fmnist-data  Fashion-MNIST as captioned images for pretraining\n"
+           "  fmnist-evaluators  train the study's judges (class, style, mark)\n"
+           "  fmnist-pairs build the study's preference pairs (style, safety, general)\n"
+           "  eval         sample, judge and compare a model on the study's protocol\n"
+           "  report       a finished study folder -> offline HTML report + summary.json/.md\n");
 }
 
 int main(int argc, char **argv) {
@@ -44,6 +48,10 @@ int main(int argc, char **argv) {
     else if (!strcmp(c, "bench")) rc = cmd_bench(argc, argv);
     else if (!strcmp(c, "init-pixel-pipeline")) rc = cmd_init_pixel_pipeline(argc, argv);
     else if (!strcmp(c, "fmnist-data")) rc = cmd_fmnist_data(argc, argv);
+    else if (!strcmp(c, "fmnist-evaluators")) rc = cmd_fmnist_evaluators(argc, argv);
+    else if (!strcmp(c, "fmnist-pairs")) rc = cmd_fmnist_pairs(argc, argv);
+    else if (!strcmp(c, "eval")) rc = cmd_eval(argc, argv);
+    else if (!strcmp(c, "report")) rc = cmd_report(argc, argv);
     else {
         fprintf(stderr, "mapo: error: unknown command '%s' (see mapo --help)\n", c);
         return 2;
