@@ -7,6 +7,7 @@
  * (exact integer decoding and PIL resizing, then float32 antialiased bilinear resizing whose
  * only difference to PyTorch is FMA contraction, ~1e-7). Original sizes and crop offsets,
  * captions, tie removal, chosen/rejected order, indices and error rows: exact. */
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -380,6 +381,163 @@ static void test_augmentation_stream(void **state) {
     pref_dataset_close(d);
 }
 
+/* ---------------------------------------------------------------- images-only manifests */
+
+static void write_file(const char *path, const char *text) {
+    FILE *f = fopen(path, "wb");
+    if (!f) fail_msg("cannot write %s", path);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* The images-only twin of manifest/manifest.jsonl: the chosen image of every line as a single
+   captioned image (same bad lines), in a folder of its own (absolute paths and one relative). */
+static void test_images_only(void **state) {
+    (void)state;
+    static char text[6 * PATH_MAX];
+    char dir[256], path[300], img[PATH_MAX];
+    snprintf(dir, sizeof dir, "/tmp/mapo_test_images_%d", (int)getpid());
+    mkdir(dir, 0700);
+    if (!realpath(FIX "/manifest/img", img)) fail_msg("realpath");
+    json_t *caps = meta_json("manifest_captions");
+    char *cj[3];
+    for (int k = 0; k < 3; k++) cj[k] = json_dumps(json_array_get(caps, (size_t)k), JSON_ENCODE_ANY);
+    snprintf(text, sizeof text,
+             "{\"caption\": %s, \"image\": \"%s/c0.jpg\"}\n"
+             "{\"caption\": \"corrupt\", \"image\": \"%s/corrupt.jpg\"}\n"
+             "\n"
+             "{\"caption\": %s, \"image\": \"%s/c1.jpg\", \"other\": [1, 2]}\n"
+             "{\"caption\": \"missing\", \"image\": \"img/does_not_exist.png\"}\n"
+             "{\"caption\": %s, \"image\": \"%s/c2.jpg\"}\n",
+             cj[0], img, img, cj[1], img, cj[2], img);
+    for (int k = 0; k < 3; k++) free(cj[k]);
+    snprintf(path, sizeof path, "%s/manifest.jsonl", dir);
+    write_file(path, text);
+
+    pref_dataset_opts o = {NULL, ON_BAD_IMAGE_SKIP};
+    pref_dataset *d, *pairs;
+    if (pref_dataset_open(&d, dir, &o)) fail_msg("%s", mapo_last_error());
+    if (pref_dataset_open(&pairs, FIX "/manifest", &o)) fail_msg("%s", mapo_last_error());
+    assert_string_equal(pref_dataset_kind(d), "manifest");
+    assert_int_equal(pref_dataset_images_only(d), 1);
+    assert_int_equal(pref_dataset_images_only(pairs), 0);
+    assert_int_equal(pref_dataset_size(d), 5);
+    const int good[3] = {0, 2, 4};
+    float c[3 * RES * RES], r[3 * RES * RES], cf[3 * RES * RES];
+    float pc[3 * RES * RES], pr[3 * RES * RES], pcf[3 * RES * RES], prf[3 * RES * RES];
+    int ohw[2], cyx[2], pohw[2], pcyx[2];
+    const float sentinel = 12345.0f;
+    for (int k = 0; k < 3; k++) {
+        const int i = good[k];
+        /* the image is preprocessed as the chosen image of the script's pair */
+        char *cap = NULL;
+        r[0] = sentinel;
+        if (pref_dataset_get(d, i, &CFG, 1, 0, &cap, c, r, ohw, cyx) != 0)
+            fail_msg("image %d: %s", i, mapo_last_error());
+        assert_true(r[0] == sentinel); /* rejected is not written */
+        assert_string_equal(cap, json_string_value(json_array_get(caps, (size_t)k)));
+        free(cap);
+        const int64_t shape[3] = {3, RES, RES};
+        char key[64];
+        float ref[3 * RES * RES];
+        snprintf(key, sizeof key, "manifest.%d.chosen", k);
+        if (st_read_f32_shape(&g_exp, key, ref, 3, shape)) fail_msg("%s", mapo_last_error());
+        const double e = rel_err_f32(c, ref, 3 * RES * RES);
+        if (e > g_worst) g_worst = e;
+        if (!(e <= TOL)) fail_msg("%s (images-only): relative error %.3e > %.0e", key, e, TOL);
+        /* NULL rejected, random flip and crop: the same draws as the pair's chosen image */
+        const prep_cfg rnd = {RES, 1, 0};
+        for (uint64_t epoch = 0; epoch < 4; epoch++) {
+            assert_int_equal(pref_dataset_get(d, i, &rnd, 7, epoch, NULL, c, NULL, ohw, cyx), 0);
+            assert_int_equal(pref_dataset_get(pairs, i, &rnd, 7, epoch, NULL, pc, pr, pohw, pcyx), 0);
+            assert_memory_equal(c, pc, sizeof c);
+            assert_memory_equal(ohw, pohw, sizeof ohw);
+            assert_memory_equal(cyx, pcyx, sizeof cyx);
+        }
+        /* both orientations (centre and random crop) */
+        for (int rc_ = 0; rc_ < 2; rc_++) {
+            const prep_cfg fc = {RES, rc_, 0};
+            assert_int_equal(pref_dataset_get_flips(d, i, &fc, 9, NULL, c, NULL, cf, NULL, ohw, cyx), 0);
+            assert_int_equal(pref_dataset_get_flips(pairs, i, &fc, 9, NULL, pc, pr, pcf, prf, pohw, pcyx), 0);
+            assert_memory_equal(c, pc, sizeof c);
+            assert_memory_equal(cf, pcf, sizeof cf);
+            assert_memory_equal(ohw, pohw, sizeof ohw);
+            assert_memory_equal(cyx, pcyx, sizeof cyx);
+        }
+    }
+    /* bad images: skipped with the line named, outputs untouched */
+    c[0] = sentinel;
+    assert_int_equal(pref_dataset_get(d, 1, &CFG, 1, 0, NULL, c, NULL, ohw, cyx), 1);
+    assert_true(c[0] == sentinel);
+    assert_non_null(strstr(mapo_last_error(), "manifest.jsonl line 2 image "));
+    assert_non_null(strstr(mapo_last_error(), "corrupt.jpg"));
+    assert_int_equal(pref_dataset_get_flips(d, 3, &CFG, 1, NULL, c, NULL, cf, NULL, ohw, cyx), 1);
+    assert_non_null(strstr(mapo_last_error(), "line 5 image img/does_not_exist.png"));
+    assert_int_equal(pref_dataset_num_bad(d), 2);
+    /* the chosen buffer is still required */
+    assert_int_equal(pref_dataset_get(d, 0, &CFG, 1, 0, NULL, NULL, r, ohw, cyx), -1);
+    /* a pair dataset still needs its rejected buffer */
+    assert_int_equal(pref_dataset_get(pairs, 0, &CFG, 1, 0, NULL, pc, NULL, ohw, cyx), -1);
+    char desc[512];
+    pref_dataset_describe(d, 4, desc, sizeof desc);
+    assert_non_null(strstr(desc, "manifest.jsonl line 6"));
+    pref_dataset_close(d);
+    pref_dataset_close(pairs);
+
+    /* check: with skip both bad lines are found up front; with fail the first is an error */
+    int64_t nb = -1;
+    if (pref_dataset_open(&d, path, &o)) fail_msg("%s", mapo_last_error());
+    assert_int_equal(pref_dataset_check(d, &nb), 0);
+    assert_int_equal(nb, 2);
+    assert_true(pref_dataset_is_bad(d, 1) && pref_dataset_is_bad(d, 3) && !pref_dataset_is_bad(d, 2));
+    const uint64_t fp = pref_dataset_fingerprint(d);
+    pref_dataset_close(d);
+    if (pref_dataset_open(&d, path, NULL)) fail_msg("%s", mapo_last_error());
+    assert_int_equal(pref_dataset_check(d, &nb), -1);
+    assert_non_null(strstr(mapo_last_error(), "line 2 image "));
+    assert_int_equal(pref_dataset_get(d, 3, &CFG, 1, 0, NULL, c, NULL, ohw, cyx), -1);
+    assert_non_null(strstr(mapo_last_error(), "line 5 image img/does_not_exist.png"));
+    assert_true(pref_dataset_fingerprint(d) == fp);
+    pref_dataset_close(d);
+    json_decref(caps);
+    unlink(path);
+    rmdir(dir);
+}
+
+static void test_images_only_errors(void **state) {
+    (void)state;
+    char dir[256], path[300];
+    snprintf(dir, sizeof dir, "/tmp/mapo_test_images_err_%d", (int)getpid());
+    mkdir(dir, 0700);
+    const char *P = "{\"caption\": \"c\", \"chosen\": \"a\", \"rejected\": \"b\"}\n";
+    const char *I = "{\"caption\": \"c\", \"image\": \"a\"}\n";
+    char mixed1[512], mixed2[512];
+    /* the first line of the other kind is named, blank lines counted */
+    snprintf(mixed1, sizeof mixed1, "%s%s\n%s", P, P, I);
+    snprintf(mixed2, sizeof mixed2, "\n%s%s%s", I, I, P);
+    const char *cases[][2] = {
+        {mixed1, "line 4: a single image in a manifest of pairs (line 1)"},
+        {mixed2, "line 4: a pair in a manifest of single images (line 2)"},
+        {"{\"caption\": \"c\", \"image\": \"a\", \"chosen\": \"b\"}\n",
+         "line 1: both \"image\" and \"chosen\" / \"rejected\""},
+        {"{\"image\": \"a\"}\n", "line 1: missing \"caption\""},
+        {"{\"caption\": \"c\", \"image\": \"\"}\n", "line 1: \"image\" is an empty path"},
+        {"{\"caption\": \"c\", \"image\": null}\n", "line 1: \"image\" is not a string"},
+        {"{\"caption\": [], \"image\": \"a\"}\n", "line 1: \"caption\" is not a string"},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        snprintf(path, sizeof path, "%s/m%zu.jsonl", dir, k);
+        write_file(path, cases[k][0]);
+        pref_dataset *d = (pref_dataset *)1;
+        if (pref_dataset_open(&d, path, NULL) == 0) fail_msg("case %zu opened", k);
+        assert_null(d);
+        if (!strstr(mapo_last_error(), cases[k][1]))
+            fail_msg("case %zu: '%s' lacks '%s'", k, mapo_last_error(), cases[k][1]);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_manifest),
@@ -388,6 +546,8 @@ int main(void) {
         cmocka_unit_test(test_parquet_hf_folder),
         cmocka_unit_test(test_parquet_schema_errors),
         cmocka_unit_test(test_augmentation_stream),
+        cmocka_unit_test(test_images_only),
+        cmocka_unit_test(test_images_only_errors),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

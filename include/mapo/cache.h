@@ -8,6 +8,23 @@
  * training knows when the cache no longer matches. The file is written in streaming mode
  * (bounded memory) and atomically.
  *
+ * Pixel-space pipelines (no vae/, model_index.json "vae": [null, null]; pipeline.h): the
+ * cache holds the preprocessed images themselves, [N, C, res, res] in [-1, 1], C = the UNet's
+ * in_channels. C = 3: the RGB images as preprocessed. C = 1: the preprocessed RGB image turned
+ * gray by ITU-R 601-2 luma (PIL's "L" weights) applied to the float [-1, 1] values after the
+ * preprocessing (resize, crop, flip, normalisation), y = 0.299 R + 0.587 G + 0.114 B in
+ * float32 -- not PIL's convert("L") on the 8-bit image before resizing, which rounds to
+ * integers. The default resolution is the UNet's sample_size (VAE factor 1); the metadata
+ * records latents = "none (pixel space)" and pixel_channels ("1 (gray: ...)" or "3 (RGB)"),
+ * and the model fingerprint covers the tokenizer(s) and text encoder(s) (there is no VAE), so
+ * a cache made for another channel count, with a VAE, or with other text encoders is stale.
+ * --vae_latents has no effect there.
+ *
+ * Images-only datasets (a manifest of {"caption", "image"} lines; dataset.h): the cache holds
+ * chosen (the image), encoder_hidden_states [, text_embeds, time_ids] and with flips on
+ * chosen_hflip; no rejected, no rejected_hflip. Only --loss sft trains on it (the trainer
+ * refuses other losses); reference errors (ref_unet) are refused, they need pairs.
+ *
  * Flips: with flips on (the default) both orientations are encoded (chosen_hflip,
  * rejected_hflip) and the trainer picks one per (epoch, pair) with p = 0.5, as the scripts'
  * RandomHorizontalFlip does. Differences from the official script, by design: the VAE sample
@@ -27,11 +44,12 @@ typedef struct {
     const char *model_dir;  /* pipeline folder */
     const char *dataset;    /* parquet file / folder, or JSONL manifest (file or folder) */
     const char *out;        /* the cache file (.safetensors) */
-    int resolution;         /* 0: the UNet's sample_size x the VAE factor */
+    int resolution;         /* 0: the UNet's sample_size x the VAE factor (1 without a VAE) */
     int random_crop;        /* 0: center crop */
     int no_hflip;
     int on_bad_image;       /* 0 skip, 1 fail */
-    int latents_mean;       /* 1: latent_dist.mean; 0: latent_dist.sample() (the scripts) */
+    int latents_mean;       /* 1: latent_dist.mean; 0: latent_dist.sample() (the scripts);
+                               ignored by pixel-space pipelines */
     int64_t seed;
     int64_t max_pairs;      /* 0: all */
     const char *ref_unet;   /* DPO reference UNet (folder or pipeline); NULL: none */

@@ -1,5 +1,6 @@
 /* dataset.h -- preference-pair datasets read in C: Pick-a-Pic-style parquet and JSONL
- * manifests, behind one interface that returns preprocessed pairs (see image.h, prep_pair).
+ * manifests, behind one interface that returns preprocessed pairs (see image.h, prep_pair);
+ * and images-only JSONL manifests of single captioned images (pretraining, SFT).
  *
  * Sources (pref_dataset_open picks one from the path):
  *  - a .parquet file; a folder of *.parquet files; a folder whose data/ subfolder holds them
@@ -20,6 +21,15 @@
  *    paths relative to the manifest's folder unless absolute. The chosen image plays jpg_0
  *    (label_0 = 1): original_size is its size and the rejected image is resized to it.
  *    A line that is not such an object is an error naming the file and line.
+ *  - an images-only manifest (same places): one {"caption": "...", "image": "path"} object per
+ *    line: single captioned images, for plain denoising training (mapo cache writes a pair
+ *    file without 'rejected', which only --loss sft trains on). The first line decides the
+ *    kind; a manifest mixing pair lines and image lines is an error naming the first line of
+ *    the other kind, and so is a line with both "image" and "chosen" / "rejected". The image
+ *    plays the chosen image of a pair: it is preprocessed exactly as a pair's chosen image
+ *    (same resize, crop and flip draws), original_size is its size. Every function below
+ *    works on it; "pair" then means "image", and the rejected outputs are not written (they
+ *    may be NULL). pref_dataset_images_only tells the kinds apart.
  *
  * Index: pairs are numbered 0..size-1 in file / row (or line) order after tie removal, and
  * that numbering never changes after open, so indices, shuffles and random streams stay
@@ -28,12 +38,13 @@
  * Broken images: a pair whose image cannot be read or decoded (missing file, null cell,
  * corrupt or truncated data, absurd size) is reported with its source ("x.parquet row 17
  * jpg_1: ..." rows counted from 0 within the file, or "manifest.jsonl line 4 rejected ...",
- * lines from 1). With ON_BAD_IMAGE_FAIL pref_dataset_get returns -1 with that message; with
- * ON_BAD_IMAGE_SKIP the pair is marked bad (a warning is logged once per pair, the pair is
- * counted), and pref_dataset_get returns 1 for it now and on every later call without
- * touching its outputs: the caller moves on to another pair. pref_dataset_check decodes every
- * pair up front to find them all. Errors that are not about an image (an unreadable parquet
- * page, out-of-range index) always return -1.
+ * or "manifest.jsonl line 4 image ..." for an images-only manifest, lines from 1). With
+ * ON_BAD_IMAGE_FAIL pref_dataset_get returns -1 with that message; with ON_BAD_IMAGE_SKIP
+ * the pair is marked bad (a warning is logged once per pair, the pair is counted), and
+ * pref_dataset_get returns 1 for it now and on every later call without touching its
+ * outputs: the caller moves on to another pair. pref_dataset_check decodes every pair up
+ * front to find them all. Errors that are not about an image (an unreadable parquet page,
+ * out-of-range index) always return -1.
  *
  * Random augmentation: flip and random crop draws come from the counter-based stream
  * philox_init(&r, seed, PREF_STREAM_AUG(epoch), pair index), in the order of prep_pair.
@@ -70,8 +81,10 @@ int64_t pref_dataset_size(const pref_dataset *d);
 int64_t pref_dataset_num_ties(const pref_dataset *d);
 int64_t pref_dataset_num_bad(const pref_dataset *d);
 int pref_dataset_is_bad(const pref_dataset *d, int64_t i);
-/* "parquet" or "manifest" */
+/* "parquet" or "manifest" (pairs or single images) */
 const char *pref_dataset_kind(const pref_dataset *d);
+/* 1 for an images-only manifest (single captioned images, no rejected image), else 0. */
+int pref_dataset_images_only(const pref_dataset *d);
 /* Where pair i comes from, for messages: "path/x.parquet row 17" or "path/manifest.jsonl
  * line 4". */
 void pref_dataset_describe(const pref_dataset *d, int64_t i, char *buf, size_t n);
@@ -87,7 +100,8 @@ int pref_dataset_caption(pref_dataset *d, int64_t i, char **caption);
 /* Pair i: caption (malloc'd, caller frees; may be NULL if not wanted), chosen and rejected
  * [3, res, res] in [-1, 1], orig_hw = (h, w) of jpg_0 (chosen image for manifests),
  * crop_yx = crop top-left (for SDXL time_ids). 0 = done; 1 = bad image, skipped (policy
- * skip); -1 = error. */
+ * skip); -1 = error. Images-only: chosen is the image, rejected is not written (may be
+ * NULL). */
 int pref_dataset_get(pref_dataset *d, int64_t i, const prep_cfg *cfg, uint64_t seed,
                      uint64_t epoch, char **caption, float *chosen, float *rejected,
                      int orig_hw[2], int crop_yx[2]);
@@ -96,11 +110,13 @@ int pref_dataset_get(pref_dataset *d, int64_t i, const prep_cfg *cfg, uint64_t s
  * the same crop (centre, or one random crop drawn from PREF_STREAM_AUG(0) for pair i), then
  * chosen / rejected unflipped and chosen_f / rejected_f horizontally flipped (flip after the
  * resize, before the crop, as the scripts). cfg->no_hflip is ignored. Returns as
- * pref_dataset_get. */
+ * pref_dataset_get. Images-only: chosen / chosen_f are the image in both orientations,
+ * rejected / rejected_f are not written (may be NULL). */
 int pref_dataset_get_flips(pref_dataset *d, int64_t i, const prep_cfg *cfg, uint64_t seed,
                            char **caption, float *chosen, float *rejected, float *chosen_f,
                            float *rejected_f, int orig_hw[2], int crop_yx[2]);
-/* Decode both images of every pair (in storage order) to find the bad ones up front: with
+/* Decode both images of every pair (the image of every line of an images-only manifest), in
+ * storage order, to find the bad ones up front: with
  * ON_BAD_IMAGE_SKIP they are marked (and *n_bad, if given, counts all marked pairs);
  * with ON_BAD_IMAGE_FAIL the first one is an error. */
 int pref_dataset_check(pref_dataset *d, int64_t *n_bad);

@@ -1,4 +1,5 @@
-/* cmd_cache.c -- mapo cache: encode a preference dataset once (see cache.h). */
+/* cmd_cache.c -- mapo cache: encode a preference dataset (or an images-only manifest) once
+ * (see cache.h). */
 #include <stdio.h>
 #include <string.h>
 
@@ -15,16 +16,19 @@ int cmd_cache(int argc, char **argv) {
     const char *bad = "skip", *latents = "sample";
     opt_def o[] = {
         {"pretrained_model_name_or_path", OPT_STR, &c.model_dir,
-         "pipeline folder (tokenizer(s), text encoder(s), vae, unet config)", 0},
+         "pipeline folder (tokenizer(s), text encoder(s), vae, unet config); without vae/ "
+         "(pixel space) the images themselves are cached", 0},
         {"dataset_name", OPT_STR, &c.dataset,
-         "Pick-a-Pic-style parquet file or folder, or a JSONL manifest (file or folder)", 0},
+         "Pick-a-Pic-style parquet file or folder, or a JSONL manifest (file or folder) of "
+         "pairs {caption, chosen, rejected} or of single images {caption, image}", 0},
         {"out", OPT_STR, &c.out, "the cache file to write (.safetensors)", 0},
-        {"resolution", OPT_INT, &res, "training resolution (default: UNet sample_size x VAE factor)", 0},
+        {"resolution", OPT_INT, &res, "training resolution (default: UNet sample_size x VAE factor, x 1 without a VAE)", 0},
         {"random_crop", OPT_FLAG, &c.random_crop, "random instead of center crop", 0},
         {"no_hflip", OPT_FLAG, &c.no_hflip, "no random horizontal flip", 0},
         {"on_bad_image", OPT_STR, &bad, "skip | fail: what to do with undecodable images (skip)", 0},
         {"vae_latents", OPT_STR, &latents,
-         "sample | mean: latent_dist.sample() as the scripts, or its mean (sample)", 0},
+         "sample | mean: latent_dist.sample() as the scripts, or its mean (sample); "
+         "no effect without a VAE", 0},
         {"seed", OPT_INT, &c.seed, "seed of flips, crops and VAE samples (0); use the training seed", 0},
         {"max_pairs", OPT_INT, &c.max_pairs, "encode only the first N pairs (0 = all)", 0},
         {"ref_model", OPT_STR, &c.ref_unet,

@@ -38,10 +38,11 @@ typedef struct {
     char *caption, *chosen, *rejected; /* paths resolved against the manifest's folder */
     char *chosen_rel, *rejected_rel;   /* as written, for messages */
     int64_t line;
-} mf_pair;
+} mf_pair; /* an images-only manifest: chosen = the line's "image", rejected = NULL */
 
 struct pref_dataset {
     int kind, policy;
+    int images_only; /* a manifest of single captioned images: no rejected image */
     int64_t n, n_ties, n_bad;
     uint8_t *bad;
     uint64_t fp;
@@ -172,12 +173,33 @@ static int open_manifest(pref_dataset *d, const char *mpath) {
                             je.text, je.column);
             break;
         }
-        const char *keys[3] = {"caption", "chosen", "rejected"};
+        /* a pair {"caption", "chosen", "rejected"} or a single image {"caption", "image"};
+           the first line decides which kind the whole manifest holds */
+        const char *pair_keys[3] = {"caption", "chosen", "rejected"};
+        const char *image_keys[2] = {"caption", "image"};
+        const char *const *keys = pair_keys;
+        int nkeys = 3, is_image = 0;
         const char *vals[3] = {NULL, NULL, NULL};
         if (!json_is_object(o)) {
             rc = mapo_error("%s line %lld: not a JSON object", mpath, (long long)line);
         } else {
-            for (int j = 0; j < 3 && !rc; j++) {
+            is_image = json_object_get(o, "image") != NULL;
+            if (is_image) {
+                keys = image_keys;
+                nkeys = 2;
+            }
+            if (is_image && (json_object_get(o, "chosen") || json_object_get(o, "rejected")))
+                rc = mapo_error("%s line %lld: both \"image\" and \"chosen\" / \"rejected\": a "
+                                "line is a single image or a pair, not both", mpath,
+                                (long long)line);
+            else if (d->n > 0 && is_image != d->images_only)
+                rc = mapo_error(
+                    "%s line %lld: %s in a manifest of %s (line %lld): a manifest holds pairs "
+                    "{\"caption\", \"chosen\", \"rejected\"} or single images {\"caption\", "
+                    "\"image\"}, not both", mpath, (long long)line,
+                    is_image ? "a single image" : "a pair",
+                    d->images_only ? "single images" : "pairs", (long long)d->mf[0].line);
+            for (int j = 0; j < nkeys && !rc; j++) {
                 json_t *v = json_object_get(o, keys[j]);
                 if (!v)
                     rc = mapo_error("%s line %lld: missing \"%s\"", mpath, (long long)line, keys[j]);
@@ -192,6 +214,7 @@ static int open_manifest(pref_dataset *d, const char *mpath) {
             }
         }
         if (!rc) {
+            if (d->n == 0) d->images_only = is_image;
             if (d->n == cap) {
                 cap = cap ? 2 * cap : 64;
                 d->mf = xrealloc(d->mf, sizeof(mf_pair) * (size_t)cap);
@@ -199,9 +222,10 @@ static int open_manifest(pref_dataset *d, const char *mpath) {
             mf_pair *p = &d->mf[d->n++];
             p->caption = xstrdup(vals[0]);
             p->chosen_rel = xstrdup(vals[1]);
-            p->rejected_rel = xstrdup(vals[2]);
             p->chosen = vals[1][0] == '/' ? xstrdup(vals[1]) : path_join(dir, vals[1]);
-            p->rejected = vals[2][0] == '/' ? xstrdup(vals[2]) : path_join(dir, vals[2]);
+            p->rejected_rel = is_image ? NULL : xstrdup(vals[2]);
+            p->rejected = is_image ? NULL : vals[2][0] == '/' ? xstrdup(vals[2])
+                                                              : path_join(dir, vals[2]);
             p->line = line;
         }
         json_decref(o);
@@ -209,7 +233,7 @@ static int open_manifest(pref_dataset *d, const char *mpath) {
     free(dir);
     free(buf);
     if (rc) return -1;
-    if (d->n == 0) return mapo_error("%s: no pairs in the manifest", mpath);
+    if (d->n == 0) return mapo_error("%s: no pairs (or images) in the manifest", mpath);
     return 0;
 }
 
@@ -499,6 +523,7 @@ void pref_dataset_close(pref_dataset *d) {
 }
 
 int64_t pref_dataset_size(const pref_dataset *d) { return d ? d->n : 0; }
+int pref_dataset_images_only(const pref_dataset *d) { return d && d->images_only; }
 int64_t pref_dataset_num_ties(const pref_dataset *d) { return d ? d->n_ties : 0; }
 int64_t pref_dataset_num_bad(const pref_dataset *d) { return d ? d->n_bad : 0; }
 int pref_dataset_is_bad(const pref_dataset *d, int64_t i) {
@@ -619,9 +644,10 @@ static int load_pair(pref_dataset *d, int64_t i, mapo_image *a, mapo_image *b, i
     if (d->kind == KIND_MANIFEST) {
         const mf_pair *p = &d->mf[i];
         *swap = 0;
-        snprintf(what, sizeof what, "%s line %lld chosen %s", d->manifest, (long long)p->line,
-                 p->chosen_rel);
+        snprintf(what, sizeof what, "%s line %lld %s %s", d->manifest, (long long)p->line,
+                 d->images_only ? "image" : "chosen", p->chosen_rel);
         if (decode_path(a, p->chosen, what)) return 1;
+        if (d->images_only) return 0; /* b stays empty */
         snprintf(what, sizeof what, "%s line %lld rejected %s", d->manifest, (long long)p->line,
                  p->rejected_rel);
         if (decode_path(b, p->rejected, what)) {
@@ -651,14 +677,29 @@ static int bad_pair(pref_dataset *d, int64_t i) {
     if (!d->bad[i]) {
         d->bad[i] = 1;
         d->n_bad++;
-        mapo_log(1, "mapo: warning: skipping pair %lld: %s\n", (long long)i, mapo_last_error());
+        mapo_log(1, "mapo: warning: skipping %s %lld: %s\n", d->images_only ? "image" : "pair",
+                 (long long)i, mapo_last_error());
     }
     return 1;
 }
 
+/* a random crop of image a resized to res (prep_pair's draw: y, then x) */
+static int draw_crop(const mapo_image *a, int res, philox *r, int *y1, int *x1) {
+    int oh = 0, ow = 0;
+    if (prep_resize_size(a->h, a->w, res, &oh, &ow)) return -1;
+    if (oh < res || ow < res)
+        return mapo_error("preprocess: resized %dx%d image is smaller than the %d crop", ow, oh,
+                          res);
+    *y1 = (int)philox_below(r, (uint32_t)(oh - res + 1));
+    *x1 = (int)philox_below(r, (uint32_t)(ow - res + 1));
+    return 0;
+}
+
 /* Pair i decoded and preprocessed: out[0..1] chosen / rejected with the flip and crop drawn
    from PREF_STREAM_AUG(epoch) as prep_pair does; with both, also out[2..3] flipped, the two
-   orientations sharing one crop (centre, or one random crop). */
+   orientations sharing one crop (centre, or one random crop). An images-only dataset fills
+   out[0] (and out[2]) only: the image goes through prep_image with the draws prep_pair makes
+   for jpg_0 (flip, then crop), so it is preprocessed as the chosen image of a pair. */
 static int get_impl(pref_dataset *d, int64_t i, const prep_cfg *cfg, uint64_t seed,
                     uint64_t epoch, int both, char **caption, float *const out[4],
                     int orig_hw[2], int crop_yx[2]) {
@@ -667,7 +708,7 @@ static int get_impl(pref_dataset *d, int64_t i, const prep_cfg *cfg, uint64_t se
     if (!cfg || cfg->resolution < 1 || cfg->resolution > IMAGE_MAX_SIDE)
         return mapo_error("dataset: resolution %d out of range", cfg ? cfg->resolution : 0);
     for (int k = 0; k < (both ? 4 : 2); k++)
-        if (!out[k]) return mapo_error("dataset: no output buffers");
+        if (!out[k] && !(k % 2 && d->images_only)) return mapo_error("dataset: no output buffers");
     if (d->bad[i]) return 1;
     mapo_image a, b;
     int swap = 0;
@@ -677,28 +718,26 @@ static int get_impl(pref_dataset *d, int64_t i, const prep_cfg *cfg, uint64_t se
     philox r;
     philox_init(&r, seed, PREF_STREAM_AUG(epoch), (uint64_t)i);
     int ohw[2], cyx[2], cyx_f[2];
-    if (!both) {
+    const int res = cfg->resolution;
+    if (d->images_only) {
+        int flip = 0, y1 = -1, x1 = -1;
+        if (!both && !cfg->no_hflip) flip = philox_uniform(&r) < 0.5;
+        if (cfg->random_crop) rc = draw_crop(&a, res, &r, &y1, &x1);
+        if (!rc) rc = prep_image(out[0], &a, res, flip, y1, x1, cyx);
+        if (!rc && both) rc = prep_image(out[2], &a, res, 1, y1, x1, cyx_f);
+        ohw[0] = a.h;
+        ohw[1] = a.w;
+    } else if (!both) {
         rc = prep_pair(out[0], out[1], ohw, cyx, &a, &b, swap, cfg, &r);
     } else {
-        const int res = cfg->resolution;
         int y1 = -1, x1 = -1;
-        if (cfg->random_crop) {
-            int oh = 0, ow = 0;
-            rc = prep_resize_size(a.h, a.w, res, &oh, &ow);
-            if (!rc && (oh < res || ow < res))
-                rc = mapo_error("preprocess: resized %dx%d image is smaller than the %d crop",
-                                ow, oh, res);
-            if (!rc) {
-                y1 = (int)philox_below(&r, (uint32_t)(oh - res + 1));
-                x1 = (int)philox_below(&r, (uint32_t)(ow - res + 1));
-            }
-        }
+        if (cfg->random_crop) rc = draw_crop(&a, res, &r, &y1, &x1);
         if (!rc) rc = prep_pair_fixed(out[0], out[1], ohw, cyx, &a, &b, swap, res, 0, y1, x1);
         if (!rc)
             rc = prep_pair_fixed(out[2], out[3], ohw, cyx_f, &a, &b, swap, res, 1, y1, x1);
-        if (!rc && (cyx[0] != cyx_f[0] || cyx[1] != cyx_f[1]))
-            rc = mapo_error("crop offsets differ between the two orientations");
     }
+    if (!rc && both && (cyx[0] != cyx_f[0] || cyx[1] != cyx_f[1]))
+        rc = mapo_error("crop offsets differ between the two orientations");
     image_free(&a);
     image_free(&b);
     if (rc) {

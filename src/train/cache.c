@@ -94,7 +94,39 @@ int dataset_fingerprint(const char *path, char *buf, size_t n) {
 }
 
 /* ------------------------------------------------------------------ metadata */
-static json_t *meta_of(const cache_config *c, int resolution) {
+#define PIXEL_GRAY "1 (gray: 0.299 R + 0.587 G + 0.114 B of the [-1, 1] RGB image)"
+#define PIXEL_RGB "3 (RGB)"
+
+/* What a cache of this pipeline holds, from the configs alone (no weights): *res = --resolution,
+   or the UNet's sample_size x the VAE factor (SD 1.5: 512, SDXL: 1024; a pixel-space pipeline:
+   x 1); *pixel_ch = the UNet's in_channels (1 or 3) for a pixel-space pipeline (no vae/,
+   model_index.json "vae": [null, null], as pipeline_load decides), 0 with a VAE. */
+static int space_of(const cache_config *c, int *res, int *pixel_ch) {
+    char q[4200];
+    snprintf(q, sizeof q, "%s/vae", c->model_dir);
+    const int pixel = !mapo_is_dir(q) && pipeline_is_pixel(c->model_dir);
+    *res = c->resolution;
+    *pixel_ch = 0;
+    if (*res && !pixel) return 0;
+    int f = 1;
+    if (!pixel && vae_config_downscale(c->model_dir, &f)) return -1;
+    unet_config uc;
+    snprintf(q, sizeof q, "%s/unet/config.json", c->model_dir);
+    if (unet_config_load(&uc, q)) return -1;
+    if (!*res) *res = uc.sample_size * f;
+    const int C = uc.in_channels;
+    unet_config_free(&uc);
+    if (!pixel) return 0;
+    if (C != 1 && C != 3)
+        return mapo_error("%s: a pixel-space pipeline needs a UNet with 1 (gray) or 3 (RGB) "
+                          "in_channels, not %d", c->model_dir, C);
+    *pixel_ch = C;
+    return 0;
+}
+
+/* pixel_ch: 0 with a VAE; 1 or 3 for a pixel-space pipeline (the cache holds images: no VAE
+   sample or mean, and the channel count says whether they were turned gray) */
+static json_t *meta_of(const cache_config *c, int resolution, int pixel_ch) {
     char mf[32], df[32];
     if (pipeline_fingerprint(c->model_dir, mf, sizeof mf)) return NULL;
     if (dataset_fingerprint(c->dataset, df, sizeof df)) return NULL;
@@ -103,31 +135,23 @@ static json_t *meta_of(const cache_config *c, int resolution) {
     snprintf(seed, sizeof seed, "%lld", (long long)c->seed);
     char mp[32];
     snprintf(mp, sizeof mp, "%lld", (long long)c->max_pairs);
-    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "mapo_cache",
-                     CACHE_VERSION, "model_fingerprint", mf, "dataset_fingerprint", df,
-                     "resolution", res, "crop", c->random_crop ? "random" : "center", "hflip",
-                     c->no_hflip ? "no" : "p=0.5", "latents", c->latents_mean ? "mean" : "sample",
-                     "seed", seed, "max_pairs", mp, "on_bad_image",
-                     c->on_bad_image == ON_BAD_IMAGE_FAIL ? "fail" : "skip");
-}
-
-/* --resolution, or the UNet's sample_size x the VAE factor (SD 1.5: 512, SDXL: 1024), from the
-   configs alone; -1 on error */
-static int resolution_of(const cache_config *c) {
-    if (c->resolution) return c->resolution;
-    unet_config uc;
-    char q[4200];
-    int f;
-    snprintf(q, sizeof q, "%s/unet/config.json", c->model_dir);
-    if (vae_config_downscale(c->model_dir, &f) || unet_config_load(&uc, q)) return -1;
-    int r = uc.sample_size * f;
-    unet_config_free(&uc);
-    return r;
+    const char *latents = pixel_ch ? "none (pixel space)" : c->latents_mean ? "mean" : "sample";
+    json_t *m = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "mapo_cache",
+                          CACHE_VERSION, "model_fingerprint", mf, "dataset_fingerprint", df,
+                          "resolution", res, "crop", c->random_crop ? "random" : "center",
+                          "hflip", c->no_hflip ? "no" : "p=0.5", "latents", latents, "seed",
+                          seed, "max_pairs", mp, "on_bad_image",
+                          c->on_bad_image == ON_BAD_IMAGE_FAIL ? "fail" : "skip");
+    if (m && pixel_ch)
+        json_object_set_new(m, "pixel_channels",
+                            json_string(pixel_ch == 1 ? PIXEL_GRAY : PIXEL_RGB));
+    return m;
 }
 
 int cache_matches(const char *path, const cache_config *c) {
-    int res = resolution_of(c);
-    json_t *w = res > 0 ? meta_of(c, res) : NULL;
+    int res = 0, pixel_ch = 0;
+    if (space_of(c, &res, &pixel_ch)) return -1;
+    json_t *w = res > 0 ? meta_of(c, res, pixel_ch) : NULL;
     if (!w) return -1;
     st_file f;
     if (st_open(&f, path)) {
@@ -195,26 +219,47 @@ static int reference_errors(const cache_config *c, const pair_file *pf, double *
     return rc;
 }
 
+/* Images into model space: n images [3, res, res] in [-1, 1] -> out [n, C, res, res]. C = 3:
+   the images as they are; C = 1: gray by ITU-R 601-2 luma (PIL's "L" weights) applied to the
+   float values after preprocessing, y = 0.299 R + 0.587 G + 0.114 B in float32. */
+static void to_pixel_space(float *out, const float *img, int n, int C, int64_t hw) {
+    for (int k = 0; k < n; k++) {
+        const float *x = img + (int64_t)k * 3 * hw;
+        float *y = out + (int64_t)k * C * hw;
+        if (C == 3) {
+            memcpy(y, x, (size_t)(3 * hw) * sizeof(float));
+            continue;
+        }
+        for (int64_t i = 0; i < hw; i++) {
+            const float r = x[i], g = x[hw + i], b = x[2 * hw + i];
+            y[i] = 0.299f * r + 0.587f * g + 0.114f * b;
+        }
+    }
+}
+
 int cache_build(const cache_config *c) {
     if (!c->model_dir || !c->dataset || !c->out)
         return mapo_error("cache needs --pretrained_model_name_or_path, --dataset_name and --out");
     if (c->ref_unet && c->ref_epochs < 1 && c->ref_pair_visits < 1)
         return mapo_error("reference errors need --ref_epochs >= 1");
+    int res = 0, pixel_ch = 0;
+    if (space_of(c, &res, &pixel_ch)) return -1;
     pipeline p;
     if (pipeline_load(&p, c->model_dir, PIPE_TEXT | PIPE_VAE, NULL, 0)) return -1;
     int rc = 0;
-    int res = resolution_of(c);
-    const int f = vae_downscale(p.vae), L = vae_latent_channels(p.vae);
-    if (res < 0) {
+    if (p.pixel != (pixel_ch > 0)) {
         pipeline_free(&p);
-        return -1;
+        return mapo_error("%s: changed while reading it (VAE or not)", c->model_dir);
     }
-    if (res == 0 || res % f || res > 8192) {
+    /* model space: VAE latents [L, res/f, res/f], or the images themselves [C, res, res] */
+    const int f = pipeline_downscale(&p), L = p.pixel ? pixel_ch : vae_latent_channels(p.vae);
+    if (res <= 0 || res % f || res > 8192) {
         pipeline_free(&p);
+        if (pixel_ch) return mapo_error("--resolution %d must be in 1..8192", res);
         return mapo_error("--resolution %d must be a positive multiple of %d (the VAE factor)",
                           res, f);
     }
-    json_t *meta = meta_of(c, res);
+    json_t *meta = meta_of(c, res, pixel_ch);
     if (!meta) {
         pipeline_free(&p);
         return -1;
@@ -226,6 +271,16 @@ int cache_build(const cache_config *c) {
         pipeline_free(&p);
         return -1;
     }
+    /* an images-only manifest: single captioned images, cached without 'rejected' */
+    const int paired = !pref_dataset_images_only(ds);
+    const char *unit = paired ? "pairs" : "images";
+    if (!paired && c->ref_unet) {
+        pref_dataset_close(ds);
+        json_decref(meta);
+        pipeline_free(&p);
+        return mapo_error("%s holds single images (no 'rejected'): Diffusion-DPO needs pairs; "
+                          "only --loss sft (plain denoising) trains on it", c->dataset);
+    }
     /* pass 1 (skip policy only): find the pairs whose images decode, so the file is exactly
        as large as what it holds */
     int64_t N0 = pref_dataset_size(ds);
@@ -233,21 +288,26 @@ int cache_build(const cache_config *c) {
     int64_t *keep = xmalloc((N0 ? N0 : 1) * sizeof(int64_t)), N = 0, n_bad = 0;
     prep_cfg pc = {res, c->random_crop, c->no_hflip};
     const int64_t pix = 3LL * res * res;
-    /* [chosen, rejected, chosen flipped, rejected flipped]: with flips on, both orientations
-       are cached and the trainer flips per (epoch, pair) with p = 0.5, as the scripts do */
-    const int flips = !c->no_hflip, nimg = flips ? 4 : 2;
-    float *ch = xmalloc(4 * pix * sizeof(float)), *rj = ch + pix;
+    /* images in the order of their tensors: chosen [, rejected] [, chosen_hflip
+       [, rejected_hflip]]. With flips on, both orientations are cached and the trainer flips
+       per (epoch, pair) with p = 0.5, as the scripts do. */
+    const int flips = !c->no_hflip, per = paired ? 2 : 1, nimg = per * (flips ? 2 : 1);
+    float *img = xmalloc(nimg * pix * sizeof(float));
+    float *ch = img, *rj = paired ? img + pix : NULL, *chf = flips ? img + per * pix : NULL;
+    float *rjf = paired && flips ? img + 3 * pix : NULL;
     /* every image decoded up front: bad ones are marked (skip) or refused (fail) before the
        file is sized */
     rc = pref_dataset_check(ds, &n_bad);
     for (int64_t i = 0; i < N0 && !rc; i++)
         if (!pref_dataset_is_bad(ds, i)) keep[N++] = i;
     if (!rc && n_bad && !c->quiet)
-        mapo_log(1, "%lld pairs skipped for undecodable images (--on_bad_image skip)\n",
-                 (long long)n_bad);
-    if (!rc && N == 0) rc = mapo_error("%s: no usable pairs", c->dataset);
+        mapo_log(1, "%lld %s skipped for undecodable images (--on_bad_image skip)\n",
+                 (long long)n_bad, unit);
+    if (!rc && N == 0) rc = mapo_error("%s: no usable %s", c->dataset, unit);
     const int h = res / f, S = p.S, D = p.D, P = p.P;
     const int64_t lat = (int64_t)L * h * h;
+    /* tensor indices (st_writer add order) of the images, then of the conditioning */
+    int t_img[4] = {-1, -1, -1, -1}, t_ehs = -1, t_te = -1, t_tid = -1, nt = 0;
     st_writer *w = st_writer_new();
     if (!rc) {
         const char *k;
@@ -256,71 +316,89 @@ int cache_build(const cache_config *c) {
         char nbuf[32];
         snprintf(nbuf, sizeof nbuf, "%lld", (long long)N);
         st_writer_meta(w, "pairs", nbuf);
-        st_writer_add_empty(w, "chosen", ST_F32, 4, (int64_t[]){N, L, h, h});
-        st_writer_add_empty(w, "rejected", ST_F32, 4, (int64_t[]){N, L, h, h});
+        const int64_t ishape[4] = {N, L, h, h};
+        t_img[0] = nt++;
+        st_writer_add_empty(w, "chosen", ST_F32, 4, ishape);
+        if (paired) {
+            t_img[1] = nt++;
+            st_writer_add_empty(w, "rejected", ST_F32, 4, ishape);
+        }
+        t_ehs = nt++;
         st_writer_add_empty(w, "encoder_hidden_states", ST_F32, 3, (int64_t[]){N, S, D});
         if (P) {
+            t_te = nt++;
             st_writer_add_empty(w, "text_embeds", ST_F32, 2, (int64_t[]){N, P});
+            t_tid = nt++;
             st_writer_add_empty(w, "time_ids", ST_F32, 2, (int64_t[]){N, 6});
         }
         if (flips) {
-            st_writer_add_empty(w, "chosen_hflip", ST_F32, 4, (int64_t[]){N, L, h, h});
-            st_writer_add_empty(w, "rejected_hflip", ST_F32, 4, (int64_t[]){N, L, h, h});
+            t_img[per] = nt++;
+            st_writer_add_empty(w, "chosen_hflip", ST_F32, 4, ishape);
+            if (paired) {
+                t_img[3] = nt++;
+                st_writer_add_empty(w, "rejected_hflip", ST_F32, 4, ishape);
+            }
         }
         double gib = (double)N * (nimg * lat + (int64_t)S * D + P + 6) * 4 / 1073741824.0;
         if (!c->quiet)
-            mapo_log(1, "mapo cache: %lld pairs at %dx%d -> %s (%.2f GiB)\n", (long long)N, res,
-                     res, c->out, gib);
+            mapo_log(1, "mapo cache: %lld %s at %dx%d%s -> %s (%.2f GiB)\n", (long long)N, unit,
+                     res, res,
+                     !p.pixel ? "" : pixel_ch == 1 ? " (pixel space, gray)" : " (pixel space, RGB)",
+                     c->out, gib);
         rc = st_writer_begin(w, c->out);
     }
-    float *z = xmalloc(4 * lat * sizeof(float)), *noise = xmalloc(4 * lat * sizeof(float));
+    float *z = xmalloc(nimg * lat * sizeof(float));
+    float *noise = p.pixel ? NULL : xmalloc(nimg * lat * sizeof(float));
     float *ehs = xmalloc((size_t)S * D * sizeof(float)), *pooled = xmalloc((P ? P : 1) * sizeof(float));
     const double t0 = mapo_now();
     for (int64_t j = 0; j < N && !rc; j++) {
         char *cap = NULL;
         int orig[2], crop[2];
         if (flips)
-            rc = pref_dataset_get_flips(ds, keep[j], &pc, (uint64_t)c->seed, &cap, ch, rj,
-                                        ch + 2 * pix, ch + 3 * pix, orig, crop);
+            rc = pref_dataset_get_flips(ds, keep[j], &pc, (uint64_t)c->seed, &cap, ch, rj, chf,
+                                        rjf, orig, crop);
         else
             rc = pref_dataset_get(ds, keep[j], &pc, (uint64_t)c->seed, 0, &cap, ch, rj, orig,
                                   crop);
-        if (rc > 0) rc = mapo_error("%s pair %lld became unreadable", c->dataset, (long long)keep[j]);
+        if (rc > 0)
+            rc = mapo_error("%s %s %lld became unreadable", c->dataset, paired ? "pair" : "image",
+                            (long long)keep[j]);
         if (rc) break;
-        /* chosen and rejected through the VAE together */
-        const float *nz = NULL;
-        if (!c->latents_mean) {
-            philox r;
-            philox_init(&r, (uint64_t)c->seed, STREAM_VAE_NOISE, (uint64_t)keep[j]);
-            philox_fill_normal(&r, noise, nimg * lat);
-            nz = noise;
+        if (p.pixel) {
+            to_pixel_space(z, img, nimg, L, (int64_t)res * res);
+        } else {
+            /* every image of the pair through the VAE together */
+            const float *nz = NULL;
+            if (!c->latents_mean) {
+                philox r;
+                philox_init(&r, (uint64_t)c->seed, STREAM_VAE_NOISE, (uint64_t)keep[j]);
+                philox_fill_normal(&r, noise, nimg * lat);
+                nz = noise;
+            }
+            rc = vae_encode_latents(p.vae, img, nimg, res, res, nz, z, 0);
         }
-        rc = vae_encode_latents(p.vae, ch, nimg, res, res, nz, z, 0);
         const char *cp = cap ? cap : "";
         if (!rc) rc = pipeline_encode_prompts(&p, &cp, 1, ehs, P ? pooled : NULL);
         free(cap);
-        if (!rc) rc = st_writer_put(w, 0, j * lat * 4, z, lat * 4);
-        if (!rc) rc = st_writer_put(w, 1, j * lat * 4, z + lat, lat * 4);
-        if (!rc) rc = st_writer_put(w, 2, j * (size_t)S * D * 4, ehs, (size_t)S * D * 4);
+        for (int k = 0; k < nimg && !rc; k++)
+            rc = st_writer_put(w, t_img[k], j * lat * 4, z + k * lat, lat * 4);
+        if (!rc) rc = st_writer_put(w, t_ehs, j * (size_t)S * D * 4, ehs, (size_t)S * D * 4);
         if (!rc && P) {
             float tid[6];
             pipeline_time_ids(tid, orig[0], orig[1], crop[0], crop[1], res, res);
-            rc = st_writer_put(w, 3, j * (size_t)P * 4, pooled, (size_t)P * 4);
-            if (!rc) rc = st_writer_put(w, 4, j * 24, tid, 24);
+            rc = st_writer_put(w, t_te, j * (size_t)P * 4, pooled, (size_t)P * 4);
+            if (!rc) rc = st_writer_put(w, t_tid, j * 24, tid, 24);
         }
-        if (!rc && flips) {
-            const int k = P ? 5 : 3;
-            rc = st_writer_put(w, k, j * lat * 4, z + 2 * lat, lat * 4);
-            if (!rc) rc = st_writer_put(w, k + 1, j * lat * 4, z + 3 * lat, lat * 4);
-        }
-        if (rc) rc = mapo_error_prefix("%s pair %lld", c->dataset, (long long)keep[j]);
-        progress(c, "encoding pairs", j + 1, N, t0);
+        if (rc)
+            rc = mapo_error_prefix("%s %s %lld", c->dataset, paired ? "pair" : "image",
+                                   (long long)keep[j]);
+        progress(c, paired ? "encoding pairs" : "encoding images", j + 1, N, t0);
     }
     free(z);
     free(noise);
     free(ehs);
     free(pooled);
-    free(ch);
+    free(img);
     free(keep);
     pref_dataset_close(ds);
     pipeline_free(&p);

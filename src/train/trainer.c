@@ -370,11 +370,11 @@ static int check_given_cache(const train_config *c) {
     char vae_cfg[4200];
     snprintf(vae_cfg, sizeof vae_cfg, "%s/vae/config.json", c->model_dir);
     struct stat st;
-    if (mf && stat(vae_cfg, &st) == 0) {
+    if (mf && (stat(vae_cfg, &st) == 0 || pipeline_is_pixel(c->model_dir))) {
         char want[32];
         if (pipeline_fingerprint(c->model_dir, want, sizeof want)) rc = -1;
         else if (strcmp(want, mf))
-            rc = mapo_error("%s: this cache was made with other tokenizers / text encoders / VAE "
+            rc = mapo_error("%s: this cache was made with other tokenizers / text encoders / VAE (if any) "
                             "than %s has (model_fingerprint %s, the pipeline's %s): rebuild it "
                             "with mapo cache", c->dataset, c->model_dir, mf, want);
     }
@@ -541,10 +541,11 @@ int train_run(const train_config *c) {
     b.s.target = xmalloc(n * b.s.chw * sizeof(float));
     b.s.eps = xmalloc(b.s.chw * sizeof(float));
     b.s.timestep = xmalloc(n * sizeof(float));
-    b.s.ehs = xmalloc((size_t)n * pf.S * pf.D * sizeof(float));
+    /* zeroed: the memory-plan probe runs the model on these rows before the first batch */
+    b.s.ehs = xcalloc((size_t)n * pf.S * pf.D, sizeof(float));
     if (pf.text_embeds) {
-        b.s.text_embeds = xmalloc((size_t)n * pf.P * sizeof(float));
-        b.s.time_ids = xmalloc(n * 6 * sizeof(float));
+        b.s.text_embeds = xcalloc((size_t)n * pf.P, sizeof(float));
+        b.s.time_ids = xcalloc((size_t)n * 6, sizeof(float));
     }
     in.sample = b.s.sample;
     in.timesteps = b.s.timestep;
