@@ -23,12 +23,12 @@ full)
   TASKS="style-0.25 style-0.50 style-0.75 style-1.00 safety general"
   METHODS="mapo dpo sft"
   SEEDS="0 1 2"
-  POOL_PER_CLASS=100      # base samples the training pairs are built from (1000)
+  POOL_PER_CLASS=60       # base samples the training pairs are built from (600)
   HELD_PER_CLASS=10       # base samples of the held-out pairs (100)
   VAL_PER_CLASS=5         # validation samples per run (50)
   TEST_PER_CLASS=10       # test samples per run (100)
-  STEPS=100; BATCH=8      # 800 pair visits a run
-  GRID_LR="1e-4 4e-4"
+  STEPS=60; BATCH=8       # 480 pair visits a run
+  GRID_LR="1e-4 5e-4"
   GRID_BETA_MAPO="0.1 1"
   GRID_BETA_DPO="500 5000"
   ;;
@@ -39,7 +39,7 @@ demo)
   SEEDS="0"
   POOL_PER_CLASS=30; HELD_PER_CLASS=5; VAL_PER_CLASS=0; TEST_PER_CLASS=10
   STEPS=100; BATCH=8
-  GRID_LR="4e-4"; GRID_BETA_MAPO="0.1"; GRID_BETA_DPO="5000"
+  GRID_LR="5e-4"; GRID_BETA_MAPO="0.1"; GRID_BETA_DPO="5000"
   ;;
 smoke) # the whole flow at toy sizes (tests/cli/study.sh)
   S=${2:-out/study-smoke}
@@ -52,7 +52,7 @@ smoke) # the whole flow at toy sizes (tests/cli/study.sh)
   ;;
 *) echo "usage: tools/study.sh [full|demo|smoke] [OUT]" >&2; exit 2 ;;
 esac
-SAMPLE_STEPS=${SAMPLE_STEPS:-15}; GUIDANCE=3; FD_IMAGES=${FD_IMAGES:-2000}
+SAMPLE_STEPS=${SAMPLE_STEPS:-10}; GUIDANCE=3; FD_IMAGES=${FD_IMAGES:-2000}
 NOISE_POOL=1000; NOISE_HELD=2000; NOISE_VAL=3000; NOISE_TEST=4000
 mkdir -p "$S/tasks" "$S/runs" "$S/logs"
 T0=${T0:-$(date +%s)}
@@ -68,6 +68,8 @@ run() {
   if [ "$split" = val ]; then per=$VAL_PER_CLASS; noise=$NOISE_VAL; else per=$TEST_PER_CLASS; noise=$NOISE_TEST; fi
   local bflag=()
   case $method in mapo) bflag=(--beta_mapo "$beta") ;; dpo) bflag=(--beta_dpo "$beta") ;; esac
+  local pflag=(--pairs "$S/tasks/$task/heldout.safetensors")
+  [ "$split" = val ] && pflag=()
   rm -rf "$d"; mkdir -p "$d"
   local t0=$(date +%s.%N)
   "$MAPO" train --pretrained_model_name_or_path "$BASE" --dataset_name "$S/tasks/$task/train.safetensors" \
@@ -76,7 +78,7 @@ run() {
       --no_memory_check --quiet > "$d/train.log" 2>&1 || { echo "run $name: training failed (see $d/train.log)" >&2; return 1; }
   local t1=$(date +%s.%N)
   "$MAPO" eval --model "$BASE" --unet "$d/unet" --evaluators "$EV" --out "$d/eval" --task "$kind" \
-      --against "$S/base-$split/scores.safetensors" --pairs "$S/tasks/$task/heldout.safetensors" \
+      --against "$S/base-$split/scores.safetensors" "${pflag[@]}" \
       --per_class "$per" --noise_seed $noise --num_inference_steps $SAMPLE_STEPS \
       --guidance_scale $GUIDANCE --fd_images $FD_IMAGES --quiet > "$d/eval.log" 2>&1 || { echo "run $name: eval failed (see $d/eval.log)" >&2; return 1; }
   local rss; rss=$(sed -n 's/.*peak RSS \([0-9.]*\) MiB.*/\1/p' "$d/train.log" | tail -1)
