@@ -28,7 +28,7 @@ full)
   VAL_PER_CLASS=5         # validation samples per run (50)
   TEST_PER_CLASS=10       # test samples per run (100)
   STEPS=60; BATCH=8       # 480 pair visits a run
-  GRID_LR="1e-4 5e-4"
+  GRID_LR="1e-5 4e-5"
   GRID_BETA_MAPO="0.1 1"
   GRID_BETA_DPO="500 5000"
   ;;
@@ -39,7 +39,7 @@ demo)
   SEEDS="0"
   POOL_PER_CLASS=30; HELD_PER_CLASS=5; VAL_PER_CLASS=0; TEST_PER_CLASS=10
   STEPS=100; BATCH=8
-  GRID_LR="5e-4"; GRID_BETA_MAPO="0.1"; GRID_BETA_DPO="5000"
+  GRID_LR="4e-5"; GRID_BETA_MAPO="0.1"; GRID_BETA_DPO="5000"
   ;;
 smoke) # the whole flow at toy sizes (tests/cli/study.sh)
   S=${2:-out/study-smoke}
@@ -131,12 +131,15 @@ if [ "$VAL_PER_CLASS" -gt 0 ]; then
   printf '%s\n' "${jobs_val[@]}" | STUDY_RUN=1 xargs -P "$JOBS" -L 1 bash tools/study.sh "$MODE" "$S"
 fi
 
-# the chosen (beta, lr) of a task and method: the best validation win rate over the base
+# the chosen (beta, lr) of a task and method: the best validation score, the mean of the win
+# rate over the base by the task's judge and by the class judge (aligned to the task while
+# keeping prompt fidelity: a model that only draws stripes wins the style judge alone)
 choose() { # TASK METHOD -> "beta lr"
   local best="" bw=-1
   for f in "$S"/runs/"$1-$2"-b*-s0-val/result.json; do
     [ -s "$f" ] || continue
-    local w; w=$(awk '/"win_rate"/{f=1} f&&/"rate"/{gsub(/[",]/,"");print $2; exit}' "$f")
+    local w; w=$(awk '/"win_rate"/{f=1} f&&/"rate"/{gsub(/[",]/,"");a=$2; f=0}
+                      /"win_rate_class"/{g=1} g&&/"rate"/{gsub(/[",]/,""); print (a+$2)/2; exit}' "$f")
     local b; b=$(sed -n 's/.*"beta": \([^,]*\),.*/\1/p' "$f" | head -1)
     local l; l=$(sed -n 's/.*"lr": \([^,]*\),.*/\1/p' "$f" | head -1)
     if awk -v a="$w" -v b="$bw" 'BEGIN{exit !(a>b)}'; then bw=$w; best="$b $l"; fi

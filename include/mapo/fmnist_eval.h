@@ -97,9 +97,13 @@ int fm_test_features(fm_judges *j, const char *data_dir, int64_t max_n, float **
  *         classifier gives the higher probability of the prompted class.
  * Written as a pair file (chosen, rejected, prompt_embeds [11,S,D], prompt_index = class)
  * with the task and its measured mismatch in the metadata and in <out>.json:
- *   similarity = mean over classes of cos(mean feature of the base samples, mean feature of
- *   the chosen images), mismatch = 1 - similarity; also the Frechet distance between the
- *   base samples' and the chosen images' features, and the same for the rejected side. */
+ *   similarity = the mean over classes of cos(mean image of the base samples, mean image of
+ *   the chosen images), pixels in [0, 1]; mismatch = 1 - similarity; the same for the rejected
+ *   side (mismatch_rejected); and the same in the class judge's feature space
+ *   (mismatch_features) with the Frechet distance there (fd_chosen, fd_rejected). The feature
+ *   space is the paper's kind of measure, but the class judge was trained to ignore the style
+ *   and the mark (its job is the class), so it cannot see the style's strength: pixel space is
+ *   the mismatch the study plots against (docs/STUDY.md). */
 typedef struct {
     fm_task task;
     double strength;          /* style only, in (0, 1] */

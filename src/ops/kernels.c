@@ -16,6 +16,7 @@
    arguments are <= 0 after the max shift). libm's expf is a scalar call per element and was 18%
    of a training step in attention. */
 static inline float expf_poly(float v) {
+    if (v != v) return v; /* NaN: propagate (the int conversion below is undefined for it) */
     v = v < -87.0f ? -87.0f : (v > 88.0f ? 88.0f : v);
     const float fn = floorf(v * 1.44269504088896341f + 0.5f);
     const float r = (v - fn * 0.693359375f) - fn * -2.12194440e-4f;

@@ -94,26 +94,48 @@ static void general_pairs(pairs_buf *b, const fm_scores *s) {
     }
 }
 
-/* mean over classes of cos(class mean of base features, class mean of the side's features) */
-static double class_similarity(const fm_scores *s, const float *feat, const int32_t *cls,
-                               int64_t n) {
-    const int F = s->F;
+/* mean over classes of cos(class mean of the base features fa, class mean of the features fb) */
+static double class_similarity(const float *fa, const int *ca, int64_t na, const float *fb,
+                               const int32_t *cb, int64_t nb, int F) {
     double sum = 0;
     int used = 0;
-    float *a = xmalloc((size_t)s->n * F * sizeof(float)), *b = xmalloc((size_t)n * F * sizeof(float));
+    float *a = xmalloc((size_t)na * F * sizeof(float)), *b = xmalloc((size_t)nb * F * sizeof(float));
     for (int k = 0; k < FM_CLASSES; k++) {
-        int64_t na = 0, nb = 0;
-        for (int64_t i = 0; i < s->n; i++)
-            if (s->cls[i] == k) memcpy(a + na++ * F, s->features + i * F, F * sizeof(float));
-        for (int64_t i = 0; i < n; i++)
-            if (cls[i] == k) memcpy(b + nb++ * F, feat + i * F, F * sizeof(float));
-        if (!na || !nb) continue;
-        double c = mean_vector_cosine(a, na, b, nb, F);
+        int64_t ma = 0, mb = 0;
+        for (int64_t i = 0; i < na; i++)
+            if (ca[i] == k) memcpy(a + ma++ * F, fa + i * F, F * sizeof(float));
+        for (int64_t i = 0; i < nb; i++)
+            if (cb[i] == k) memcpy(b + mb++ * F, fb + i * F, F * sizeof(float));
+        if (!ma || !mb) continue;
+        double c = mean_vector_cosine(a, ma, b, mb, F);
         if (isfinite(c)) sum += c, used++;
     }
     free(a);
     free(b);
     return used ? sum / used : NAN;
+}
+
+/* Similarity of the pool to the chosen (side 0) and rejected (side 1) images: sim[side][0] in
+   pixel space (images mapped to [0, 1]), sim[side][1] in the class judge's feature space. */
+static int side_similarities(fm_judges *j, const fm_scores *s, const pairs_buf *b,
+                             double sim[2][2]) {
+    const int F = j->F;
+    float *fs = xmalloc((size_t)b->n * F * sizeof(float));
+    float *pp = xmalloc((size_t)s->n * FM_PIX * sizeof(float));
+    float *ps = xmalloc((size_t)b->n * FM_PIX * sizeof(float));
+    for (int64_t i = 0; i < s->n * FM_PIX; i++) pp[i] = (s->images[i] + 1.0f) * 0.5f;
+    int rc = 0;
+    for (int side = 0; side < 2 && !rc; side++) {
+        const float *x = side ? b->rejected : b->chosen;
+        for (int64_t i = 0; i < b->n * FM_PIX; i++) ps[i] = (x[i] + 1.0f) * 0.5f;
+        sim[side][0] = class_similarity(pp, s->cls, s->n, ps, b->cls, b->n, FM_PIX);
+        rc = classifier_forward(j->cls, x, b->n, NULL, fs);
+        if (!rc) sim[side][1] = class_similarity(s->features, s->cls, s->n, fs, b->cls, b->n, F);
+    }
+    free(fs);
+    free(pp);
+    free(ps);
+    return rc;
 }
 
 int fm_build_pairs(const fm_pairs_cfg *c) {
@@ -134,7 +156,7 @@ int fm_build_pairs(const fm_pairs_cfg *c) {
     fm_judges j = {0};
     float *fw = NULL, *fl = NULL, *ehs = NULL;
     int S = 0, D = 0;
-    double sim_w = NAN, sim_l = NAN, fd_w = NAN, fd_l = NAN;
+    double sim[2][2] = {{NAN, NAN}, {NAN, NAN}}, fd_w = NAN, fd_l = NAN;
     if (!rc) rc = fm_judges_load(&j, c->evaluators);
     if (!rc) {
         fw = xmalloc((size_t)b.n * j.F * sizeof(float));
@@ -143,10 +165,9 @@ int fm_build_pairs(const fm_pairs_cfg *c) {
         if (!rc) rc = classifier_forward(j.cls, b.rejected, b.n, NULL, fl);
     }
     if (!rc) {
-        sim_w = class_similarity(&s, fw, b.cls, b.n);
-        sim_l = class_similarity(&s, fl, b.cls, b.n);
-        if (frechet_distance_features(&fd_w, s.features, s.n, fw, b.n, j.F) ||
-            frechet_distance_features(&fd_l, s.features, s.n, fl, b.n, j.F))
+        rc = side_similarities(&j, &s, &b, sim);
+        if (!rc && (frechet_distance_features(&fd_w, s.features, s.n, fw, b.n, j.F) ||
+            frechet_distance_features(&fd_l, s.features, s.n, fl, b.n, j.F)))
             rc = -1;
     }
     if (!rc) rc = fm_prompt_table(c->pipeline, &ehs, &S, &D);
@@ -157,13 +178,14 @@ int fm_build_pairs(const fm_pairs_cfg *c) {
         st_writer_add(w, "rejected", ST_F32, 4, si, b.rejected);
         st_writer_add(w, "prompt_embeds", ST_F32, 3, se, ehs);
         st_writer_add(w, "prompt_index", ST_I32, 1, sn, b.cls);
-        json_t *info = json_pack("{sssfsIsssfsfsfsfsfsIsf}", "task", fm_task_name(c->task),
-                                 "strength", c->task == FM_TASK_STYLE ? c->strength : 0.0,
-                                 "pairs", (json_int_t)b.n, "split", c->split ? c->split : "",
-                                 "similarity", sim_w, "mismatch", 1.0 - sim_w,
-                                 "similarity_rejected", sim_l, "fd_chosen", fd_w,
-                                 "fd_rejected", fd_l, "pool_noise_seed",
-                                 (json_int_t)s.noise_seed, "pool_guidance", s.guidance);
+        json_t *info = json_pack(
+            "{sssfsIsssfsfsfsfsfsfsfsfsIsf}", "task", fm_task_name(c->task), "strength",
+            c->task == FM_TASK_STYLE ? c->strength : 0.0, "pairs", (json_int_t)b.n, "split",
+            c->split ? c->split : "", "similarity", sim[0][0], "mismatch", 1.0 - sim[0][0],
+            "mismatch_rejected", 1.0 - sim[1][0], "similarity_features", sim[0][1],
+            "mismatch_features", 1.0 - sim[0][1], "mismatch_features_rejected", 1.0 - sim[1][1],
+            "fd_chosen", fd_w, "fd_rejected", fd_l, "pool_noise_seed", (json_int_t)s.noise_seed,
+            "pool_guidance", s.guidance);
         char *js = json_dumps(info, JSON_COMPACT | JSON_PRESERVE_ORDER);
         st_writer_meta(w, "fmnist_task", js);
         rc = st_writer_write(w, c->out);
