@@ -5,7 +5,7 @@
 # preference pairs whose chosen images are real garments in a striped style the base model never
 # draws (rejected: its own samples), aligns the base with MaPO and with Diffusion-DPO under
 # identical data order, noise and timesteps, evaluates both on held-out noise against the base,
-# and writes the report (out/demo/report/index.html). About 6 minutes on 2 cores.
+# and writes the report (out/demo/report/index.html). About 3 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=out/demo

@@ -1,5 +1,5 @@
 /* objectives.c -- MaPO, Diffusion-DPO and SFT as functions of the per-sample errors
- * (see objectives.h and /work/shared/METHOD.md). All in double.
+ * (see objectives.h, where the formulas are stated). All in double.
  *
  * Stability. With x = s*l, g = x/(e^x - 1):
  *   |x| < 1e-5      g = 1 - x/2 + x^2/12           (next term x^4/720 < 1e-23)
