@@ -28,8 +28,8 @@ full)
   VAL_PER_CLASS=5         # validation samples per run (50)
   TEST_PER_CLASS=10       # test samples per run (100)
   STEPS=60; BATCH=8       # 480 pair visits a run
-  GRID_LR="1e-5 4e-5"
-  GRID_BETA_MAPO="0.1 1"
+  GRID_LR="4e-5 2e-4"
+  GRID_BETA_MAPO="0.01 0.1"
   GRID_BETA_DPO="500 5000"
   ;;
 demo)
@@ -39,7 +39,7 @@ demo)
   SEEDS="0"
   POOL_PER_CLASS=30; HELD_PER_CLASS=5; VAL_PER_CLASS=0; TEST_PER_CLASS=10
   STEPS=100; BATCH=8
-  GRID_LR="4e-5"; GRID_BETA_MAPO="0.1"; GRID_BETA_DPO="5000"
+  GRID_LR="2e-4"; GRID_BETA_MAPO="0.01"; GRID_BETA_DPO="5000"   # the study's choices
   ;;
 smoke) # the whole flow at toy sizes (tests/cli/study.sh)
   S=${2:-out/study-smoke}
@@ -183,6 +183,6 @@ printf '%s\n' "${jobs_test[@]}" | STUDY_RUN=1 xargs -P "$JOBS" -L 1 bash tools/s
       "$sep" "$task" "$kind" "$strength" "$mism" "$metric" "$hb" "$desc" "$info" "$tr" "$ca" "$fd"
     sep=","
   done
-  printf '],\n "notes": ["%s steps of batch %s pairs per run, full fine-tune of the base UNet; DDIM %s steps, guidance %s; win rates are paired (same prompts and initial noise as the base) and judged by the task detector; the Frechet distance uses the class classifier features against 2000 real test images"]}\n' "$STEPS" "$BATCH" "$SAMPLE_STEPS" "$GUIDANCE"
+  printf '],\n "notes": ["%s steps of batch %s pairs per run, full fine-tune of the base UNet, AdamW, constant LR; every method sees the same pairs, noise and timesteps (counter-based from the seed)", "hyper-parameters chosen on validation noise (seed 0) by the mean of the win rate over the base by the task judge and by the class judge (the report table of the search shows the task win rate only); final runs: 3 seeds on test noise", "samples: DDIM %s steps, guidance %s, from the same initial noise for every model; win rates are paired against the base model", "mismatch: 1 - mean over classes of the cosine between the mean image of the base samples and of the chosen images (pixels in [0, 1]); the Frechet distance uses the class judge features against %s real test images"]}\n' "$STEPS" "$BATCH" "$SAMPLE_STEPS" "$GUIDANCE" "$FD_IMAGES"
 } > "$S/study.json.tmp" && mv "$S/study.json.tmp" "$S/study.json"
 say "study done: $S/study.json and $S/runs/*/result.json"
