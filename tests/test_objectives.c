@@ -296,6 +296,25 @@ static void test_nonfinite_refused(void **s) {
     assert_int_equal(objective_dpo(dl, &st, l, r, 0, 5000), -1);
 }
 
+/* The plain denoising loss of single images (pretraining): the mean, 1/n each, and it reads
+   exactly n errors (an ASan build catches a read past them: the trainer's buffer holds n). */
+static void test_denoise(void **s) {
+    (void)s;
+    double *l = malloc(3 * sizeof(double)), dl[3];
+    l[0] = 0.1, l[1] = 0.4, l[2] = 0.7;
+    objective_stats st;
+    assert_int_equal(objective_denoise(dl, &st, l, 3), 0);
+    assert_float_equal(st.loss, 0.4, 1e-15);
+    assert_float_equal(st.err_w, 0.4, 1e-15);
+    assert_float_equal(st.err_l, 0.0, 0);
+    for (int i = 0; i < 3; i++) assert_float_equal(dl[i], 1.0 / 3, 1e-16);
+    l[2] = NAN;
+    assert_int_equal(objective_denoise(dl, &st, l, 3), -1);
+    assert_non_null(strstr(mapo_last_error(), "image 2"));
+    assert_int_equal(objective_denoise(dl, &st, l, 0), -1);
+    free(l);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mapo_fixture),
@@ -305,6 +324,7 @@ int main(void) {
         cmocka_unit_test(test_finite_range),
         cmocka_unit_test(test_finite_differences),
         cmocka_unit_test(test_nonfinite_refused),
+        cmocka_unit_test(test_denoise),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -176,14 +176,14 @@ int objective_sft(double *dl, objective_stats *st, const double *l, int B) {
 int objective_denoise(double *dl, objective_stats *st, const double *l, int n) {
     stats_clear(st);
     if (n <= 0) return mapo_error("denoising loss needs at least one image (got %d)", n);
-    if (check_errors("per-sample error", l, n, "denoising")) return -1;
     double sum = 0;
     for (int i = 0; i < n; i++) {
+        if (!isfinite(l[i]))
+            return mapo_error("denoising loss is not finite: per-sample error of image %d is %g",
+                              i, l[i]);
         sum += l[i];
         dl[i] = 1.0 / n;
     }
     st->err_w = st->loss = sum / n;
-    for (int i = 0; i < n; i++)
-        if (!isfinite(dl[i])) return mapo_error("denoising: non-finite gradient");
-    return isfinite(st->loss) ? 0 : mapo_error("denoising: the loss is not finite");
+    return isfinite(st->loss) ? 0 : mapo_error("denoising loss is not finite (%g)", st->loss);
 }
