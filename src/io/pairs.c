@@ -63,11 +63,9 @@ int pair_file_open(pair_file *p, const char *path, const unet_config *c) {
     if (st_open(&p->f, path)) return -1;
     const st_tensor *ch = st_find(&p->f, "chosen");
     const st_tensor *eh = st_find(&p->f, "encoder_hidden_states");
-    const char *eh_name = "encoder_hidden_states";
-    if (!eh) {
-        eh = st_find(&p->f, "prompt_embeds");
-        eh_name = "prompt_embeds";
-    }
+    const int table = eh == NULL; /* a prompt table: prompt_embeds + prompt_index */
+    const char *eh_name = table ? "prompt_embeds" : "encoder_hidden_states";
+    if (table) eh = st_find(&p->f, eh_name);
     if (!ch || ch->ndim != 4 || !eh || eh->ndim != 3) {
         st_close(&p->f);
         return mapo_error("%s: a pair file needs 'chosen' [N,C,H,W], 'rejected' [N,C,H,W] and "
@@ -88,13 +86,13 @@ int pair_file_open(pair_file *p, const char *path, const unet_config *c) {
     else if (p->D != c->cross_dim)
         rc = mapo_error("%s: encoder_hidden_states width %d != the model's cross_attention_dim "
                         "%d", path, p->D, c->cross_dim);
-    p->n_prompts = eh == st_find(&p->f, "encoder_hidden_states") ? p->N : eh->shape[0];
+    p->n_prompts = table ? eh->shape[0] : p->N;
     int64_t img[4] = {p->N, p->C, p->H, p->W}, e[3] = {p->n_prompts, p->S, p->D};
     if (!rc) rc = get_f32(&p->f, "chosen", 4, img, &p->chosen, &p->owned[0], 0);
     if (!rc) rc = get_f32(&p->f, "rejected", 4, img, &p->rejected, &p->owned[1], 1);
     if (!rc) rc = get_f32(&p->f, eh_name, 3, e, &p->ehs, &p->owned[2], 0);
     if (!rc && p->n_prompts < 1) rc = mapo_error("%s: prompt_embeds holds no prompt", path);
-    if (!rc && strcmp(eh_name, "encoder_hidden_states")) {
+    if (!rc && table) {
         const float *pi;
         float *own = NULL;
         int64_t ni[1] = {p->N};
