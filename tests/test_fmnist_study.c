@@ -46,13 +46,10 @@ static void test_style_and_mark(void **st) {
 }
 
 static float *test_images(int64_t n, int **labels) {
-    fmnist_split sp;
-    assert_int_equal(fmnist_load(&sp, fmnist_default_dir(), "t10k", n), 0);
-    float *x = malloc((size_t)n * FM_PIX * sizeof(float));
-    assert_int_equal(fmnist_to_pixels(x, sp.images, n, sp.h, sp.w, FM_SIZE), 0);
-    *labels = malloc((size_t)n * sizeof(int));
-    for (int64_t i = 0; i < n; i++) (*labels)[i] = sp.labels[i];
-    fmnist_free(&sp);
+    float *x;
+    int64_t got;
+    assert_int_equal(fm_load_pixels(NULL, "t10k", n, &x, labels, &got), 0);
+    assert_int_equal(got, n);
     return x;
 }
 

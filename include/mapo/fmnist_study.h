@@ -44,6 +44,11 @@ int fm_build_pretrain(const fm_pretrain_cfg *c);
 int fm_is_marked(uint64_t seed, int64_t i, double share);
 int fm_is_uncaptioned(uint64_t seed, int64_t i, double share);
 
+/* The first max_n images (0: all) of a split ("train" / "t10k") of the Fashion-MNIST folder dir
+ * (NULL: the Debian package's) as x [n,1,32,32] in [-1,1] and labels [n]; caller frees both. */
+int fm_load_pixels(const char *dir, const char *prefix, int64_t max_n, float **x, int **labels,
+                   int64_t *n);
+
 /* Prompt table of the pipeline: [11, S, D] = classes 0..9 then "". Caller frees *ehs. */
 int fm_prompt_table(const char *pipeline_dir, float **ehs, int *S, int *D);
 

@@ -78,23 +78,6 @@ static int augment(int k, float *img, int cls, uint64_t seed, int64_t i) {
     }
 }
 
-static int load_split(const char *dir, const char *prefix, int64_t max_n, float **x, int **lab,
-                      int64_t *n) {
-    fmnist_split sp;
-    if (fmnist_load(&sp, dir ? dir : fmnist_default_dir(), prefix, max_n)) return -1;
-    *n = sp.n;
-    *x = xmalloc((size_t)sp.n * FM_PIX * sizeof(float));
-    *lab = xmalloc((size_t)sp.n * sizeof(int));
-    int rc = fmnist_to_pixels(*x, sp.images, sp.n, sp.h, sp.w, FM_SIZE);
-    for (int64_t i = 0; i < sp.n; i++) (*lab)[i] = sp.labels[i];
-    fmnist_free(&sp);
-    if (rc) {
-        free(*x);
-        free(*lab);
-    }
-    return rc;
-}
-
 int fm_train_evaluators(const fm_eval_train_cfg *c) {
     if (!c->out) return mapo_error("needs an output folder");
     if (c->epochs < 1 || c->epochs > 1000) return mapo_error("--epochs must be in 1..1000");
@@ -103,8 +86,8 @@ int fm_train_evaluators(const fm_eval_train_cfg *c) {
     float *xtr, *xte;
     int *ltr, *lte;
     int64_t ntr, nte;
-    if (load_split(c->data_dir, "train", c->max_images, &xtr, &ltr, &ntr)) return -1;
-    if (load_split(c->data_dir, "t10k", c->max_images, &xte, &lte, &nte)) {
+    if (fm_load_pixels(c->data_dir, "train", c->max_images, &xtr, &ltr, &ntr)) return -1;
+    if (fm_load_pixels(c->data_dir, "t10k", c->max_images, &xte, &lte, &nte)) {
         free(xtr);
         free(ltr);
         return -1;

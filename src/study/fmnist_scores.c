@@ -8,7 +8,6 @@
 #include "mapo/common.h"
 #include "mapo/fmnist_eval.h"
 #include "mapo/fmnist_study.h"
-#include "mapo/idx.h"
 #include "mapo/image.h"
 #include "mapo/safetensors.h"
 
@@ -175,18 +174,14 @@ int fm_write_grid(const char *path, const float *x, int64_t n, int cols, int sca
 
 int fm_test_features(fm_judges *j, const char *data_dir, int64_t max_n, float **feat,
                      int64_t *n) {
-    fmnist_split sp;
+    float *x;
+    int *lab;
     *feat = NULL;
-    if (fmnist_load(&sp, data_dir ? data_dir : fmnist_default_dir(), "t10k", max_n)) return -1;
-    float *x = xmalloc((size_t)sp.n * FM_PIX * sizeof(float));
-    int rc = fmnist_to_pixels(x, sp.images, sp.n, sp.h, sp.w, FM_SIZE);
-    *n = sp.n;
-    fmnist_free(&sp);
-    if (!rc) {
-        *feat = xmalloc((size_t)*n * j->F * sizeof(float));
-        rc = classifier_forward(j->cls, x, *n, NULL, *feat);
-    }
+    if (fm_load_pixels(data_dir, "t10k", max_n, &x, &lab, n)) return -1;
+    *feat = xmalloc((size_t)*n * j->F * sizeof(float));
+    int rc = classifier_forward(j->cls, x, *n, NULL, *feat);
     free(x);
+    free(lab);
     if (rc) {
         free(*feat);
         *feat = NULL;

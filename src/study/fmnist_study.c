@@ -138,3 +138,24 @@ int fm_build_pretrain(const fm_pretrain_cfg *c) {
     fmnist_free(&sp);
     return rc;
 }
+
+int fm_load_pixels(const char *dir, const char *prefix, int64_t max_n, float **x, int **labels,
+                   int64_t *n) {
+    fmnist_split sp;
+    *x = NULL;
+    *labels = NULL;
+    if (fmnist_load(&sp, dir ? dir : fmnist_default_dir(), prefix, max_n)) return -1;
+    *n = sp.n;
+    *x = xmalloc((size_t)sp.n * FM_PIX * sizeof(float));
+    *labels = xmalloc((size_t)sp.n * sizeof(int));
+    int rc = fmnist_to_pixels(*x, sp.images, sp.n, sp.h, sp.w, FM_SIZE);
+    for (int64_t i = 0; i < sp.n; i++) (*labels)[i] = sp.labels[i];
+    fmnist_free(&sp);
+    if (rc) {
+        free(*x);
+        free(*labels);
+        *x = NULL;
+        *labels = NULL;
+    }
+    return rc;
+}
