@@ -116,26 +116,21 @@ static double class_similarity(const float *fa, const int *ca, int64_t na, const
 }
 
 /* Similarity of the pool to the chosen (side 0) and rejected (side 1) images: sim[side][0] in
-   pixel space (images mapped to [0, 1]), sim[side][1] in the class judge's feature space. */
-static int side_similarities(fm_judges *j, const fm_scores *s, const pairs_buf *b,
-                             double sim[2][2]) {
-    const int F = j->F;
-    float *fs = xmalloc((size_t)b->n * F * sizeof(float));
+   pixel space (images mapped to [0, 1]), sim[side][1] in the class judge's feature space, from
+   the sides' features feat[side] [n,F] (the pool's are in s). */
+static void side_similarities(int F, const fm_scores *s, const pairs_buf *b,
+                              float *const feat[2], double sim[2][2]) {
     float *pp = xmalloc((size_t)s->n * FM_PIX * sizeof(float));
     float *ps = xmalloc((size_t)b->n * FM_PIX * sizeof(float));
     for (int64_t i = 0; i < s->n * FM_PIX; i++) pp[i] = (s->images[i] + 1.0f) * 0.5f;
-    int rc = 0;
-    for (int side = 0; side < 2 && !rc; side++) {
+    for (int side = 0; side < 2; side++) {
         const float *x = side ? b->rejected : b->chosen;
         for (int64_t i = 0; i < b->n * FM_PIX; i++) ps[i] = (x[i] + 1.0f) * 0.5f;
         sim[side][0] = class_similarity(pp, s->cls, s->n, ps, b->cls, b->n, FM_PIX);
-        rc = classifier_forward(j->cls, x, b->n, NULL, fs);
-        if (!rc) sim[side][1] = class_similarity(s->features, s->cls, s->n, fs, b->cls, b->n, F);
+        sim[side][1] = class_similarity(s->features, s->cls, s->n, feat[side], b->cls, b->n, F);
     }
-    free(fs);
     free(pp);
     free(ps);
-    return rc;
 }
 
 int fm_build_pairs(const fm_pairs_cfg *c) {
@@ -165,9 +160,10 @@ int fm_build_pairs(const fm_pairs_cfg *c) {
         if (!rc) rc = classifier_forward(j.cls, b.rejected, b.n, NULL, fl);
     }
     if (!rc) {
-        rc = side_similarities(&j, &s, &b, sim);
-        if (!rc && (frechet_distance_features(&fd_w, s.features, s.n, fw, b.n, j.F) ||
-            frechet_distance_features(&fd_l, s.features, s.n, fl, b.n, j.F)))
+        float *const feat[2] = {fw, fl};
+        side_similarities(j.F, &s, &b, feat, sim);
+        if (frechet_distance_features(&fd_w, s.features, s.n, fw, b.n, j.F) ||
+            frechet_distance_features(&fd_l, s.features, s.n, fl, b.n, j.F))
             rc = -1;
     }
     if (!rc) rc = fm_prompt_table(c->pipeline, &ehs, &S, &D);
