@@ -44,7 +44,8 @@ int pipeline_load(pipeline *p, const char *dir, int parts, const char *unet_dir,
                   int unet_with_grad);
 void pipeline_free(pipeline *p);
 
-/* 1 when dir's model_index.json declares no VAE ("vae": [null, null]): a pixel-space pipeline
+/* 1 when dir has no vae/ folder and its model_index.json declares no VAE ("vae": [null, null]):
+ * a pixel-space pipeline
  * (tokenizer, text_encoder, unet, scheduler), whose UNet denoises images in [-1, 1]. */
 int pipeline_is_pixel(const char *dir);
 /* Pixels per latent cell: the VAE's downscale factor, 1 for a pixel-space pipeline. */

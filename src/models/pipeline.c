@@ -78,7 +78,7 @@ int pipeline_load(pipeline *p, const char *dir, int parts, const char *unet_dir,
         /* a pixel-space pipeline has no vae/ (model_index.json "vae": [null, null]): the UNet
            sees images in [-1, 1] directly */
         snprintf(q, sizeof q, "%s/vae", dir);
-        if (!mapo_is_dir(q) && pipeline_is_pixel(dir)) p->pixel = 1;
+        if (pipeline_is_pixel(dir)) p->pixel = 1;
         else if (vae_load_dir(&p->vae, q)) rc = -1;
     }
     if (!rc && (parts & PIPE_UNET)) {
@@ -110,6 +110,8 @@ int pipeline_load(pipeline *p, const char *dir, int parts, const char *unet_dir,
 
 int pipeline_is_pixel(const char *dir) {
     char q[4200];
+    snprintf(q, sizeof q, "%s/vae", dir);
+    if (mapo_is_dir(q)) return 0;
     snprintf(q, sizeof q, "%s/model_index.json", dir);
     json_error_t je;
     json_t *mi = json_load_file(q, 0, &je);

@@ -103,8 +103,7 @@ int dataset_fingerprint(const char *path, char *buf, size_t n) {
    model_index.json "vae": [null, null], as pipeline_load decides), 0 with a VAE. */
 static int space_of(const cache_config *c, int *res, int *pixel_ch) {
     char q[4200];
-    snprintf(q, sizeof q, "%s/vae", c->model_dir);
-    const int pixel = !mapo_is_dir(q) && pipeline_is_pixel(c->model_dir);
+    const int pixel = pipeline_is_pixel(c->model_dir);
     *res = c->resolution;
     *pixel_ch = 0;
     if (*res && !pixel) return 0;
