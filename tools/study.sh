@@ -28,9 +28,9 @@ full)
   VAL_PER_CLASS=5         # validation samples per run (50)
   TEST_PER_CLASS=10       # test samples per run (100)
   STEPS=60; BATCH=8       # 480 pair visits a run
-  GRID_LR="4e-5 2e-4"
-  GRID_BETA_MAPO="0.01 0.1"
-  GRID_BETA_DPO="500 5000"
+  GRID_LR=${GRID_LR:-"4e-5 2e-4"}               # the grids can be set from the environment
+  GRID_BETA_MAPO=${GRID_BETA_MAPO:-"0.01 0.1"}
+  GRID_BETA_DPO=${GRID_BETA_DPO:-"500 5000"}
   ;;
 demo)
   S=${2:-out/demo}
