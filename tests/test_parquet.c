@@ -416,6 +416,157 @@ static void test_fuzz(void **state) {
            total - fails);
 }
 
+/* ------------------------------------------------------------ hostile sizes (built here) */
+
+/* A minimal parquet file written byte by byte: one required BYTE_ARRAY column "x", one row
+ * group of `rows` rows, one v1 data page whose header declares `usize` uncompressed bytes and
+ * whose body is `body`. The header lies; the file stays a few dozen bytes. */
+typedef struct {
+    uint8_t b[512];
+    size_t n;
+} wbuf;
+static void wb_put(wbuf *w, const void *p, size_t n) {
+    assert_true(w->n + n <= sizeof w->b);
+    memcpy(w->b + w->n, p, n);
+    w->n += n;
+}
+static void wb_byte(wbuf *w, uint8_t c) { wb_put(w, &c, 1); }
+static void wb_varint(wbuf *w, uint64_t v) {
+    while (v >= 0x80) {
+        wb_byte(w, (uint8_t)(v | 0x80));
+        v >>= 7;
+    }
+    wb_byte(w, (uint8_t)v);
+}
+static void wb_zz(wbuf *w, int64_t v) { wb_varint(w, ((uint64_t)v << 1) ^ (uint64_t)(v >> 63)); }
+/* Thrift compact: field header (delta form), then an integer / a string */
+enum { W_I32 = 5, W_I64 = 6, W_BIN = 8, W_LIST = 9, W_STRUCT = 12 };
+static void wb_field(wbuf *w, int16_t *last, int16_t id, int type) {
+    assert_true(id > *last && id - *last <= 15);
+    wb_byte(w, (uint8_t)((id - *last) << 4 | type));
+    *last = id;
+}
+static void wb_int(wbuf *w, int16_t *last, int16_t id, int type, int64_t v) {
+    wb_field(w, last, id, type);
+    wb_zz(w, v);
+}
+static void wb_str(wbuf *w, int16_t *last, int16_t id, const char *s) {
+    wb_field(w, last, id, W_BIN);
+    wb_varint(w, strlen(s));
+    wb_put(w, s, strlen(s));
+}
+
+static void write_lying_parquet(const char *path, int codec, int64_t rows, int32_t usize,
+                                const uint8_t *body, size_t blen) {
+    wbuf pg = {0}, m = {0};
+    int16_t l = 0, d = 0;
+    wb_int(&pg, &l, 1, W_I32, 0); /* DATA_PAGE */
+    wb_int(&pg, &l, 2, W_I32, usize);
+    wb_int(&pg, &l, 3, W_I32, (int64_t)blen);
+    wb_field(&pg, &l, 5, W_STRUCT);
+    wb_int(&pg, &d, 1, W_I32, rows > INT32_MAX ? INT32_MAX : rows);
+    wb_int(&pg, &d, 2, W_I32, 0); /* PLAIN */
+    wb_int(&pg, &d, 3, W_I32, 3); /* RLE */
+    wb_int(&pg, &d, 4, W_I32, 3);
+    wb_byte(&pg, 0);
+    wb_byte(&pg, 0);
+    wb_put(&pg, body, blen);
+    const int64_t chunk = (int64_t)pg.n;
+    l = 0;
+    wb_int(&m, &l, 1, W_I32, 1);
+    wb_field(&m, &l, 2, W_LIST); /* schema: root + "x" */
+    wb_byte(&m, 2 << 4 | W_STRUCT);
+    int16_t s = 0;
+    wb_str(&m, &s, 4, "schema");
+    wb_int(&m, &s, 5, W_I32, 1);
+    wb_byte(&m, 0);
+    s = 0;
+    wb_int(&m, &s, 1, W_I32, 6); /* BYTE_ARRAY */
+    wb_int(&m, &s, 3, W_I32, 0); /* REQUIRED */
+    wb_str(&m, &s, 4, "x");
+    wb_byte(&m, 0);
+    wb_int(&m, &l, 3, W_I64, rows);
+    wb_field(&m, &l, 4, W_LIST); /* one row group */
+    wb_byte(&m, 1 << 4 | W_STRUCT);
+    int16_t g = 0, c = 0, k = 0;
+    wb_field(&m, &g, 1, W_LIST); /* one column chunk */
+    wb_byte(&m, 1 << 4 | W_STRUCT);
+    wb_int(&m, &c, 2, W_I64, 4);
+    wb_field(&m, &c, 3, W_STRUCT);
+    wb_int(&m, &k, 1, W_I32, 6);
+    wb_field(&m, &k, 2, W_LIST);
+    wb_byte(&m, 1 << 4 | W_I32);
+    wb_zz(&m, 0);
+    wb_field(&m, &k, 3, W_LIST);
+    wb_byte(&m, 1 << 4 | W_BIN);
+    wb_varint(&m, 1);
+    wb_put(&m, "x", 1);
+    wb_int(&m, &k, 4, W_I32, codec);
+    wb_int(&m, &k, 5, W_I64, rows);
+    wb_int(&m, &k, 6, W_I64, chunk);
+    wb_int(&m, &k, 7, W_I64, chunk);
+    wb_int(&m, &k, 9, W_I64, 4);
+    wb_byte(&m, 0); /* ColumnMetaData */
+    wb_byte(&m, 0); /* ColumnChunk */
+    wb_int(&m, &g, 2, W_I64, chunk);
+    wb_int(&m, &g, 3, W_I64, rows);
+    wb_byte(&m, 0); /* RowGroup */
+    wb_byte(&m, 0); /* FileMetaData */
+    wbuf f = {0};
+    wb_put(&f, "PAR1", 4);
+    wb_put(&f, pg.b, pg.n);
+    wb_put(&f, m.b, m.n);
+    uint8_t len[4] = {(uint8_t)m.n, (uint8_t)(m.n >> 8), 0, 0};
+    wb_put(&f, len, 4);
+    wb_put(&f, "PAR1", 4);
+    write_bytes(path, f.b, f.n);
+}
+
+/* opens, reads column 0 of row group 0: must fail with every needle in the message */
+static void expect_size_refused(const char *path, const char *need1, const char *need2) {
+    parquet_file *pf;
+    if (parquet_open(&pf, path)) fail_msg("%s: %s", path, mapo_last_error());
+    parquet_column col;
+    mapo_error("%s", "");
+    int rc = parquet_read_column(pf, 0, 0, &col);
+    parquet_close(pf);
+    if (rc == 0) fail_msg("%s: read a page that lies about its size", path);
+    const char *e = mapo_last_error();
+    if (!strstr(e, path) || !strstr(e, need1) || (need2 && !strstr(e, need2)))
+        fail_msg("%s: expected '%s' / '%s' in: %s", path, need1, need2 ? need2 : "", e);
+    printf("  %s\n", strstr(e, "page at") ? strstr(e, "page at") : e);
+}
+
+/* Headers declaring gigabytes in a few bytes: each refused before the page buffer is
+ * allocated, with the declared size in the message (docs/RELIABILITY.md "Hostile sizes").
+ * Without the checks the reader would allocate what the header says and fail later (or
+ * never: a 2^26-row group is 1.1 GB of output arrays). */
+static void test_hostile_sizes(void **state) {
+    (void)state;
+    char path[128];
+    snprintf(path, sizeof path, "%s/hostile_size.parquet", g_tmp);
+    uint8_t body[16];
+    memset(body, 0x11, sizeof body);
+    /* SNAPPY: the stream's own length varint says 100 MB, from 16 bytes */
+    wbuf sn = {0};
+    wb_varint(&sn, 100000000);
+    memcpy(body, sn.b, sn.n);
+    write_lying_parquet(path, 1, 1, 100000000, body, sizeof body);
+    expect_size_refused(path, "declares 100000000 bytes", "snappy expands at most 22:1");
+    /* ZSTD: a valid frame without a content size (one RLE block of 100 bytes), page header
+       says 200 MB */
+    static const uint8_t zf[10] = {0x28, 0xB5, 0x2F, 0xFD, 0x00, 0x00, 0x23, 0x03, 0x00, 'A'};
+    write_lying_parquet(path, 6, 1, 200000000, zf, sizeof zf);
+    expect_size_refused(path, "cannot decompress to 200000000 bytes", "65536:1");
+    /* any codec: over the 1 GiB a page may declare (GZIP's own ratio check would come later) */
+    write_lying_parquet(path, 2, 1, 1610612736, body, sizeof body);
+    expect_size_refused(path, "declares 1610612736 bytes uncompressed", "1024 MiB");
+    /* a row group of 2^27 rows in a 100-byte file */
+    write_lying_parquet(path, 0, (int64_t)1 << 27, 16, body, sizeof body);
+    expect_size_refused(path, "134217728 rows in one row group", NULL);
+    unlink(path);
+}
+
 static int setup(void **state) {
     (void)state;
     size_t n;
@@ -450,6 +601,7 @@ int main(void) {
         cmocka_unit_test(test_valid_files),    cmocka_unit_test(test_api_edges),
         cmocka_unit_test(test_crafted_hostile), cmocka_unit_test(test_truncations),
         cmocka_unit_test(test_footer_length),  cmocka_unit_test(test_fuzz),
+        cmocka_unit_test(test_hostile_sizes),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

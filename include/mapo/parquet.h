@@ -34,6 +34,10 @@ typedef struct parquet_file parquet_file;
 
 /* Rows one row group may have (the outputs of parquet_read_column are allocated up front). */
 #define PARQUET_MAX_ROWS_PER_GROUP ((int64_t)1 << 26)
+/* Bytes one page may declare uncompressed (refused before the page is decompressed); a page
+ * may also not declare more than its codec could produce from its compressed bytes (SNAPPY
+ * 22:1, GZIP 1032:1, ZSTD 65536:1, UNCOMPRESSED 1:1). docs/RELIABILITY.md "Hostile sizes". */
+#define PARQUET_MAX_PAGE_BYTES ((int64_t)1 << 30)
 
 /* Open and parse the footer; 0, or -1 + mapo_error naming the file and the problem. */
 int parquet_open(parquet_file **pf, const char *path);

@@ -892,6 +892,13 @@ static uint32_t *grow_u32(uint32_t **p, int64_t *cap, int64_t n) {
     return *p;
 }
 
+/* The most a codec can expand (docs/RELIABILITY.md "Hostile sizes"): SNAPPY's densest element
+ * is a 3-byte copy of 64 bytes (21.3:1); ZSTD's blocks hold at most 128 KiB behind a 3-byte
+ * header (an RLE block: 4 bytes, 32768:1). A page declaring more is refused before its buffer
+ * is allocated. */
+#define SNAPPY_MAX_RATIO 22
+#define ZSTD_MAX_RATIO 65536
+
 /* Decompress (or copy) n bytes at in into a fresh buffer of exactly un bytes. */
 static int decompress(col_reader *r, int codec, const uint8_t *in, size_t n, size_t un,
                       uint8_t **outp) {
@@ -908,6 +915,11 @@ static int decompress(col_reader *r, int codec, const uint8_t *in, size_t n, siz
         size_t len;
         if (snappy_uncompressed_length((const char *)in, n, &len) != SNAPPY_OK)
             return pg_fail(r, "corrupt SNAPPY data (no valid length)");
+        /* a snappy copy element of 3 bytes yields at most 64: refuse before allocating */
+        if (len / SNAPPY_MAX_RATIO > n || un / SNAPPY_MAX_RATIO > n)
+            return pg_fail(r, "SNAPPY page of %zu bytes declares %zu bytes uncompressed (page "
+                              "header: %zu); snappy expands at most %d:1", n, len, un,
+                           SNAPPY_MAX_RATIO);
         if (len != un)
             return pg_fail(r, "SNAPPY data decompresses to %zu bytes, page header says %zu",
                            len, un);
@@ -926,6 +938,10 @@ static int decompress(col_reader *r, int codec, const uint8_t *in, size_t n, siz
         if (cs == ZSTD_CONTENTSIZE_ERROR) return pg_fail(r, "corrupt ZSTD data (bad frame)");
         if (cs != ZSTD_CONTENTSIZE_UNKNOWN && cs > un)
             return pg_fail(r, "ZSTD data decompresses to %llu bytes, page header says %zu", cs, un);
+        /* a block of at least 3 bytes yields at most 128 KiB: refuse before allocating */
+        if (un / ZSTD_MAX_RATIO > n)
+            return pg_fail(r, "ZSTD page of %zu bytes cannot decompress to %zu bytes (zstd "
+                              "expands at most %d:1)", n, un, ZSTD_MAX_RATIO);
         uint8_t *o = xmalloc(un ? un : 1);
         size_t got = ZSTD_decompress(o, un, in, n);
         if (ZSTD_isError(got)) {
@@ -1448,6 +1464,11 @@ int parquet_read_column(parquet_file *pf, int rgi, int col, parquet_column *out)
         if (h.csize < 0 || h.usize < 0 || (size_t)h.csize > end - body) {
             rc = pg_fail(&r, "page of %d bytes (uncompressed %d) does not fit in the column "
                              "chunk (%zu bytes left)", h.csize, h.usize, end - body);
+            break;
+        }
+        if (h.usize > PARQUET_MAX_PAGE_BYTES) {
+            rc = pg_fail(&r, "page declares %d bytes uncompressed, more than the %lld MiB a "
+                             "page may hold", h.usize, (long long)(PARQUET_MAX_PAGE_BYTES >> 20));
             break;
         }
         if (h.has_crc && (h.type == PAGE_DATA || h.type == PAGE_DATA_V2 || h.type == PAGE_DICT)) {
