@@ -405,6 +405,13 @@ static const hostile_case k_hostile[] = {
     {"huge_shape.st",
      "{\"a\":{\"dtype\":\"F64\",\"shape\":[4294967296,4294967296],\"data_offsets\":[0,8]}}", 8,
      "too large"},
+    /* declares 4 TB in an 8-byte data buffer: refused from the header, nothing allocated */
+    {"gigabytes.st",
+     "{\"a\":{\"dtype\":\"F32\",\"shape\":[1000000000,1000],\"data_offsets\":[0,8]}}", 8,
+     "(F32, 4000000000000 bytes) does not match data_offsets [0, 8]"},
+    {"gigabytes_end.st",
+     "{\"a\":{\"dtype\":\"U8\",\"shape\":[4000000000],\"data_offsets\":[0,4000000000]}}",
+     8, "end past data (8 bytes)"},
     {"neg_offset.st", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[-4,0]}}", 4,
      "data_offsets"},
     {"offsets3.st", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4,8]}}", 8,
