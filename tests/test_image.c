@@ -150,6 +150,12 @@ static void test_hostile(void **state) {
                 expect_fail(c, n, "hugejpeg", "exceeds the limit");
                 c[i + 5] = 0, c[i + 6] = 0; /* height 0 */
                 expect_fail(c, n, "zerojpeg", NULL);
+                /* 16384 x 16384 is within the caps, but not in a few KB (one bit per 8x8
+                   block at least): refused before the 768 MB image (and, progressive, the
+                   1.5 GB of coefficients) would be allocated */
+                c[i + 5] = 0x40, c[i + 6] = 0x00;
+                c[i + 7] = 0x40, c[i + 8] = 0x00;
+                expect_fail(c, n, "liarjpeg", "JPEG declares 16384x16384 pixels but holds only");
                 free(c);
                 break;
             }

@@ -16,7 +16,8 @@
  *         "I;16" -> "RGB" conversion clips); alpha and tRNS are dropped, gAMA is ignored.
  * Refused before anything image-sized is allocated: a side > IMAGE_MAX_SIDE, more than
  * IMAGE_MAX_PIXELS pixels, a PNG whose raw size exceeds what deflate could pack into its
- * bytes, a progressive JPEG with an absurd number of scans.
+ * bytes, a Huffman-coded JPEG declaring more than 512 pixels per byte of the file (one bit
+ * per 8x8 block), a progressive JPEG with an absurd number of scans.
  *
  * All functions return 0 on success and -1 after mapo_error() with one line naming the
  * source ("what": a file path, "file.parquet row 17 jpg_1", ...) and the problem. */

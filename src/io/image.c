@@ -20,6 +20,7 @@
 
 #define MAX_JPEG_SCANS 1000  /* libjpeg-turbo's advice against progressive-scan bombs */
 #define MAX_FILE_BYTES (1LL << 30)
+#define JPEG_MAX_PIXELS_PER_BYTE 512 /* one bit per 8x8 block (docs/RELIABILITY.md) */
 
 /* ------------------------------------------------------------------ basics */
 
@@ -148,7 +149,17 @@ static int decode_jpeg(mapo_image *im, const uint8_t *buf, size_t len, const cha
     }
     const long long w = x->ci.image_width, h = x->ci.image_height;
     const int nc = x->ci.num_components;
-    if (check_dims(w, h, what)) {
+    int bad = check_dims(w, h, what);
+    /* Huffman-coded data spends at least one bit on every 8x8 block of the full-resolution
+       component (its DC code; baseline spends two), so len bytes hold at most
+       JPEG_MAX_PIXELS_PER_BYTE * len pixels. A header declaring more lies: refused before the
+       image (and a progressive file's coefficient buffers, 6 bytes a pixel) is allocated.
+       Arithmetic coding can go below a bit per block and is bounded only by the caps. */
+    if (!bad && !x->ci.arith_code && (double)w * (double)h > JPEG_MAX_PIXELS_PER_BYTE * (double)len)
+        bad = mapo_error("%s: JPEG declares %lldx%lld pixels but holds only %zu bytes (a JPEG "
+                         "holds at most %d pixels per byte)", what, w, h, len,
+                         JPEG_MAX_PIXELS_PER_BYTE);
+    if (bad) {
         /* keep the dimension message; clean up without the JPEG prefix */
         jpeg_destroy_decompress(&x->ci);
         free(x);
