@@ -368,6 +368,61 @@ static void test_bad_folders(void **s) {
     assert_int_equal(clip_tokenizer_load(&t, NULL), -1);
 }
 
+/* Hostile sizes (docs/RELIABILITY.md): files that declare absurd tables are refused before the
+ * tables are allocated, with one message naming the file and the size. */
+static void test_hostile_sizes(void **s) {
+    (void)s;
+    const char *V = "{\"a\":0,\"b\":1,\"ab\":2,\"<|startoftext|>\":3,\"<|endoftext|>\":4}";
+    /* 2^20 + 1 merge lines: without the limit, 32 MB of hash table before line 1 is read
+       (a 256 MiB merges.txt of newlines: 16 GB) */
+    size_t nl = (1u << 20) + 1;
+    char *m = malloc(4 * nl + 1);
+    for (size_t i = 0; i < nl; i++) memcpy(m + 4 * i, "a b\n", 4);
+    m[4 * nl] = 0;
+    bad_case("merges_count", V, m, NULL, NULL, "1048577 lines, more than the limit of 1048576");
+    free(m);
+    /* 2^20 + 1 vocabulary entries */
+    size_t nv = (1u << 20) + 1, k = 0;
+    char *v = malloc(nv * 24 + 64);
+    k += (size_t)sprintf(v + k, "{");
+    for (size_t i = 0; i < nv; i++) k += (size_t)sprintf(v + k, "%s\"t%zu\":%zu", i ? "," : "", i, i);
+    sprintf(v + k, "}");
+    bad_case("vocab_count", v, "", NULL, NULL, "1048577 tokens, more than the limit of 1048576");
+    free(v);
+    /* one token of 4096 bytes */
+    char *lt = malloc(4096 + 64);
+    k = (size_t)sprintf(lt, "{\"a\":0,\"");
+    memset(lt + k, 'x', 4096);
+    k += 4096;
+    sprintf(lt + k, "\":1}");
+    bad_case("vocab_long_token", lt, "", NULL, NULL, "has 4096 bytes, more than the limit of 1024");
+    free(lt);
+    /* a 65 MiB vocab.json (sparse: a brace, then a hole): refused from its size, unread */
+    char dir[256], p[300];
+    snprintf(dir, sizeof dir, "%s/bad_vocab_huge", g_tmp);
+    assert_int_equal(mkdir(dir, 0700), 0);
+    write_file(dir, "merges.txt", "");
+    snprintf(p, sizeof p, "%s/vocab.json", dir);
+    FILE *f = fopen(p, "wb");
+    assert_non_null(f);
+    fputs("{", f);
+    assert_int_equal(ftruncate(fileno(f), (off_t)65 << 20), 0);
+    fclose(f);
+    clip_tokenizer *t = NULL;
+    assert_int_equal(clip_tokenizer_load(&t, dir), -1);
+    assert_null(t);
+    printf("  %-22s -> %s\n", "vocab_huge", mapo_last_error());
+    assert_non_null(strstr(mapo_last_error(), "vocab.json: 68157440 bytes, more than the limit"));
+    /* tokenizer.json with 2^20 + 1 merges */
+    k = 0;
+    char *tj = malloc(nl * 8 + 256);
+    k += (size_t)sprintf(tj, "{\"model\": {\"vocab\": %s, \"merges\": [", V);
+    for (size_t i = 0; i < nl; i++) k += (size_t)sprintf(tj + k, "%s\"a b\"", i ? "," : "");
+    sprintf(tj + k, "]}}");
+    bad_json("merges_count", tj, NULL, "model.merges has 1048577 entries, more than the limit");
+    free(tj);
+}
+
 /* hostile arguments and inputs: errors, not crashes */
 static void test_hostile(void **s) {
     (void)s;
@@ -444,7 +499,7 @@ int main(void) {
         cmocka_unit_test(test_transformers_ids), cmocka_unit_test(test_truncation_consistency),
         cmocka_unit_test(test_load_folder),      cmocka_unit_test(test_tiny_vocab),
         cmocka_unit_test(test_bad_folders),      cmocka_unit_test(test_bad_tokenizer_json),
-        cmocka_unit_test(test_hostile),
+        cmocka_unit_test(test_hostile),          cmocka_unit_test(test_hostile_sizes),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     if (rm_rf(g_tmp)) fprintf(stderr, "could not remove %s\n", g_tmp);

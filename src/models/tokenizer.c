@@ -19,6 +19,12 @@
 #define MAX_FILE_BYTES (256u << 20) /* largest vocab.json / merges.txt accepted */
 #define MAX_ID (1 << 30)
 #define MAX_ADDED 64
+/* Hostile sizes (docs/RELIABILITY.md): refused before the tables are allocated. CLIP has
+ * 49408 tokens and 48894 merges; the largest BPE vocabularies in use have a few 100k. */
+#define MAX_JSON_BYTES (64u << 20) /* largest vocab.json / tokenizer.json / config accepted */
+#define MAX_VOCAB (1 << 20)        /* entries of the vocabulary */
+#define MAX_TOKEN_BYTES 1024       /* bytes of one token */
+#define MAX_MERGES (1 << 20)       /* merge rules */
 
 /* ---------------------------------------------------------------- Unicode properties */
 
@@ -343,9 +349,20 @@ static int read_file(const char *path, char **buf, size_t *len) {
     return 0;
 }
 
+/* -1 with a message when path is larger than MAX_JSON_BYTES (checked before parsing: the
+   parsed tree takes several times the file) */
+static int json_too_big(const char *path) {
+    struct stat st;
+    if (stat(path, &st) == 0 && st.st_size > (off_t)MAX_JSON_BYTES)
+        return mapo_error("%s: %lld bytes, more than the limit of %u MiB for a tokenizer JSON "
+                          "file", path, (long long)st.st_size, MAX_JSON_BYTES >> 20);
+    return 0;
+}
+
 /* json_load_file with the two messages we want: missing file, broken JSON */
 static json_t *load_json(const char *path) {
     json_error_t je;
+    if (json_too_big(path)) return NULL;
     json_t *root = json_load_file(path, 0, &je);
     if (!root) {
         FILE *f = fopen(path, "rb");
@@ -364,13 +381,19 @@ static int vocab_from_json(clip_tokenizer *t, json_t *obj, const char *path) {
     if (!json_is_object(obj) || json_object_size(obj) == 0)
         return mapo_error("%s: expected a non-empty JSON object {token: id}", path);
     size_t n = json_object_size(obj), total = 0;
+    if (n > MAX_VOCAB)
+        return mapo_error("%s: %zu tokens, more than the limit of %d", path, n, MAX_VOCAB);
     const char *key;
     json_t *v;
     json_object_foreach(obj, key, v) {
         if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= MAX_ID)
             return mapo_error("%s: id of token '%s' is not an integer in [0, %d)", path, key,
                               MAX_ID);
-        total += strlen(key) + 1;
+        size_t kl = strlen(key);
+        if (kl > MAX_TOKEN_BYTES)
+            return mapo_error("%s: token '%.32s...' has %zu bytes, more than the limit of %d",
+                              path, key, kl, MAX_TOKEN_BYTES);
+        total += kl + 1;
     }
     t->pool = xmalloc(total);
     t->vcap = pow2_at_least(n * 2);
@@ -457,6 +480,11 @@ static int load_merges(clip_tokenizer *t, const char *path) {
     size_t nlines = 0;
     for (size_t i = 0; i < len; i++)
         nlines += buf[i] == '\n';
+    if (nlines > MAX_MERGES) {
+        free(buf);
+        return mapo_error("%s: %zu lines, more than the limit of %d merges", path, nlines,
+                          MAX_MERGES);
+    }
     merges_alloc(t, nlines);
     size_t pos = 0;
     long lineno = 0;
@@ -501,6 +529,11 @@ static int load_tokenizer_json(clip_tokenizer *t, const char *path, json_t **add
     if (vocab_from_json(t, json_object_get(model, "vocab"), where)) goto fail;
     if (!json_is_array(merges)) {
         rc = mapo_error("%s: model.merges is not an array", path);
+        goto done;
+    }
+    if (json_array_size(merges) > MAX_MERGES) {
+        rc = mapo_error("%s: model.merges has %zu entries, more than the limit of %d", path,
+                        json_array_size(merges), MAX_MERGES);
         goto done;
     }
     merges_alloc(t, json_array_size(merges));
@@ -612,6 +645,7 @@ static int load_json_opt(const char *dir, const char *name, json_t **root, char 
     FILE *f = fopen(path, "rb");
     if (!f) return 0;
     fclose(f);
+    if (json_too_big(path)) return -1;
     json_error_t je;
     *root = json_load_file(path, 0, &je);
     if (!*root) return mapo_error("%s: invalid JSON at line %d: %s", path, je.line, je.text);
