@@ -8,7 +8,9 @@
 #include <unistd.h>
 
 #include "mapo/common.h"
+#include "mapo/clip_text.h"
 #include "mapo/unet.h"
+#include "mapo/vae.h"
 #include "testutil.h"
 
 static void check_real_config(const char *name) {
@@ -118,12 +120,76 @@ static void test_missing_and_broken(void **s) {
     assert_non_null(strstr(mapo_last_error(), "/nonexistent_model_dir"));
 }
 
+/* Hostile sizes (docs/RELIABILITY.md): a config declaring an absurd model, or more parameters
+ * than its weights file can hold, is refused before the parameter arena is allocated, with
+ * one message naming the config and the declared count. Without the checks the first and
+ * third would ask calloc for terabytes (xcalloc exits) and the others would allocate
+ * gigabytes before the weights file is even opened. */
+static void write_text(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    assert_int_equal(fclose(f), 0);
+}
+
+static void expect_msg(const char *needle1, const char *needle2) {
+    const char *e = mapo_last_error();
+    printf("  %s\n", e);
+    if (!strstr(e, needle1) || !strstr(e, needle2))
+        fail_msg("message '%s' lacks '%s' / '%s'", e, needle1, needle2);
+}
+
+static void test_absurd_models(void **s) {
+    (void)s;
+    char dir[] = "/tmp/mapo_cfg_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char cp[64], wp[128];
+    snprintf(cp, sizeof cp, "%s/config.json", dir);
+    snprintf(wp, sizeof wp, "%s/diffusion_pytorch_model.safetensors", dir);
+    /* UNet: block_out_channels of 2^20 each (every entry within its own range) */
+    json_error_t je;
+    json_t *root = json_load_file("tests/fixtures/configs/sd15_unet.json", 0, &je);
+    assert_non_null(root);
+    json_object_set_new(root, "block_out_channels",
+                        json_pack("[i,i,i,i]", 1 << 20, 1 << 20, 1 << 20, 1 << 20));
+    assert_int_equal(json_dump_file(root, cp, 0), 0);
+    json_decref(root);
+    unet u;
+    assert_int_equal(unet_init_dir(&u, cp, 0, 1), -1);
+    expect_msg("config.json: the config declares a model of", "more than the limit of 17179869184");
+    /* UNet: SD 1.5's 860M parameters against a 16-byte weights file */
+    root = json_load_file("tests/fixtures/configs/sd15_unet.json", 0, &je);
+    assert_int_equal(json_dump_file(root, cp, 0), 0);
+    json_decref(root);
+    write_text(wp, "0123456789abcdef");
+    assert_int_equal(unet_load_dir(&u, dir, 0), -1);
+    expect_msg("config.json: the config declares 859520964 parameters but",
+               "holds only 16 bytes");
+    /* VAE: diffusers' defaults against the same 16 bytes */
+    write_text(cp, "{\"_class_name\": \"AutoencoderKL\"}");
+    vae *v = NULL;
+    assert_int_equal(vae_load_dir(&v, dir), -1);
+    assert_null(v);
+    expect_msg("config.json: the config declares", "holds only 16 bytes");
+    /* CLIP text encoder: a 2^26 x 2^16 token embedding alone is 2^42 parameters */
+    write_text(cp, "{\"hidden_size\": 65536, \"num_attention_heads\": 1, \"vocab_size\": 67108864,"
+                   " \"num_hidden_layers\": 1}");
+    clip_text *m = NULL;
+    assert_int_equal(clip_text_init_random(&m, cp, 0), -1);
+    assert_null(m);
+    expect_msg("config.json: the config declares a model of", "more than the limit");
+    unlink(cp);
+    unlink(wp);
+    rmdir(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sd15_params),
         cmocka_unit_test(test_sdxl_params),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_missing_and_broken),
+        cmocka_unit_test(test_absurd_models),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

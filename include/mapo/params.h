@@ -32,6 +32,13 @@ void params_free(param_table *t);
 /* Register a parameter; returns its index. printf-style name. */
 int params_add(param_table *t, int ndim, const int64_t *shape, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+/* The most parameters a model's config may declare: 2^34 (17.2 billion, 64 GiB as float32,
+ * four times that to train; SDXL's UNet has 2.6 billion). docs/RELIABILITY.md "Hostile sizes". */
+#define PARAMS_MAX ((int64_t)1 << 34)
+/* Before params_alloc: 0, or -1 + mapo_error naming `what` (the config) and the declared
+ * count when the table holds more than PARAMS_MAX parameters, or, when weights names an
+ * existing file, more than that file can hold at 2 bytes (F16 / BF16) a parameter. */
+int params_check_size(const param_table *t, const char *what, const char *weights);
 /* Allocate data (zeroed) and, if with_grad, gradients; build tensor views. */
 void params_alloc(param_table *t, int with_grad);
 int params_find(const param_table *t, const char *name);

@@ -331,8 +331,9 @@ int clip_text_load(clip_text **out, const char *config_path, const char *weights
     }
     if (proj < 0) proj = st_find(&f, "text_projection.weight") != NULL;
     clip_text *m = new_model(&c, proj, prefix);
-    int rc = check_file(m, &f, weights_path);
+    int rc = check_file(m, &f, weights_path); /* names and shapes against the file */
     st_close(&f);
+    if (!rc) rc = params_check_size(&m->params, config_path, weights_path);
     if (!rc) {
         params_alloc(&m->params, 0);
         rc = params_load(&m->params, weights_path, "", 1);
@@ -369,6 +370,10 @@ int clip_text_init_random(clip_text **out, const char *config_path, uint64_t see
     int proj;
     if (read_config(&c, &proj, config_path)) return -1;
     clip_text *m = new_model(&c, proj > 0, "text_model.");
+    if (params_check_size(&m->params, config_path, NULL)) {
+        clip_text_free(m);
+        return -1;
+    }
     params_alloc(&m->params, 0);
     params_init_random(&m->params, seed);
     *out = m;

@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "mapo/common.h"
 #include "mapo/rng.h"
@@ -43,6 +44,21 @@ int params_add(param_table *t, int ndim, const int64_t *shape, const char *fmt, 
     p->offset = t->total;
     t->total += p->numel;
     return t->n++;
+}
+
+int params_check_size(const param_table *t, const char *what, const char *weights) {
+    const double gib = (double)t->total * 4.0 / (double)(1 << 30);
+    if ((uint64_t)t->total > (uint64_t)PARAMS_MAX)
+        return mapo_error("%s: the config declares a model of %zu parameters (%.1f GiB as "
+                          "float32), more than the limit of %lld", what, t->total, gib,
+                          (long long)PARAMS_MAX);
+    struct stat st;
+    if (weights && stat(weights, &st) == 0 && S_ISREG(st.st_mode) &&
+        (uint64_t)st.st_size / 2 < (uint64_t)t->total)
+        return mapo_error("%s: the config declares %zu parameters but %s holds only %lld bytes "
+                          "(at least 2 a parameter)", what, t->total, weights,
+                          (long long)st.st_size);
+    return 0;
 }
 
 void params_alloc(param_table *t, int with_grad) {

@@ -507,10 +507,15 @@ static int resolve_dir(const char *dir, char *out, size_t n) {
                       "pipeline folder", dir);
 }
 
-static int load_config(unet *u, const char *config_path, int with_grad) {
+/* weights: the file the parameters will be loaded from (its size bounds the model), or NULL */
+static int load_config(unet *u, const char *config_path, const char *weights, int with_grad) {
     unet_config c;
     if (unet_config_load(&c, config_path)) return -1;
     unet_build(u, &c);
+    if (params_check_size(&u->params, config_path, weights)) {
+        unet_free(u);
+        return -1;
+    }
     params_alloc(&u->params, with_grad);
     fix_all_proj_views(u);
     return 0;
@@ -520,8 +525,10 @@ int unet_load_dir(unet *u, const char *dir, int with_grad) {
     char d[4096], p[4200];
     memset(u, 0, sizeof *u);
     if (resolve_dir(dir, d, sizeof d)) return -1;
+    char w[4200];
+    snprintf(w, sizeof w, "%s/diffusion_pytorch_model.safetensors", d);
     snprintf(p, sizeof p, "%s/config.json", d);
-    if (load_config(u, p, with_grad)) return -1;
+    if (load_config(u, p, w, with_grad)) return -1;
     snprintf(p, sizeof p, "%s/diffusion_pytorch_model.safetensors", d);
     if (!mapo_is_file(p)) {
         unet_free(u);
@@ -537,7 +544,7 @@ int unet_load_dir(unet *u, const char *dir, int with_grad) {
 
 int unet_init_dir(unet *u, const char *config_path, uint64_t seed, int with_grad) {
     memset(u, 0, sizeof *u);
-    if (load_config(u, config_path, with_grad)) return -1;
+    if (load_config(u, config_path, NULL, with_grad)) return -1;
     params_init_random(&u->params, seed);
     return 0;
 }

@@ -310,7 +310,9 @@ static void build_mid(param_table *t, vae_mid *m, int c, int attn, const char *p
     build_resnet(t, &m->r1, c, c, s);
 }
 
-static void build(vae *v) {
+/* The parameter table; allocated unless it is absurd for the config `what` or larger than
+   the weights file (params_check_size): then -1. */
+static int build(vae *v, const char *what, const char *weights) {
     param_table *t = &v->params;
     params_init(t);
     const int n = v->n_blocks, L = v->latent, top = v->block_out[n - 1];
@@ -363,7 +365,9 @@ static void build(vae *v) {
     }
     add_vec(t, &v->d_nout_w, &v->d_nout_b, v->block_out[0], "decoder.conv_norm_out");
     add_conv(t, &v->d_cout_w, &v->d_cout_b, v->out_ch, v->block_out[0], 3, "decoder.conv_out");
+    if (params_check_size(t, what, weights)) return -1;
     params_alloc(t, 0);
+    return 0;
 }
 
 /* Old diffusers checkpoints (e.g. SD 1.x's vae/) name the mid-block attention
@@ -490,9 +494,14 @@ int vae_load_dir(vae **out, const char *dir) {
         free(v);
         return -1;
     }
-    build(v);
-    v->conv_scratch = (size_t)64 << 20;
+    char cp[4200];
+    snprintf(cp, sizeof cp, "%s/config.json", d);
     snprintf(p, sizeof p, "%s/diffusion_pytorch_model.safetensors", d);
+    if (build(v, cp, p)) {
+        vae_free(v);
+        return -1;
+    }
+    v->conv_scratch = (size_t)64 << 20;
     if (!mapo_is_file(p)) {
         vae_free(v);
         return mapo_error("%s: no diffusion_pytorch_model.safetensors (sharded or .bin "
