@@ -87,7 +87,7 @@ static const prep_cfg CFG = {RES, 0, 1}; /* center crop, no flip: what the fixtu
 
 static void test_manifest(void **state) {
     (void)state;
-    pref_dataset_opts o = {NULL, ON_BAD_IMAGE_SKIP};
+    pref_dataset_opts o = {NULL, ON_BAD_IMAGE_SKIP, 0};
     pref_dataset *d;
     if (pref_dataset_open(&d, FIX "/manifest", &o)) fail_msg("%s", mapo_last_error());
     assert_string_equal(pref_dataset_kind(d), "manifest");
@@ -256,7 +256,7 @@ static void test_parquet_file(void **state) {
     (void)state;
     json_t *kept = meta_json("pickapic_kept_rows");
     assert_int_equal(json_array_size(kept), 5); /* 6 rows, one tie */
-    pref_dataset_opts o = {NULL, ON_BAD_IMAGE_SKIP};
+    pref_dataset_opts o = {NULL, ON_BAD_IMAGE_SKIP, 0};
     pref_dataset *d;
     if (pref_dataset_open(&d, FIX "/pickapic.parquet", &o)) fail_msg("%s", mapo_last_error());
     assert_string_equal(pref_dataset_kind(d), "parquet");
@@ -289,7 +289,7 @@ static void test_parquet_file(void **state) {
 static void test_parquet_hf_folder(void **state) {
     (void)state;
     json_t *kept = meta_json("pickapic_kept_rows");
-    pref_dataset_opts o = {NULL, ON_BAD_IMAGE_SKIP};
+    pref_dataset_opts o = {NULL, ON_BAD_IMAGE_SKIP, 0};
     pref_dataset *d;
     /* folder -> data/ -> split "train" (two files: rows 0-2 zstd, rows 3-5 gzip) */
     if (pref_dataset_open(&d, FIX "/pickapic_hf", &o)) fail_msg("%s", mapo_last_error());
@@ -414,7 +414,8 @@ static void test_images_only(void **state) {
     snprintf(path, sizeof path, "%s/manifest.jsonl", dir);
     write_file(path, text);
 
-    pref_dataset_opts o = {NULL, ON_BAD_IMAGE_SKIP};
+    /* the images live in the fixtures, outside this folder: allowed explicitly */
+    pref_dataset_opts o = {NULL, ON_BAD_IMAGE_SKIP, 1};
     pref_dataset *d, *pairs;
     if (pref_dataset_open(&d, dir, &o)) fail_msg("%s", mapo_last_error());
     if (pref_dataset_open(&pairs, FIX "/manifest", &o)) fail_msg("%s", mapo_last_error());
@@ -492,7 +493,8 @@ static void test_images_only(void **state) {
     assert_true(pref_dataset_is_bad(d, 1) && pref_dataset_is_bad(d, 3) && !pref_dataset_is_bad(d, 2));
     const uint64_t fp = pref_dataset_fingerprint(d);
     pref_dataset_close(d);
-    if (pref_dataset_open(&d, path, NULL)) fail_msg("%s", mapo_last_error());
+    pref_dataset_opts fail_o = {NULL, ON_BAD_IMAGE_FAIL, 1};
+    if (pref_dataset_open(&d, path, &fail_o)) fail_msg("%s", mapo_last_error());
     assert_int_equal(pref_dataset_check(d, &nb), -1);
     assert_non_null(strstr(mapo_last_error(), "line 2 image "));
     assert_int_equal(pref_dataset_get(d, 3, &CFG, 1, 0, NULL, c, NULL, ohw, cyx), -1);
@@ -538,6 +540,72 @@ static void test_images_only_errors(void **state) {
     rmdir(dir);
 }
 
+/* Paths that leave the dataset (docs/RELIABILITY.md "Datasets from strangers"): "..", an
+ * absolute path elsewhere, a symlink out of the folder are refused at open naming the line and
+ * the path; an absolute path inside the folder and a missing file inside are fine; with
+ * allow_outside_paths all of them open. */
+static void test_outside_paths(void **state) {
+    (void)state;
+    char dir[256], sub[300], path[400], link[400];
+    snprintf(dir, sizeof dir, "/tmp/mapo_test_outside_%d", (int)getpid());
+    mkdir(dir, 0700);
+    snprintf(sub, sizeof sub, "%s/ds", dir);
+    mkdir(sub, 0700);
+    snprintf(path, sizeof path, "%s/secret.png", dir);
+    write_file(path, "x");
+    snprintf(link, sizeof link, "%s/link.png", sub);
+    unlink(link);
+    assert_int_equal(symlink(path, link), 0);
+    char inside_abs[400];
+    snprintf(inside_abs, sizeof inside_abs, "%s/./a.png", sub);
+    struct {
+        const char *chosen, *needle; /* needle NULL: opens */
+    } cases[] = {
+        {"../secret.png", "line 1: chosen path '../secret.png' leads to"},
+        {"img/../../secret.png", "outside the dataset folder"},
+        {"/etc/passwd", "line 1: chosen path '/etc/passwd' leads to /etc/passwd, outside"},
+        {"link.png", "chosen path 'link.png' leads to"},
+        {"nothere/../../x.png", "outside the dataset folder"},
+        {"img/a.png", NULL},
+        {inside_abs, NULL},
+    };
+    char text[1200], mpath[400];
+    snprintf(mpath, sizeof mpath, "%s/manifest.jsonl", sub);
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        snprintf(text, sizeof text, "{\"caption\": \"c\", \"chosen\": \"%s\", \"rejected\": "
+                 "\"b.png\"}\n", cases[k].chosen);
+        write_file(mpath, text);
+        pref_dataset_opts o = {NULL, ON_BAD_IMAGE_SKIP, 0};
+        pref_dataset *d = NULL;
+        int rc = pref_dataset_open(&d, sub, &o);
+        if (cases[k].needle) {
+            if (rc == 0) fail_msg("%s: opened", cases[k].chosen);
+            printf("  %s\n", mapo_last_error());
+            if (!strstr(mapo_last_error(), cases[k].needle) ||
+                !strstr(mapo_last_error(), "manifest.jsonl"))
+                fail_msg("%s: message lacks '%s': %s", cases[k].chosen, cases[k].needle,
+                         mapo_last_error());
+        } else if (rc) {
+            fail_msg("%s: %s", cases[k].chosen, mapo_last_error());
+        }
+        pref_dataset_close(d);
+        o.allow_outside_paths = 1;
+        if (pref_dataset_open(&d, sub, &o)) fail_msg("%s allowed: %s", cases[k].chosen, mapo_last_error());
+        pref_dataset_close(d);
+    }
+    /* the rejected path is checked too */
+    write_file(mpath, "{\"caption\": \"c\", \"chosen\": \"a.png\", \"rejected\": \"../secret.png\"}\n");
+    pref_dataset_opts o = {NULL, ON_BAD_IMAGE_SKIP, 0};
+    pref_dataset *d = NULL;
+    assert_int_equal(pref_dataset_open(&d, mpath, &o), -1);
+    assert_non_null(strstr(mapo_last_error(), "line 1: rejected path '../secret.png'"));
+    unlink(mpath);
+    unlink(link);
+    unlink(path);
+    rmdir(sub);
+    rmdir(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_manifest),
@@ -548,6 +616,7 @@ int main(void) {
         cmocka_unit_test(test_augmentation_stream),
         cmocka_unit_test(test_images_only),
         cmocka_unit_test(test_images_only_errors),
+        cmocka_unit_test(test_outside_paths),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -48,6 +48,7 @@ typedef struct {
     int random_crop;        /* 0: center crop */
     int no_hflip;
     int on_bad_image;       /* 0 skip, 1 fail */
+    int allow_outside_paths; /* manifests may name images outside their folder (dataset.h) */
     int latents_mean;       /* 1: latent_dist.mean; 0: latent_dist.sample() (the scripts);
                                ignored by pixel-space pipelines */
     int64_t seed;

@@ -31,6 +31,12 @@
  *    works on it; "pair" then means "image", and the rejected outputs are not written (they
  *    may be NULL). pref_dataset_images_only tells the kinds apart.
  *
+ * Paths that leave the dataset (docs/RELIABILITY.md "Datasets from strangers"): a manifest's
+ * image path must resolve (realpath: "..", symlinks; lexically for a file that does not
+ * exist) inside the manifest's folder, absolute or not; one that does not is an error at open
+ * naming the line and the path, unless opts->allow_outside_paths. Parquet files hold their
+ * images inline (no paths).
+ *
  * Index: pairs are numbered 0..size-1 in file / row (or line) order after tie removal, and
  * that numbering never changes after open, so indices, shuffles and random streams stay
  * valid across resumes.
@@ -40,7 +46,9 @@
  * jpg_1: ..." rows counted from 0 within the file, or "manifest.jsonl line 4 rejected ...",
  * or "manifest.jsonl line 4 image ..." for an images-only manifest, lines from 1). With
  * ON_BAD_IMAGE_FAIL pref_dataset_get returns -1 with that message; with ON_BAD_IMAGE_SKIP
- * the pair is marked bad (a warning is logged once per pair, the pair is counted), and
+ * the pair is marked bad (a warning is logged for the first PREF_MAX_WARNINGS bad pairs of
+ * a dataset, the rest are counted and summed up in one line by pref_dataset_check / close),
+ * and
  * pref_dataset_get returns 1 for it now and on every later call without touching its
  * outputs: the caller moves on to another pair. pref_dataset_check decodes every pair up
  * front to find them all. Errors that are not about an image (an unreadable parquet page,
@@ -58,6 +66,7 @@
 #include "mapo/image.h"
 
 enum { ON_BAD_IMAGE_FAIL = 0, ON_BAD_IMAGE_SKIP = 1 };
+#define PREF_MAX_WARNINGS 5 /* bad pairs shown one by one; the rest in one summary line */
 
 #define PREF_STREAM_AUG(epoch) (((uint64_t)3 << 40) | (uint64_t)(epoch))
 
@@ -66,6 +75,7 @@ typedef struct pref_dataset pref_dataset;
 typedef struct {
     const char *split;  /* parquet folders with split names: NULL = "train" */
     int on_bad_image;   /* ON_BAD_IMAGE_FAIL (0, default) or ON_BAD_IMAGE_SKIP */
+    int allow_outside_paths; /* manifests: image paths may leave the manifest's folder */
 } pref_dataset_opts;
 
 /* Parse an --on_bad_image value ("skip" or "fail"); -1 with mapo_error otherwise. */

@@ -24,6 +24,7 @@ typedef struct {
     /* image datasets (parquet / JSONL manifest): encoded once into output_dir/cache.safetensors */
     int resolution;     /* 0: the UNet's sample_size x the VAE factor */
     int random_crop, no_hflip, on_bad_image; /* on_bad_image: ON_BAD_IMAGE_* (dataset.h) */
+    int allow_outside_paths; /* manifests may name images outside their folder (dataset.h) */
     int no_memory_check; /* run even when the memory plan exceeds MemAvailable */
     int64_t max_memory_mb; /* the memory a run may use (0: MemAvailable of /proc/meminfo) */
     int64_t stop_after; /* stop (as if interrupted) after this many steps of this run; 0 = off */

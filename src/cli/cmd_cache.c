@@ -26,6 +26,9 @@ int cmd_cache(int argc, char **argv) {
         {"random_crop", OPT_FLAG, &c.random_crop, "random instead of center crop", 0},
         {"no_hflip", OPT_FLAG, &c.no_hflip, "no random horizontal flip", 0},
         {"on_bad_image", OPT_STR, &bad, "skip | fail: what to do with undecodable images (skip)", 0},
+        {"allow_outside_paths", OPT_FLAG, &c.allow_outside_paths,
+         "manifests: read image paths that lead outside the manifest's folder (absolute, .., "
+         "symlinks); refused by default", 0},
         {"vae_latents", OPT_STR, &latents,
          "sample | mean: latent_dist.sample() as the scripts, or its mean (sample); "
          "no effect without a VAE", 0},

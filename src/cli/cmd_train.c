@@ -27,6 +27,9 @@ int cmd_train(int argc, char **argv) {
         {"random_crop", OPT_FLAG, &c.random_crop, "image datasets: random instead of center crop", 0},
         {"no_hflip", OPT_FLAG, &c.no_hflip, "image datasets: no random horizontal flip", 0},
         {"on_bad_image", OPT_STR, &bad, "image datasets: skip | fail on undecodable images (skip)", 0},
+        {"allow_outside_paths", OPT_FLAG, &c.allow_outside_paths,
+         "manifests: read image paths that lead outside the manifest's folder (absolute, .., "
+         "symlinks); refused by default", 0},
         {"output_dir", OPT_STR, &c.output_dir, "where unet/, checkpoints and train_log.jsonl go", 0},
         {"loss", OPT_STR, &loss, "mapo | dpo | sft (default mapo)", 0},
         {"train_batch_size", OPT_INT, &c.train_batch_size, "pairs per micro-batch (4)", 0},

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
@@ -44,6 +45,7 @@ struct pref_dataset {
     int kind, policy;
     int images_only; /* a manifest of single captioned images: no rejected image */
     int64_t n, n_ties, n_bad;
+    int64_t n_summed; /* bad pairs beyond PREF_MAX_WARNINGS already told in a summary line */
     uint8_t *bad;
     uint64_t fp;
     /* parquet */
@@ -143,7 +145,69 @@ int pref_parse_on_bad_image(const char *s) {
 
 /* ------------------------------------------------------------------ manifest */
 
-static int open_manifest(pref_dataset *d, const char *mpath) {
+/* path normalised lexically ("." and ".." folded; absolute, from the working directory when
+   relative): for paths that do not exist, where realpath cannot help */
+static char *lexical_abs(const char *path) {
+    char cwd[4096];
+    char *src = path[0] == '/' ? xstrdup(path)
+                               : path_join(getcwd(cwd, sizeof cwd) ? cwd : "/", path);
+    size_t n = strlen(src);
+    char *out = xmalloc(n + 2);
+    size_t k = 0;
+    char *save = NULL;
+    for (char *tok = strtok_r(src, "/", &save); tok; tok = strtok_r(NULL, "/", &save)) {
+        if (!strcmp(tok, ".")) continue;
+        if (!strcmp(tok, "..")) {
+            while (k > 0 && out[k - 1] != '/') k--;
+            if (k > 0) k--;
+            continue;
+        }
+        out[k++] = '/';
+        size_t l = strlen(tok);
+        memcpy(out + k, tok, l);
+        k += l;
+    }
+    if (k == 0) out[k++] = '/';
+    out[k] = 0;
+    free(src);
+    return out;
+}
+
+/* Where path really leads (malloc'd): realpath when it exists, else realpath of its folder +
+   its name, else lexically. */
+static char *resolve_path(const char *path) {
+    char *r = realpath(path, NULL);
+    if (r) return r;
+    const char *b = base_of(path);
+    if (strcmp(b, ".") && strcmp(b, "..") && *b) {
+        char *dir = dir_of(path), *rd = realpath(dir, NULL);
+        free(dir);
+        if (rd) {
+            r = path_join(rd, b);
+            free(rd);
+            return r;
+        }
+    }
+    return lexical_abs(path);
+}
+
+/* 0 when the image path full (as written: rel) resolves inside the folder root (a realpath);
+   else -1 naming the line and the path */
+static int check_inside(const char *root, const char *full, const char *rel, const char *mpath,
+                        int64_t line, const char *key) {
+    char *r = resolve_path(full);
+    size_t n = strlen(root);
+    int inside = !strcmp(root, "/") || (!strncmp(r, root, n) && (r[n] == '/' || r[n] == 0));
+    int rc = 0;
+    if (!inside)
+        rc = mapo_error("%s line %lld: %s path '%s' leads to %s, outside the dataset folder %s "
+                        "(pass --allow_outside_paths to read images from anywhere)", mpath,
+                        (long long)line, key, rel, r, root);
+    free(r);
+    return rc;
+}
+
+static int open_manifest(pref_dataset *d, const char *mpath, int allow_outside) {
     uint8_t *buf;
     size_t n;
     if (read_file(mpath, &buf, &n, MAX_MANIFEST_BYTES, "manifest")) return -1;
@@ -152,6 +216,7 @@ static int open_manifest(pref_dataset *d, const char *mpath) {
     d->fp = fnv_str(0xcbf29ce484222325ULL, "manifest");
     d->fp = fnv(d->fp, buf, n);
     char *dir = dir_of(mpath);
+    char *root = allow_outside ? NULL : resolve_path(dir);
     int64_t cap = 0, line = 0;
     size_t pos = 0;
     int rc = 0;
@@ -227,10 +292,16 @@ static int open_manifest(pref_dataset *d, const char *mpath) {
             p->rejected = is_image ? NULL : vals[2][0] == '/' ? xstrdup(vals[2])
                                                               : path_join(dir, vals[2]);
             p->line = line;
+            if (root)
+                rc = check_inside(root, p->chosen, p->chosen_rel, mpath, line,
+                                  is_image ? "image" : "chosen");
+            if (root && !rc && !is_image)
+                rc = check_inside(root, p->rejected, p->rejected_rel, mpath, line, "rejected");
         }
         json_decref(o);
     }
     free(dir);
+    free(root);
     free(buf);
     if (rc) return -1;
     if (d->n == 0) return mapo_error("%s: no pairs (or images) in the manifest", mpath);
@@ -451,7 +522,7 @@ int pref_dataset_open(pref_dataset **out, const char *path, const pref_dataset_o
     int rc = 0;
     if (S_ISREG(st.st_mode)) {
         if (ends_with(path, ".jsonl")) {
-            rc = open_manifest(d, path);
+            rc = open_manifest(d, path, o.allow_outside_paths);
         } else {
             char *names[1] = {(char *)path};
             rc = open_parquet_files(d, names, 1);
@@ -459,7 +530,7 @@ int pref_dataset_open(pref_dataset **out, const char *path, const pref_dataset_o
     } else if (S_ISDIR(st.st_mode)) {
         char *m = path_join(path, "manifest.jsonl");
         if (mapo_is_file(m)) {
-            rc = open_manifest(d, m);
+            rc = open_manifest(d, m, o.allow_outside_paths);
         } else {
             char **names = NULL;
             int count = 0;
@@ -496,8 +567,11 @@ int pref_dataset_open(pref_dataset **out, const char *path, const pref_dataset_o
     return 0;
 }
 
+static void bad_summary(pref_dataset *d);
+
 void pref_dataset_close(pref_dataset *d) {
     if (!d) return;
+    bad_summary(d);
     for (int f = 0; f < d->nfiles; f++) {
         if (d->files[f].pf) parquet_close(d->files[f].pf);
         free(d->files[f].path);
@@ -677,10 +751,24 @@ static int bad_pair(pref_dataset *d, int64_t i) {
     if (!d->bad[i]) {
         d->bad[i] = 1;
         d->n_bad++;
-        mapo_log(1, "mapo: warning: skipping %s %lld: %s\n", d->images_only ? "image" : "pair",
-                 (long long)i, mapo_last_error());
+        /* a dataset of 10^5 broken rows must not flood the terminal: the first few, then one
+           summary line (bad_summary) */
+        if (d->n_bad <= PREF_MAX_WARNINGS)
+            mapo_log(1, "mapo: warning: skipping %s %lld: %s\n",
+                     d->images_only ? "image" : "pair", (long long)i, mapo_last_error());
     }
     return 1;
+}
+
+/* one line for the bad pairs not shown one by one (and not yet summed up) */
+static void bad_summary(pref_dataset *d) {
+    int64_t hidden = d->n_bad - PREF_MAX_WARNINGS;
+    if (hidden <= d->n_summed) return;
+    mapo_log(1, "mapo: warning: %lld more %s skipped for unreadable images (only the first %d "
+             "are shown; --on_bad_image fail stops at the first)\n",
+             (long long)(hidden - d->n_summed), d->images_only ? "images" : "pairs",
+             PREF_MAX_WARNINGS);
+    d->n_summed = hidden;
 }
 
 /* a random crop of image a resized to res (prep_pair's draw: y, then x) */
@@ -779,6 +867,7 @@ int pref_dataset_check(pref_dataset *d, int64_t *n_bad) {
         if (rc < 0) return -1;
         if (rc > 0 && bad_pair(d, i) < 0) return -1;
     }
+    bad_summary(d);
     if (n_bad) *n_bad = d->n_bad;
     return 0;
 }

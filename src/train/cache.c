@@ -264,7 +264,7 @@ int cache_build(const cache_config *c) {
         return -1;
     }
     pref_dataset *ds;
-    pref_dataset_opts dopt = {NULL, c->on_bad_image};
+    pref_dataset_opts dopt = {NULL, c->on_bad_image, c->allow_outside_paths};
     if (pref_dataset_open(&ds, c->dataset, &dopt)) {
         json_decref(meta);
         pipeline_free(&p);

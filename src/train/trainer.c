@@ -421,6 +421,7 @@ int train_run(const train_config *c) {
         cc.random_crop = c->random_crop;
         cc.no_hflip = c->no_hflip;
         cc.on_bad_image = c->on_bad_image;
+        cc.allow_outside_paths = c->allow_outside_paths;
         cc.seed = c->seed;
         cc.quiet = c->quiet;
         if (c->obj.kind == OBJ_DPO && !c->lora_rank) {
