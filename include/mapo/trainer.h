@@ -46,5 +46,9 @@ typedef struct {
 void pair_fill(pair_slots *b, const pair_file *pf, const ddpm_schedule *sch, uint64_t seed,
                int64_t epoch, int64_t idx, int j);
 int train_run(const train_config *c);
+/* A checkpoint's trainer_state.json (path), checked against run c: global_step > 0, and the
+   seed, batch size, gradient accumulation, loss and lora_rank an exact resume needs.
+   0 with *global_step set, or -1 + mapo_error naming the file. */
+int checkpoint_state_read(const char *path, const train_config *c, int64_t *global_step);
 
 #endif

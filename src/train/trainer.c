@@ -169,20 +169,7 @@ static int64_t latest_checkpoint(const char *out_dir) {
     return best;
 }
 
-static int load_checkpoint(const train_config *c, unet *u, float *m, float *v, int64_t *step) {
-    char dir[4096], p[4300];
-    if (!strcmp(c->resume, "latest")) {
-        int64_t n = latest_checkpoint(c->output_dir);
-        if (n < 0) {
-            mapo_log(1, "no checkpoint in %s: starting from scratch\n", c->output_dir);
-            *step = 0;
-            return 0;
-        }
-        snprintf(dir, sizeof dir, "%s/checkpoint-%lld", c->output_dir, (long long)n);
-    } else {
-        snprintf(dir, sizeof dir, "%s", c->resume);
-    }
-    snprintf(p, sizeof p, "%s/trainer_state.json", dir);
+int checkpoint_state_read(const char *p, const train_config *c, int64_t *global_step) {
     json_error_t je;
     json_t *js = json_load_file(p, 0, &je);
     if (!js) return mapo_error("%s: cannot read checkpoint state: %s", p, je.text);
@@ -207,6 +194,27 @@ static int load_checkpoint(const train_config *c, unet *u, float *m, float *v, i
                         c->lora_rank);
     json_decref(js);
     if (rc) return -1;
+    *global_step = gs;
+    return 0;
+}
+
+static int load_checkpoint(const train_config *c, unet *u, float *m, float *v, int64_t *step) {
+    char dir[4096], p[4300];
+    if (!strcmp(c->resume, "latest")) {
+        int64_t n = latest_checkpoint(c->output_dir);
+        if (n < 0) {
+            mapo_log(1, "no checkpoint in %s: starting from scratch\n", c->output_dir);
+            *step = 0;
+            return 0;
+        }
+        snprintf(dir, sizeof dir, "%s/checkpoint-%lld", c->output_dir, (long long)n);
+    } else {
+        snprintf(dir, sizeof dir, "%s", c->resume);
+    }
+    snprintf(p, sizeof p, "%s/trainer_state.json", dir);
+    int64_t gs;
+    if (checkpoint_state_read(p, c, &gs)) return -1;
+    int rc = 0;
     if (u->lora.n) {
         /* the checkpoint's adapters replace the fresh ones; they must have the same layout, as
            the optimizer moments were sized for it */
