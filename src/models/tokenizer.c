@@ -1208,6 +1208,7 @@ static const added_tok *match_added(const clip_tokenizer *t, const uint32_t *s, 
 /* normalised text: cut out the normalized added tokens, pre-tokenize the rest */
 static int encode_normalized(const clip_tokenizer *t, const uint32_t *s, size_t n, i32vec *ids,
                              scratch *sc) {
+    if (n == 0) return 0; /* an empty piece (s may be NULL: no pointer arithmetic on it) */
     size_t from = 0;
     for (size_t i = 0; i < n;) {
         const added_tok *a = match_added(t, s + i, n - i, 1);
@@ -1258,7 +1259,8 @@ int clip_tokenize(const clip_tokenizer *t, const char *text, int32_t *ids, int m
         i += a->n;
         from = i;
     }
-    if (!rc) rc = encode_raw(t, cp.v + from, cp.n - from, &out, &sc);
+    /* the rest (none for an empty prompt, where cp.v is NULL) */
+    if (!rc && from < cp.n) rc = encode_raw(t, cp.v + from, cp.n - from, &out, &sc);
     int total = -1;
     if (!rc && out.n > (size_t)INT_MAX - 2)
         rc = mapo_error("clip_tokenize: prompt gives more than INT_MAX tokens");
