@@ -2,6 +2,7 @@
  * Every key is either understood, checked to hold a value we implement, or refused by
  * name: a silently ignored key would train a different model than the user asked for. */
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <string.h>
 
@@ -10,8 +11,10 @@
 
 /* Read an int or a list of ints into out[n]; a scalar is broadcast. */
 static int int_or_list(json_t *v, int *out, int n, const char *key, const char *path) {
+    json_int_t x[UNET_MAX_BLOCKS]; /* checked before the conversion to int */
+    if (n > UNET_MAX_BLOCKS) return mapo_error("%s: '%s' has too many entries", path, key);
     if (json_is_integer(v)) {
-        for (int i = 0; i < n; i++) out[i] = (int)json_integer_value(v);
+        for (int i = 0; i < n; i++) x[i] = json_integer_value(v);
     } else if (json_is_array(v)) {
         if ((int)json_array_size(v) != n)
             return mapo_error("%s: '%s' has %zu entries, expected %d (one per block)", path, key,
@@ -21,14 +24,16 @@ static int int_or_list(json_t *v, int *out, int n, const char *key, const char *
             if (!json_is_integer(e))
                 return mapo_error("%s: '%s' entry %d is not an integer (nested lists are not "
                                   "supported)", path, key, i);
-            out[i] = (int)json_integer_value(e);
+            x[i] = json_integer_value(e);
         }
     } else {
         return mapo_error("%s: '%s' must be an integer or a list of integers", path, key);
     }
-    for (int i = 0; i < n; i++)
-        if (out[i] <= 0 || out[i] > 1 << 20)
-            return mapo_error("%s: '%s' value %d is out of range", path, key, out[i]);
+    for (int i = 0; i < n; i++) {
+        if (x[i] <= 0 || x[i] > 1 << 20)
+            return mapo_error("%s: '%s' value %lld is out of range", path, key, (long long)x[i]);
+        out[i] = (int)x[i];
+    }
     return 0;
 }
 
@@ -147,7 +152,10 @@ static int get_int(json_t *root, const char *key, int def, int *out, const char 
         return 0;
     }
     if (!json_is_integer(v)) return mapo_error("%s: '%s' must be an integer", path, key);
-    *out = (int)json_integer_value(v);
+    const json_int_t x = json_integer_value(v);
+    if (x < INT_MIN || x > INT_MAX)
+        return mapo_error("%s: '%s' value %lld is out of range", path, key, (long long)x);
+    *out = (int)x;
     return 0;
 }
 static int get_bool(json_t *root, const char *key, int def, int *out, const char *path) {
@@ -255,7 +263,7 @@ static int parse(unet_config *c, json_t *root, const char *path) {
         if (get_int(root, "addition_time_embed_dim", 0, &c->add_time_dim, path) ||
             get_int(root, "projection_class_embeddings_input_dim", 0, &c->proj_class_dim, path))
             return -1;
-        if (c->add_time_dim <= 0 || c->proj_class_dim <= 6 * c->add_time_dim)
+        if (c->add_time_dim <= 0 || c->proj_class_dim <= 6LL * c->add_time_dim)
             return mapo_error("%s: text_time needs addition_time_embed_dim > 0 and "
                               "projection_class_embeddings_input_dim > 6 * it", path);
     } else {
