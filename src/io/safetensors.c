@@ -441,13 +441,43 @@ typedef struct {
     int fd;
 } atomic_file;
 
+/* Fault injection for the tests of full and read-only disks: MAPO_FAULT_WRITE="ERR:N" (ERR one
+   of ENOSPC, EROFS, EDQUOT, EIO) makes this process's atomic writes fail with that errno once
+   N bytes have been written through them (N = 0: creating the first file fails). Unset, it
+   costs one getenv per process. */
+static int fault_errno = -1; /* -1: not read yet, 0: off */
+static unsigned long long fault_budget, fault_written;
+
+static int fault_hit(size_t n) {
+    if (fault_errno < 0) {
+        const char *s = getenv("MAPO_FAULT_WRITE");
+        static const struct { const char *name; int e; } errs[] = {
+            {"ENOSPC", ENOSPC}, {"EROFS", EROFS}, {"EDQUOT", EDQUOT}, {"EIO", EIO}};
+        fault_errno = 0;
+        for (size_t i = 0; s && i < sizeof errs / sizeof *errs; i++) {
+            size_t l = strlen(errs[i].name);
+            if (!strncmp(s, errs[i].name, l) && s[l] == ':') {
+                fault_errno = errs[i].e;
+                fault_budget = strtoull(s + l + 1, NULL, 10);
+            }
+        }
+    }
+    if (!fault_errno) return 0;
+    if (n == 0 ? fault_written >= fault_budget : fault_written + n > fault_budget) {
+        errno = fault_errno;
+        return 1;
+    }
+    fault_written += n;
+    return 0;
+}
+
 /* Creates "<path>.tmp.<pid>" next to path. */
 static int atomic_open(atomic_file *a, const char *path) {
     size_t n = strlen(path) + 32;
     a->path = path;
     a->tmp = xmalloc(n);
     snprintf(a->tmp, n, "%s.tmp.%ld", path, (long)getpid());
-    a->fd = open(a->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    a->fd = fault_hit(0) ? -1 : open(a->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (a->fd < 0) {
         int e = errno;
         free(a->tmp);
@@ -463,7 +493,7 @@ static int atomic_write(atomic_file *a, const void *buf, size_t n) {
     const uint8_t *p = buf;
     while (n) {
         size_t chunk = n < ((size_t)1 << 30) ? n : ((size_t)1 << 30);
-        ssize_t w = write(a->fd, p, chunk);
+        ssize_t w = fault_hit(chunk) ? -1 : write(a->fd, p, chunk);
         if (w < 0 && errno == EINTR) continue;
         if (w <= 0)
             return mapo_error("%s: write failed: %s", a->path,
@@ -718,7 +748,7 @@ int st_writer_put(st_writer *w, int tensor, size_t offset, const void *data, siz
     const uint8_t *p = data;
     off_t at = (off_t)(w->data_start + w->offs[tensor] + offset);
     while (n) {
-        ssize_t r = pwrite(w->a.fd, p, n, at);
+        ssize_t r = fault_hit(n) ? -1 : pwrite(w->a.fd, p, n, at);
         if (r < 0 && errno == EINTR) continue;
         if (r <= 0) return mapo_error("%s: write failed: %s", w->a.path, r < 0 ? strerror(errno) : "no progress");
         p += r;
