@@ -42,5 +42,7 @@ int mapo_is_file(const char *path);
 double mapo_now(void);
 /* Peak resident set size of this process in bytes (from getrusage). */
 size_t mapo_peak_rss(void);
+/* Resident set size of this process now, in bytes (from /proc/self/statm; 0 if unreadable). */
+size_t mapo_rss(void);
 
 #endif

@@ -27,6 +27,7 @@ typedef struct {
     int allow_outside_paths; /* manifests may name images outside their folder (dataset.h) */
     int no_memory_check; /* run even when the memory plan exceeds MemAvailable */
     int64_t max_memory_mb; /* the memory a run may use (0: MemAvailable of /proc/meminfo) */
+    int64_t checkpoints_total_limit; /* keep the newest N checkpoints; 0 = all */
     int64_t stop_after; /* stop (as if interrupted) after this many steps of this run; 0 = off */
     int quiet;
 } train_config;

@@ -52,6 +52,9 @@ int cmd_train(int argc, char **argv) {
         {"seed", OPT_INT, &c.seed, "seed of data order, noise and timesteps (0)", 0},
         {"checkpointing_steps", OPT_INT, &c.checkpointing_steps,
          "save a resumable checkpoint every N steps; 0 = never (500)", 0},
+        {"checkpoints_total_limit", OPT_INT, &c.checkpoints_total_limit,
+         "keep only the newest N checkpoints; older ones are deleted after the new one is "
+         "complete (default: keep all)", 0},
         {"resume_from_checkpoint", OPT_STR, &c.resume,
          "a checkpoint folder, or \"latest\" (in --output_dir)", 0},
         {"stop_after_steps", OPT_INT, &c.stop_after,
@@ -74,6 +77,8 @@ int cmd_train(int argc, char **argv) {
                        "DATA --output_dir DIR [options]");
     if (r) return r > 0 ? 0 : -1;
     if (objective_parse(loss, &c.obj.kind)) return -1;
+    if (c.checkpoints_total_limit < 0)
+        return mapo_error("--checkpoints_total_limit must be >= 1 (or 0: keep all)");
     if (lora_rank < 0 || lora_rank > 4096) return mapo_error("--lora_rank must be in 0..4096");
     c.lora_rank = (int)lora_rank;
     if (res < 0 || res > 8192) return mapo_error("--resolution must be in 1..8192");

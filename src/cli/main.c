@@ -5,6 +5,8 @@
 
 #include "cmds.h"
 #include "mapo/common.h"
+#include "mapo/interrupt.h"
+#include "mapo/lock.h"
 
 static void usage(void) {
     printf("mapo -- preference alignment (MaPO, Diffusion-DPO, SFT) for diffusers UNets\n\n"
@@ -36,6 +38,7 @@ int main(int argc, char **argv) {
        training step when measured). Keep freed memory in the heap for reuse instead. */
     mallopt(M_MMAP_THRESHOLD, 1 << 30);
     mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    mapo_lock_set_command(argc, argv);
     const char *c = argv[1];
     int rc;
     if (!strcmp(c, "train")) rc = cmd_train(argc, argv);
@@ -60,5 +63,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "mapo: error: %s\n", mapo_last_error());
         return 1;
     }
+    /* stopped cleanly by SIGINT / SIGTERM: exit as shells expect of an interrupted job */
+    if (mapo_interrupted()) return 128 + mapo_interrupted();
     return rc;
 }

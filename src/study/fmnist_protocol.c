@@ -83,6 +83,20 @@ static json_t *win_json(const win_rate *w) {
                      (json_int_t)w->losses, "n", (json_int_t)w->n);
 }
 
+/* the same paired check compare() makes, from the settings alone: a mismatched --against is
+   refused before anything is sampled or written */
+static int against_fits(const fm_eval_cfg *c) {
+    fm_scores b;
+    if (fm_scores_load(&b, c->against)) return -1;
+    int rc = 0;
+    if (b.n != c->per_class * FM_CLASSES || b.noise_seed != c->noise_seed || b.steps != c->steps ||
+        b.guidance != c->guidance)
+        rc = mapo_error("%s: sampled with other noise, steps, guidance or counts than this "
+                        "evaluation: the comparison must be paired", c->against);
+    fm_scores_free(&b);
+    return rc;
+}
+
 /* the comparison against another model's scores: same classes and noise required */
 static int compare(json_t *o, const fm_scores *s, const char *against, fm_task task) {
     fm_scores b;
@@ -120,6 +134,7 @@ int fm_eval_run(const fm_eval_cfg *c) {
         !(c->guidance >= 0 && c->guidance < 100) || c->fd_images < 0)
         return mapo_error("--num_inference_steps, --guidance_scale, --grid_cols or --fd_images "
                           "out of range");
+    if (c->against && against_fits(c)) return -1;
     if (mkdir(c->out, 0755) && !mapo_is_dir(c->out))
         return mapo_error("%s: cannot create the folder", c->out);
     const double t0 = mapo_now();

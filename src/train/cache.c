@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 
 #include "mapo/common.h"
+#include "mapo/lock.h"
 #include "mapo/dataset.h"
 #include "mapo/ddpm.h"
 #include "mapo/pairs.h"
@@ -344,7 +345,9 @@ int cache_build(const cache_config *c) {
                      res, res,
                      !p.pixel ? "" : pixel_ch == 1 ? " (pixel space, gray)" : " (pixel space, RGB)",
                      c->out, gib);
-        rc = st_writer_begin(w, c->out);
+        /* one live writer per folder (a no-op when mapo train already holds it) */
+        rc = mapo_lock_parent(c->out);
+        if (!rc) rc = st_writer_begin(w, c->out);
     }
     float *z = xmalloc(nimg * lat * sizeof(float));
     float *noise = p.pixel ? NULL : xmalloc(nimg * lat * sizeof(float));

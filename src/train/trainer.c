@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -19,6 +20,8 @@
 #include "mapo/cache.h"
 #include "mapo/common.h"
 #include "mapo/dataset.h"
+#include "mapo/interrupt.h"
+#include "mapo/lock.h"
 #include "mapo/ddpm.h"
 #include "mapo/pairs.h"
 #include "mapo/pipeline.h"
@@ -122,12 +125,10 @@ static int save_model(const unet *u, const char *dir) {
     return unet_save_dir(u, p);
 }
 
-static int save_checkpoint(const train_config *c, const unet *u, const float *m,
-                           const float *v, int64_t step, const char *dir_name) {
-    char tmp[4096], dst[4096], p[4300];
-    snprintf(dst, sizeof dst, "%s/%s", c->output_dir, dir_name);
-    snprintf(tmp, sizeof tmp, "%s/.%s.tmp", c->output_dir, dir_name);
-    rm_rf(tmp);
+/* the checkpoint's files into folder tmp (created) */
+static int write_checkpoint(const train_config *c, const unet *u, const float *m,
+                            const float *v, int64_t step, const char *tmp) {
+    char p[4300];
     if (mkdir_p(tmp)) return -1;
     if (save_model(u, tmp)) return -1;
     if (m) {
@@ -152,20 +153,72 @@ static int save_checkpoint(const train_config *c, const unet *u, const float *m,
         free(s);
         if (rc) return -1;
     }
-    return replace_dir(tmp, dst);
+    return 0;
+}
+
+/* Names of the checkpoint-N folders of out_dir, oldest first, into *steps (malloc'd). */
+static int list_checkpoints(const char *out_dir, int64_t **steps) {
+    DIR *d = opendir(out_dir);
+    int n = 0, cap = 0;
+    *steps = NULL;
+    if (!d) return 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        long long k;
+        char rest;
+        if (sscanf(e->d_name, "checkpoint-%lld%c", &k, &rest) != 1 || k < 0) continue;
+        if (n == cap) *steps = xrealloc(*steps, (size_t)(cap = cap ? 2 * cap : 16) * sizeof **steps);
+        int i = n++;
+        for (; i > 0 && (*steps)[i - 1] > k; i--) (*steps)[i] = (*steps)[i - 1];
+        (*steps)[i] = k;
+    }
+    closedir(d);
+    return n;
+}
+
+/* --checkpoints_total_limit: keep the newest `limit` checkpoints. Runs only after the newest
+   is complete; each old one is first renamed out of the checkpoint-N namespace (atomic), so a
+   crash while deleting never leaves a half-deleted folder under a checkpoint's name. */
+static void prune_checkpoints(const char *out_dir, int64_t limit) {
+    int64_t *steps;
+    int n = list_checkpoints(out_dir, &steps);
+    for (int i = 0; i + limit < n; i++) {
+        char dir[4200], del[4300];
+        snprintf(dir, sizeof dir, "%s/checkpoint-%lld", out_dir, (long long)steps[i]);
+        snprintf(del, sizeof del, "%s/.checkpoint-%lld.deleting", out_dir, (long long)steps[i]);
+        rm_rf(del);
+        if (rename(dir, del)) {
+            mapo_log(1, "warning: cannot remove old checkpoint %s: %s\n", dir, strerror(errno));
+            continue;
+        }
+        rm_rf(del);
+        mapo_log(1, "removed %s (--checkpoints_total_limit %lld)\n", dir, (long long)limit);
+    }
+    free(steps);
+}
+
+/* output_dir/<dir_name>, written into a hidden temp folder and renamed into place; nothing is
+   left behind when a write fails (disk full, read-only, quota). Then old checkpoints beyond
+   --checkpoints_total_limit are removed. */
+static int save_checkpoint(const train_config *c, const unet *u, const float *m,
+                           const float *v, int64_t step, const char *dir_name) {
+    char tmp[4096], dst[4096];
+    snprintf(dst, sizeof dst, "%s/%s", c->output_dir, dir_name);
+    snprintf(tmp, sizeof tmp, "%s/.%s.tmp", c->output_dir, dir_name);
+    rm_rf(tmp);
+    if (write_checkpoint(c, u, m, v, step, tmp) || replace_dir(tmp, dst)) {
+        rm_rf(tmp);
+        return mapo_error_prefix("checkpoint %s not written (earlier ones are intact)", dst);
+    }
+    if (c->checkpoints_total_limit > 0) prune_checkpoints(c->output_dir, c->checkpoints_total_limit);
+    return 0;
 }
 
 static int64_t latest_checkpoint(const char *out_dir) {
-    DIR *d = opendir(out_dir);
-    if (!d) return -1;
-    struct dirent *e;
-    int64_t best = -1;
-    while ((e = readdir(d))) {
-        long long n;
-        char rest;
-        if (sscanf(e->d_name, "checkpoint-%lld%c", &n, &rest) == 1 && n > best) best = n;
-    }
-    closedir(d);
+    int64_t *steps;
+    int n = list_checkpoints(out_dir, &steps);
+    int64_t best = n ? steps[n - 1] : -1;
+    free(steps);
     return best;
 }
 
@@ -245,6 +298,50 @@ static int load_checkpoint(const train_config *c, unet *u, float *m, float *v, i
     if (rc) return -1;
     *step = gs;
     mapo_log(1, "resumed from %s at step %lld\n", dir, (long long)gs);
+    return 0;
+}
+
+/* Keep the lines of train_log.jsonl whose "step" is <= step (rewritten atomically). */
+static int log_truncate(const char *path, int64_t step) {
+    FILE *f = fopen(path, "r");
+    if (!f) return 0; /* no log yet */
+    char *line = NULL, *out = NULL;
+    size_t cap = 0, n = 0, ocap = 0;
+    ssize_t len;
+    int dropped = 0;
+    while ((len = getline(&line, &cap, f)) > 0) {
+        long long s;
+        if (sscanf(line, "{\"step\": %lld", &s) == 1 && s > step) {
+            dropped++;
+            continue;
+        }
+        if (n + (size_t)len > ocap) out = xrealloc(out, ocap = 2 * (n + (size_t)len));
+        memcpy(out + n, line, (size_t)len);
+        n += (size_t)len;
+    }
+    free(line);
+    fclose(f);
+    int rc = dropped ? mapo_write_file_atomic(path, out ? out : "", n) : 0;
+    free(out);
+    return rc;
+}
+
+/* SIGINT / SIGTERM at a step boundary: the state of this step as checkpoint-<step> (unless the
+   run trained nothing yet or that checkpoint was just written), then a closing line. */
+static int checkpoint_on_interrupt(const train_config *c, const unet *u, const float *m,
+                                   const float *v, int64_t step, int64_t step0) {
+    const char *sig = mapo_interrupted() == SIGINT ? "SIGINT" : "SIGTERM";
+    if (step == step0) {
+        mapo_log(1, "%s before the first step of this run: nothing new to save\n", sig);
+        return 0;
+    }
+    char name[64];
+    snprintf(name, sizeof name, "checkpoint-%lld", (long long)step);
+    if (!(c->checkpointing_steps > 0 && step % c->checkpointing_steps == 0) &&
+        save_checkpoint(c, u, m, v, step, name))
+        return -1;
+    mapo_log(1, "stopped by %s after step %lld: %s/%s holds it; resume with "
+                "--resume_from_checkpoint latest\n", sig, (long long)step, c->output_dir, name);
     return 0;
 }
 
@@ -418,7 +515,6 @@ int train_run(const train_config *c) {
     const char *pairs_path = c->dataset;
     size_t dl = strlen(c->dataset);
     if (dl < 12 || strcmp(c->dataset + dl - 12, ".safetensors")) {
-        if (mkdir_p(c->output_dir)) return -1;
         snprintf(cache_path, sizeof cache_path, "%s/cache.safetensors", c->output_dir);
         cache_config cc;
         cache_config_default(&cc);
@@ -528,10 +624,6 @@ int train_run(const train_config *c) {
             goto done_ref;
         }
     }
-    if (mkdir_p(c->output_dir)) {
-        rc = -1;
-        goto done_ref;
-    }
     param_table *tp = (param_table *)trained(&u);
     const size_t P = tp->total;
     float *m = xcalloc(P, sizeof(float)), *v = xcalloc(P, sizeof(float));
@@ -591,8 +683,21 @@ int train_run(const train_config *c) {
             goto done_buf;
         }
     }
+    /* the first write of the run: everything a bad input can be refused for was checked above,
+       so a refused run leaves the disk as it found it. One live run per folder (lock.h); the
+       checkpoint read above is complete whatever another run does (renamed into place) */
+    if (mapo_lock_dir(c->output_dir)) { /* creates it */
+        rc = -1;
+        goto done_buf;
+    }
     char logp[4200];
     snprintf(logp, sizeof logp, "%s/train_log.jsonl", c->output_dir);
+    /* a resumed run continues the log after the checkpoint's step: lines of steps that were
+       trained after it but lost (a crash, a failed checkpoint) are dropped, not repeated */
+    if (step > 0 && log_truncate(logp, step)) {
+        rc = -1;
+        goto done_buf;
+    }
     FILE *log = fopen(logp, step > 0 ? "a" : "w");
     if (!log) {
         rc = mapo_error("%s: cannot open for writing: %s", logp, strerror(errno));
@@ -604,7 +709,13 @@ int train_run(const train_config *c) {
     const int64_t step0 = step;
     size_t act_peak = 0;
     int interrupted = 0;
+    mapo_interrupt_arm(); /* SIGINT / SIGTERM: stop at the next step boundary */
     while (step < c->max_train_steps && !rc) {
+        if (mapo_interrupted()) {
+            interrupted = 1;
+            rc = checkpoint_on_interrupt(c, &u, m, v, step, step0);
+            break;
+        }
         if (c->stop_after > 0 && step - step0 >= c->stop_after) {
             interrupted = 1;
             mapo_log(1, "stopping after %lld steps as asked (--stop_after_steps); resume with "
@@ -655,10 +766,14 @@ int train_run(const train_config *c) {
         fprintf(log, "{\"step\": %lld, \"loss\": %.9g, \"model_losses_w\": %.9g, "
                      "\"model_losses_l\": %.9g, \"margin\": %.9g, \"win_score\": %.9g, "
                      "\"lose_score\": %.9g, \"implicit_acc\": %.6g, \"grad_norm\": %.9g, "
-                     "\"lr\": %.9g, \"pairs_per_s\": %.4g}\n",
+                     "\"lr\": %.9g, \"pairs_per_s\": %.4g, \"rss_mib\": %.2f}\n",
                 (long long)step, acc.loss, acc.err_w, acc.err_l, acc.margin, acc.win_score,
-                acc.lose_score, acc.implicit_acc, gnorm, lr, pps);
-        fflush(log);
+                acc.lose_score, acc.implicit_acc, gnorm, lr, pps, mapo_rss() / 1048576.0);
+        if (fflush(log) || ferror(log)) {
+            rc = mapo_error("%s: cannot write: %s (the last checkpoint is intact)", logp,
+                            strerror(errno));
+            break;
+        }
         if (!c->quiet)
             fprintf(stderr, "step %lld/%lld  loss %.5f  err_w %.5f  err_l %.5f  margin %.5f  "
                             "grad %.3g  lr %.3g  %.2f pairs/s  ETA %s\n",
@@ -687,12 +802,15 @@ int train_run(const train_config *c) {
             rm_rf(tmp);
             if (!rc) rc = unet_save_dir(&u, tmp);
             if (!rc) rc = replace_dir(tmp, dst);
+            if (rc) rm_rf(tmp);
         }
+        if (rc) mapo_error_prefix("%s not written (earlier outputs are intact)", dst);
         if (!rc)
             mapo_log(1, "saved %s (%lld steps; peak activations %.1f MiB per micro-batch, "
                         "peak RSS %.1f MiB)\n",
                      dst, (long long)step, act_peak / 1048576.0, mapo_peak_rss() / 1048576.0);
     }
+    mapo_interrupt_disarm();
     fclose(log);
 done_buf:
     free(err);

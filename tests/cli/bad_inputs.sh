@@ -46,7 +46,7 @@ expect_error "NaN in pair file" "non-finite" $MAPO train --pretrained_model_name
 expect_error "batch of another model" "encoder_hidden_states" $MAPO debug-step --model $M --batch tests/fixtures/unet/sdxl/batch.safetensors --out $TMP/x.safetensors
 # a diverging run: the loss goes non-finite and training stops with a message, earlier work kept
 $MAPO train --pretrained_model_name_or_path $M --output_dir $TMP/div "${tr[@]}" --max_train_steps 2 --checkpointing_steps 1 >/dev/null 2>&1
-expect_error "diverging run (NaN/Inf)" "finite" $MAPO train --pretrained_model_name_or_path $M --output_dir $TMP/div --dataset_name $TMP/p.safetensors --train_batch_size 2 --max_train_steps 6 --checkpointing_steps 1 --learning_rate 1e30 --max_grad_norm 0 --adam_epsilon 1e-30 --resume_from_checkpoint latest --quiet
+expect_error_w "diverging run (NaN/Inf)" "finite" $MAPO train --pretrained_model_name_or_path $M --output_dir $TMP/div --dataset_name $TMP/p.safetensors --train_batch_size 2 --max_train_steps 6 --checkpointing_steps 1 --learning_rate 1e30 --max_grad_norm 0 --adam_epsilon 1e-30 --resume_from_checkpoint latest --quiet
 [ -f $TMP/div/checkpoint-1/unet/diffusion_pytorch_model.safetensors ] && [ -f $TMP/div/unet/diffusion_pytorch_model.safetensors ] \
   && ok "earlier checkpoint and model survive the failed run" || bad "earlier work lost"
 # resume with different settings is refused
