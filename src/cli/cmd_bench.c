@@ -59,7 +59,7 @@ int cmd_bench(int argc, char **argv) {
                        "of a random-initialised UNet and prints one JSON line.");
     if (r) return r > 0 ? 0 : -1;
     if (pairs < 1 || res < 1 || seq < 1 || steps < 1 || warm < 0)
-        return mapo_error("bench: sizes and steps must be positive");
+        return mapo_error("bench: --pairs, --res, --seq and --steps must be >= 1, --warmup >= 0");
     objective_cfg oc;
     objective_cfg_default(&oc);
     if (objective_parse(loss, &oc.kind)) return -1;
@@ -133,7 +133,7 @@ int cmd_make_pairs(int argc, char **argv) {
                        "[--seq N] [--seed N]");
     if (r) return r > 0 ? 0 : -1;
     if (!model || !out) return mapo_error("make-pairs needs --model and --out");
-    if (N < 1 || res < 1 || seq < 1) return mapo_error("make-pairs: sizes must be positive");
+    if (N < 1 || res < 1 || seq < 1) return mapo_error("make-pairs: --n, --res and --seq must be >= 1");
     char p[4200];
     snprintf(p, sizeof p, "%s/config.json", model);
     unet_config c;

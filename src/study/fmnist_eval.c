@@ -81,8 +81,6 @@ static int augment(int k, float *img, int cls, uint64_t seed, int64_t i) {
 int fm_train_evaluators(const fm_eval_train_cfg *c) {
     if (!c->out) return mapo_error("needs an output folder");
     if (c->epochs < 1 || c->epochs > 1000) return mapo_error("--epochs must be in 1..1000");
-    if (mkdir(c->out, 0755) && !mapo_is_dir(c->out))
-        return mapo_error("%s: cannot create the folder", c->out);
     float *xtr, *xte;
     int *ltr, *lte;
     int64_t ntr, nte;
@@ -91,6 +89,11 @@ int fm_train_evaluators(const fm_eval_train_cfg *c) {
         free(xtr);
         free(ltr);
         return -1;
+    }
+    /* created once the data is there: a refused run leaves nothing behind */
+    if (mkdir(c->out, 0755) && !mapo_is_dir(c->out)) {
+        free(xtr), free(ltr), free(xte), free(lte);
+        return mapo_error("%s: cannot create the folder", c->out);
     }
     float *xa = xmalloc((size_t)ntr * FM_PIX * sizeof(float));
     float *xb = xmalloc((size_t)nte * FM_PIX * sizeof(float));

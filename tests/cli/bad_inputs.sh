@@ -53,4 +53,28 @@ expect_error_w "diverging run (NaN/Inf)" "finite" $MAPO train --pretrained_model
 expect_error "resume with another seed" "seed" $MAPO train --pretrained_model_name_or_path $M --output_dir $TMP/div "${tr[@]}" --max_train_steps 3 --seed 5 --resume_from_checkpoint latest
 # output that cannot be written
 expect_error "unwritable output" "/proc" $MAPO train --pretrained_model_name_or_path $M --output_dir /proc/mapo_out "${tr[@]}"
+# every other command: one line, non-zero exit, nothing written
+P=tests/fixtures/pipeline/sd15
+expect_error "unknown command" "unknown command" $MAPO frobnicate
+expect_error "sample: unknown sampler" "sampler" $MAPO sample --model $P --prompt x --sampler heun --out $TMP/s.png
+expect_error "sample: missing pipeline" "/no/such/pipeline" $MAPO sample --model /no/such/pipeline --prompt x --out $TMP/s.png
+expect_error "sample: no prompt" "--prompt" $MAPO sample --model $P --out $TMP/s.png
+expect_error "sample: zero steps" "num_inference_steps" $MAPO sample --model $P --prompt x --num_inference_steps 0 --out $TMP/s.png
+expect_error "sample: height not a multiple of 8" "height" $MAPO sample --model $P --prompt x --height 33 --out $TMP/s.png
+expect_error "sample: missing LoRA file" "/no/such/lora" $MAPO sample --model $P --prompt x --lora /no/such/lora.safetensors --out $TMP/s.png
+expect_error "sample: LoRA of another model" "lora" $MAPO sample --model $P --prompt x --lora tests/fixtures/unet/sd15/model/diffusion_pytorch_model.safetensors --num_inference_steps 1 --out $TMP/s.png
+expect_error "cache: no --out" "--out" $MAPO cache --pretrained_model_name_or_path $P --dataset_name tests/fixtures/pipeline/data/manifest
+expect_error "cache: resolution not a multiple of the VAE factor" "multiple of" $MAPO cache --pretrained_model_name_or_path $P --dataset_name tests/fixtures/pipeline/data/manifest --resolution 31 --out $TMP/c.safetensors
+expect_error "cache: a UNet folder instead of a pipeline" "AutoencoderKL" $MAPO cache --pretrained_model_name_or_path $M --dataset_name tests/fixtures/pipeline/data/manifest --out $TMP/c.safetensors
+expect_error "init-unet: missing config" "/no/such/config.json" $MAPO init-unet --config /no/such/config.json --out $TMP/u
+printf '{"_class_name": "UNet2DConditionModel", "block_out_channels": "wide"}' > $TMP/badcfg.json
+expect_error "init-unet: config value of the wrong type" "block_out_channels" $MAPO init-unet --config $TMP/badcfg.json --out $TMP/u
+expect_error "make-pairs: zero pairs" "--n" $MAPO make-pairs --model $M --out $TMP/q.safetensors --n 0
+expect_error "diff: missing file" "/no/such/a.safetensors" $MAPO diff /no/such/a.safetensors $W
+expect_error "diff: not a safetensors file" "$M/config.json" $MAPO diff $M/config.json $W
+expect_error "bench: unknown loss" "kto" $MAPO bench --loss kto
+expect_error "bench: zero pairs" "--pairs" $MAPO bench --pairs 0
+expect_error "init-pixel-pipeline: 2 channels" "channels" $MAPO init-pixel-pipeline --out $TMP/pp --channels 2
+expect_error "fmnist-evaluators: missing data folder" "/no/such/fmnist" $MAPO fmnist-evaluators --out $TMP/ev --data /no/such/fmnist
+expect_error "report: missing study folder" "/no/such/study" $MAPO report --study /no/such/study --out $TMP/r
 finish
