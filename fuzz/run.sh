@@ -8,10 +8,26 @@
 #                                    FUZZ_SMOKE_SECONDS (20) seconds, whichever comes first;
 #                                    nothing kept; exits 1 on any crash, leak or timeout
 # Per target: executions, exec/s, coverage (edges "cov" and features "ft"), corpus, crashes.
+#   fuzz/run.sh summary [TARGET...]  totals over every campaign run logged in build-fuzz/logs
 set -u
 mode=$1
 shift
 B=${FUZZ_BUILD:-build-fuzz}
+if [ "$mode" = summary ]; then
+    [ $# -gt 0 ] || set -- safetensors parquet image config tokenizer manifest idx
+    printf '%-12s %5s %12s %8s %8s %8s %8s %8s\n' target runs execs exec/s cov ft corpus crashes
+    for t in "$@"; do
+        f=$B/logs/$t.stats
+        [ -f "$f" ] || continue
+        nc=$(ls "$B/corpus/$t" 2>/dev/null | wc -l)
+        # columns: stamp target execs exec/s cov ft corpus crashes rc log
+        awk -v t="$t" -v nc="$nc" '{ n++; if ($3 ~ /^[0-9]+$/) { e += $3; if ($4 > 0) s += $3 / $4 }
+             if ($5 > cov) cov = $5; if ($6 > ft) ft = $6; cr += $8 }
+             END { printf "%-12s %5d %12d %8d %8d %8d %8d %8d\n", t, n, e, (s > 0 ? e / s : 0),
+                   cov, ft, nc, cr }' "$f"
+    done
+    exit 0
+fi
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:symbolize=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 export OMP_NUM_THREADS=1
