@@ -176,6 +176,32 @@ static int list_checkpoints(const char *out_dir, int64_t **steps) {
     return n;
 }
 
+/* What a killed run of this folder may have left: hidden temporary folders of checkpoints and
+   of the final UNet, checkpoints half-way through deletion, temporary files of the atomic
+   writer ("<name>.tmp.<pid>"). Called with the folder's lock held, so no live run owns them. */
+static void remove_stale(const char *out_dir) {
+    DIR *d = opendir(out_dir);
+    if (!d) return;
+    struct dirent *e;
+    int n = 0;
+    while ((e = readdir(d))) {
+        const char *s = e->d_name;
+        size_t l = strlen(s);
+        const char *t = strstr(s, ".tmp.");
+        int stale = (!strncmp(s, ".checkpoint-", 12) &&
+                     ((l > 9 && !strcmp(s + l - 9, ".deleting")) || (l > 4 && !strcmp(s + l - 4, ".tmp")))) ||
+                    !strcmp(s, ".unet.tmp") ||
+                    (t && t > s && t[5] && strspn(t + 5, "0123456789") == strlen(t + 5));
+        if (!stale) continue;
+        char p[4400];
+        snprintf(p, sizeof p, "%s/%s", out_dir, s);
+        rm_rf(p);
+        n++;
+    }
+    closedir(d);
+    if (n) mapo_log(1, "removed %d temporary file(s) left in %s by an interrupted run\n", n, out_dir);
+}
+
 /* --checkpoints_total_limit: keep the newest `limit` checkpoints. Runs only after the newest
    is complete; each old one is first renamed out of the checkpoint-N namespace (atomic), so a
    crash while deleting never leaves a half-deleted folder under a checkpoint's name. */
@@ -690,6 +716,7 @@ int train_run(const train_config *c) {
         rc = -1;
         goto done_buf;
     }
+    remove_stale(c->output_dir);
     char logp[4200];
     snprintf(logp, sizeof logp, "%s/train_log.jsonl", c->output_dir);
     /* a resumed run continues the log after the checkpoint's step: lines of steps that were

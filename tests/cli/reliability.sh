@@ -102,6 +102,29 @@ kill -INT $pid; wait $pid; rc=$?
 n=$(grep -c '"step"' $TMP/int/train_log.jsonl)
 [ $rc -eq 130 ] && [ -d $TMP/int/checkpoint-$n ] && ok "SIGINT: exit 130, checkpoint-$n" || bad "SIGINT: rc $rc $(cat $TMP/int.log)"
 
+# SIGKILL at random moments of a run that checkpoints every step and keeps only one (saving,
+# renaming, deleting the old one): after every kill a complete checkpoint is there, the run
+# resumes from it, and the end is bit-identical to an uninterrupted run
+$MAPO train "${tr[@]}" --output_dir $TMP/k1 --max_train_steps 1 --checkpointing_steps 1 2>/dev/null || bad "k1 start"
+kills=0
+for delay in 0.013 0.021 0.007 0.033 0.018 0.026 0.011 0.029 0.002 0.045; do
+  n0=$(grep -c . $TMP/k1/train_log.jsonl)
+  $MAPO train "${tr[@]}" --output_dir $TMP/k1 --max_train_steps 100000 --checkpointing_steps 1 \
+    --checkpoints_total_limit 1 --resume_from_checkpoint latest 2>/dev/null &
+  pid=$!
+  # once it trains (a step logged), most of each step is the checkpoint's writes and fsyncs
+  for i in $(seq 400); do [ "$(grep -c . $TMP/k1/train_log.jsonl)" -gt "$n0" ] && break; sleep 0.01; done
+  sleep $delay; kill -KILL $pid 2>/dev/null && kills=$((kills+1)); wait $pid 2>/dev/null
+  [ -n "$(cd $TMP/k1 && ls -d checkpoint-* 2>/dev/null)" ] || { bad "no checkpoint after a kill"; break; }
+done
+last=$(cd $TMP/k1 && ls -d checkpoint-* | sed 's/checkpoint-//' | sort -n | tail -1)
+$MAPO train "${tr[@]}" --output_dir $TMP/k1 --max_train_steps $((last + 2)) --checkpointing_steps 1 --checkpoints_total_limit 1 \
+  --resume_from_checkpoint latest 2>/dev/null || bad "resume after the kills"
+$MAPO train "${tr[@]}" --output_dir $TMP/k1ref --max_train_steps $((last + 2)) --checkpointing_steps 0 2>/dev/null || bad "k1ref"
+same $TMP/k1/$W $TMP/k1ref/$W && [ "$(cd $TMP/k1 && ls -d checkpoint-*)" = "checkpoint-$((last + 2))" ] && no_temps $TMP/k1 \
+  && ok "$kills SIGKILLs with --checkpoints_total_limit 1: always a checkpoint, resume bit-identical at step $((last + 2))" \
+  || bad "after $kills kills: $(ls -a $TMP/k1 | tr "\n" " "); same: $(same $TMP/k1/$W $TMP/k1ref/$W && echo yes)"
+
 # ---- 6. resident memory stays flat: 400 steps, RSS after warm-up (step 50) against step 400.
 # Bound 1 MiB: the loop allocates per step only buffers it frees again (and main.c keeps freed
 # memory in the heap for reuse), so steady-state growth is a leak; 1 MiB over 350 steps catches
