@@ -52,6 +52,10 @@ int image_load(mapo_image *im, const char *path);
 
 /* Encode 8-bit RGB (rows of 3*w bytes) as PNG in memory (*out from malloc). */
 int image_encode_png(const uint8_t *rgb, int w, int h, uint8_t **out, size_t *out_len);
+/* The same for 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA) interleaved 8-bit channels
+ * (rows of channels*w bytes); image_encode_png is channels = 3. */
+int image_encode_png_channels(const uint8_t *px, int w, int h, int channels, uint8_t **out,
+                              size_t *out_len);
 /* Encode and write atomically (temp file in the same folder, fsync, rename). */
 int image_write_png(const char *path, const uint8_t *rgb, int w, int h);
 

@@ -445,10 +445,19 @@ static void pw_err(png_structp p, png_const_charp msg) {
 }
 
 int image_encode_png(const uint8_t *rgb, int w, int h, uint8_t **out, size_t *out_len) {
+    return image_encode_png_channels(rgb, w, h, 3, out, out_len);
+}
+
+int image_encode_png_channels(const uint8_t *px, int w, int h, int channels, uint8_t **out,
+                              size_t *out_len) {
     *out = NULL;
     *out_len = 0;
-    if (!rgb) return mapo_error("PNG encode: no pixels");
+    if (!px) return mapo_error("PNG encode: no pixels");
+    if (channels < 1 || channels > 4)
+        return mapo_error("PNG encode: %d channels (1, 2, 3 or 4 expected)", channels);
     if (check_dims(w, h, "PNG encode")) return -1;
+    static const int ctype[5] = {0, PNG_COLOR_TYPE_GRAY, PNG_COLOR_TYPE_GRAY_ALPHA,
+                                 PNG_COLOR_TYPE_RGB, PNG_COLOR_TYPE_RGB_ALPHA};
     pwbuf *b = xcalloc(1, sizeof *b);
     png_structp p = png_create_write_struct(PNG_LIBPNG_VER_STRING, b, pw_err, png_warn_fn);
     png_infop info = p ? png_create_info_struct(p) : NULL;
@@ -465,10 +474,11 @@ int image_encode_png(const uint8_t *rgb, int w, int h, uint8_t **out, size_t *ou
         return -1;
     }
     png_set_write_fn(p, b, pw_write, pw_flush);
-    png_set_IHDR(p, info, (png_uint_32)w, (png_uint_32)h, 8, PNG_COLOR_TYPE_RGB,
+    png_set_IHDR(p, info, (png_uint_32)w, (png_uint_32)h, 8, ctype[channels],
                  PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
     png_write_info(p, info);
-    for (int y = 0; y < h; y++) png_write_row(p, (png_const_bytep)(rgb + (size_t)y * w * 3));
+    for (int y = 0; y < h; y++)
+        png_write_row(p, (png_const_bytep)(px + (size_t)y * w * channels));
     png_write_end(p, info);
     png_destroy_write_struct(&p, &info);
     *out = b->buf;
