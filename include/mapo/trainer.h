@@ -33,19 +33,6 @@ typedef struct {
 } train_config;
 
 void train_config_default(train_config *c);
-/* The 2B inputs of a micro-batch: pair j in slots j (chosen) and j + Bp (rejected). */
-typedef struct {
-    int Bp;        /* pairs */
-    int64_t chw;
-    float *sample, *target, *timestep, *ehs, *text_embeds, *time_ids;
-    float *eps;    /* scratch [chw] */
-} pair_slots;
-/* Pair idx of epoch `epoch` as a run with this seed sees it: noise, timestep and horizontal flip
-   (p = 0.5, when the pair file holds both orientations: the scripts' per-epoch
-   RandomHorizontalFlip) from counter-based streams; noisy inputs, targets and conditioning into
-   slot j. The trainer and cached Diffusion-DPO reference errors (cache.h) both use it. */
-void pair_fill(pair_slots *b, const pair_file *pf, const ddpm_schedule *sch, uint64_t seed,
-               int64_t epoch, int64_t idx, int j);
 int train_run(const train_config *c);
 /* A checkpoint's trainer_state.json (path), checked against run c: global_step > 0, and the
    seed, batch size, gradient accumulation, loss and lora_rank an exact resume needs.

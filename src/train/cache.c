@@ -18,7 +18,7 @@
 #include "mapo/rng.h"
 #include "mapo/safetensors.h"
 #include "mapo/step.h"
-#include "mapo/trainer.h"
+#include "mapo/pair_draw.h"
 
 enum { STREAM_VAE_NOISE = 0xcac4e };
 #define CACHE_VERSION "1"
