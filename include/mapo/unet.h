@@ -101,7 +101,10 @@ int unet_lora_add(unet *u, int rank, uint64_t seed);
 /* Load adapters from a LoRA safetensors file (or a folder holding
    pytorch_lora_weights.safetensors): diffusers names ("unet.<module>.lora.down.weight" /
    ".lora.up.weight", as the official script saves) or peft names ("<module>.lora_A.weight" /
-   ".lora_B.weight"), with or without the "unet." prefix, optional "<module>.alpha". The scale
+   ".lora_B.weight"), with or without the "unet." prefix, optional "<module>.alpha", or kohya-ss
+   names ("lora_unet_<module>.lora_down.weight" / ".lora_up.weight" / ".alpha", diffusers or
+   original SD layout; lora_formats.h); a folder without the diffusers file may hold
+   lora_kohya.safetensors. The scale
    alpha/r is folded into B, so the result is for inference or continued training at scale 1.
    with_grad allocates gradients. Keys for anything but the UNet's attention projections are
    refused by name. */

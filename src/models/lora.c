@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "mapo/common.h"
+#include "mapo/lora_formats.h"
 #include "mapo/rng.h"
 #include "mapo/safetensors.h"
 #include "mapo/unet.h"
@@ -94,6 +95,7 @@ typedef struct {
     const st_file *f;
     const char *prefix; /* "unet." or "" */
     int peft;           /* lora_A/lora_B names (else lora.down/lora.up) */
+    int kohya;          /* lora_unet_<module>.lora_down / lora_up / alpha (lora_formats.h) */
     int *used;          /* per file tensor: matched */
     int pass;           /* 0: register, 1: copy values */
     int rc;
@@ -115,6 +117,15 @@ static int load_block(unet *u, unet_tblock *b, void *vctx) {
             snprintf(na, sizeof na, "%s%s.%s", c->prefix, mod, c->peft ? "lora_A.weight" : "lora.down.weight");
             snprintf(nb, sizeof nb, "%s%s.%s", c->prefix, mod, c->peft ? "lora_B.weight" : "lora.up.weight");
             snprintf(nal, sizeof nal, "%s%s.alpha", c->prefix, mod);
+            /* kohya: the diffusers-layout name, else the original-layout one */
+            for (int l = KOHYA_LAYOUT_DIFFUSERS; c->kohya && l <= KOHYA_LAYOUT_ORIGINAL; l++) {
+                char kn[600];
+                if (lora_kohya_name(&u->cfg, mod, (kohya_layout)l, kn, sizeof kn)) continue;
+                snprintf(na, sizeof na, "%s.lora_down.weight", kn);
+                snprintf(nb, sizeof nb, "%s.lora_up.weight", kn);
+                snprintf(nal, sizeof nal, "%s.alpha", kn);
+                if (st_find(c->f, na) || st_find(c->f, nb)) break;
+            }
             const st_tensor *ta = find_used(c, na), *tb = find_used(c, nb), *tal = find_used(c, nal);
             if (!ta && !tb) continue; /* this module has no adapter */
             if (!ta || !tb)
@@ -165,15 +176,21 @@ void unet_lora_drop(unet *u) {
 
 int unet_lora_load(unet *u, const char *path, int with_grad) {
     char p[4200];
-    if (mapo_is_dir(path))
-        snprintf(p, sizeof p, "%s/pytorch_lora_weights.safetensors", path);
-    else
+    if (mapo_is_dir(path)) {
+        /* a folder: the diffusers file, else (trained with --lora_format kohya) the kohya one */
+        snprintf(p, sizeof p, "%s/%s", path, LORA_DIFFUSERS_FILE);
+        if (!mapo_is_file(p)) {
+            char q[4200];
+            snprintf(q, sizeof q, "%s/%s", path, LORA_KOHYA_FILE);
+            if (mapo_is_file(q)) snprintf(p, sizeof p, "%s", q);
+        }
+    } else
         snprintf(p, sizeof p, "%s", path);
     if (u->lora.n) return mapo_error("the UNet already has LoRA adapters");
     st_file f;
     if (st_open(&f, p)) return -1;
     /* naming: detect from the first LoRA-looking tensor */
-    load_ctx c = {&f, "", 0, xcalloc(f.n ? f.n : 1, sizeof(int)), 0, 0};
+    load_ctx c = {&f, "", 0, 0, xcalloc(f.n ? f.n : 1, sizeof(int)), 0, 0};
     int found = 0;
     for (int i = 0; i < f.n && !found; i++) {
         const char *nm = f.tensors[i].name;
@@ -181,10 +198,14 @@ int unet_lora_load(unet *u, const char *path, int with_grad) {
             c.peft = strstr(nm, ".lora_A.") != NULL;
             c.prefix = strncmp(nm, "unet.", 5) ? "" : "unet.";
             found = 1;
+        } else if (!strncmp(nm, "lora_", 5) && strstr(nm, ".lora_down.")) {
+            c.kohya = found = 1; /* lora_unet_* (lora_te* are refused below by name) */
         }
     }
     int rc = 0;
-    if (!found) rc = mapo_error("%s: no LoRA tensors (*.lora.down.weight or *.lora_A.weight)", p);
+    if (!found)
+        rc = mapo_error("%s: no LoRA tensors (*.lora.down.weight, *.lora_A.weight or kohya's "
+                        "lora_unet_*.lora_down.weight)", p);
     params_init(&u->lora);
     if (!rc) rc = each_tblock(u, load_block, &c);
     if (!rc) {
@@ -195,8 +216,10 @@ int unet_lora_load(unet *u, const char *path, int with_grad) {
     for (int i = 0; i < f.n && !rc; i++)
         if (!c.used[i])
             rc = mapo_error("%s: tensor '%s' is not a LoRA adapter of this UNet's attention "
-                            "projections (to_q, to_k, to_v, to_out.0); text-encoder LoRAs and "
-                            "other targets are not supported", p, f.tensors[i].name);
+                            "projections (to_q, to_k, to_v, to_out.0)%s; text-encoder LoRAs and "
+                            "other targets are not supported", p, f.tensors[i].name,
+                            c.kohya && strncmp(f.tensors[i].name, "lora_te", 7)
+                                ? " in either kohya layout (a LoRA for another UNet?)" : "");
     if (!rc && !u->lora.n) rc = mapo_error("%s: no adapter matches this UNet", p);
     free(c.used);
     st_close(&f);
