@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 
 #include <jpeglib.h>
+#include <jerror.h>
 #include <png.h>
 
 #include "mapo/common.h"
@@ -21,6 +22,11 @@
 #define MAX_JPEG_SCANS 1000  /* libjpeg-turbo's advice against progressive-scan bombs */
 #define MAX_FILE_BYTES (1LL << 30)
 #define JPEG_MAX_PIXELS_PER_BYTE 512 /* one bit per 8x8 block (docs/RELIABILITY.md) */
+/* libjpeg's own memory beside the output image: the whole-image coefficient buffers of a
+   progressive or multi-scan file (2 bytes a coefficient). An arithmetic-coded file can declare
+   16384x16384 in 2 KB; without this it got up to 1.5 GB of buffers to decode garbage into.
+   512 MiB is a progressive 4:2:0 file of 179 megapixels, 4:4:4 of 89. */
+#define JPEG_MAX_WORK_BYTES (512L << 20)
 
 /* ------------------------------------------------------------------ basics */
 
@@ -70,7 +76,12 @@ typedef struct {
 
 static void jerr_exit(j_common_ptr cinfo) {
     jerr_mgr *e = (jerr_mgr *)cinfo->err;
-    (*cinfo->err->format_message)(cinfo, e->msg);
+    const int code = cinfo->err->msg_code;
+    if (code == JERR_NO_BACKING_STORE || code == JERR_OUT_OF_MEMORY)
+        snprintf(e->msg, sizeof e->msg, "decoding it needs more than %ld MiB of JPEG working "
+                 "memory (a progressive or multi-scan file this large)", JPEG_MAX_WORK_BYTES >> 20);
+    else
+        (*cinfo->err->format_message)(cinfo, e->msg);
     longjmp(e->jb, 1);
 }
 /* Warnings (corrupt entropy data, extraneous bytes) are ignored, as Pillow does. */
@@ -132,6 +143,7 @@ static int decode_jpeg(mapo_image *im, const uint8_t *buf, size_t len, const cha
         return -1;
     }
     jpeg_create_decompress(&x->ci);
+    x->ci.mem->max_memory_to_use = JPEG_MAX_WORK_BYTES;
     x->src.init_source = jsrc_init;
     x->src.fill_input_buffer = jsrc_fill;
     x->src.skip_input_data = jsrc_skip;
