@@ -8,16 +8,21 @@
 #include "mapo/cache.h"
 #include "mapo/common.h"
 #include "mapo/dataset.h"
+#include "mapo/single_file.h"
 
 int cmd_cache(int argc, char **argv) {
     cache_config c;
     cache_config_default(&c);
     int64_t res = 0;
-    const char *bad = "skip", *latents = "sample";
+    const char *bad = "skip", *latents = "sample", *config_dir = NULL;
+    static char model_buf[4096], ref_buf[4096];
     opt_def o[] = {
         {"pretrained_model_name_or_path", OPT_STR, &c.model_dir,
          "pipeline folder (tokenizer(s), text encoder(s), vae, unet config); without vae/ "
-         "(pixel space) the images themselves are cached", 0},
+         "(pixel space) the images themselves are cached; or a single-file checkpoint "
+         "(.safetensors; converted once into a cache)", 0},
+        {"config_dir", OPT_STR, &config_dir, "with a single-file model: the pipeline folder of "
+         "its kind giving tokenizer(s), scheduler, configs (default: the Hub cache)", 0},
         {"dataset_name", OPT_STR, &c.dataset,
          "Pick-a-Pic-style parquet file or folder, or a JSONL manifest (file or folder) of "
          "pairs {caption, chosen, rejected} or of single images {caption, image}", 0},
@@ -49,5 +54,8 @@ int cmd_cache(int argc, char **argv) {
     if (res < 0 || res > 8192) return mapo_error("--resolution must be in 1..8192");
     c.resolution = (int)res;
     if (c.ref_unet && c.ref_epochs == 0) c.ref_epochs = 1;
+    if (single_file_resolve_arg(&c.model_dir, config_dir, model_buf, sizeof model_buf) ||
+        single_file_resolve_arg(&c.ref_unet, config_dir, ref_buf, sizeof ref_buf))
+        return -1;
     return cache_build(&c);
 }

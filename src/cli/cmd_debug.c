@@ -95,7 +95,7 @@ int cmd_debug_step(int argc, char **argv) {
 /* mapo diff A B [--tol X] [--prefix P]: relative L2 error per common tensor. */
 int cmd_diff(int argc, char **argv) {
     double tol = 1e-4;
-    const char *prefix = "";
+    const char *prefix = "", *a_prefix = "";
     int quiet = 0;
     if (argc < 4) return mapo_error("usage: mapo diff A.safetensors B.safetensors [--tol X] "
                                     "[--prefix P] [--quiet]");
@@ -103,8 +103,11 @@ int cmd_diff(int argc, char **argv) {
         {"tol", OPT_DOUBLE, &tol, "largest relative error ||a-b||/||b|| allowed (1e-4)", 0},
         {"prefix", OPT_STR, &prefix, "compare only tensors whose name starts with this", 0},
         {"quiet", OPT_FLAG, &quiet, "print only the worst tensor", 0},
+        {"a_prefix", OPT_STR, &a_prefix, "A names its tensors with this prefix before B's names "
+         "(e.g. text_model.: transformers 4 vs 5 CLIPTextModel layouts)", 0},
     };
-    int r = args_parse(o, 3, argc, argv, 4, "usage: mapo diff A B [--tol X] [--prefix P]");
+    int r = args_parse(o, 4, argc, argv, 4,
+                       "usage: mapo diff A B [--tol X] [--prefix P] [--a_prefix P]");
     if (r) return r > 0 ? 0 : -1;
     st_file a, b;
     if (st_open(&a, argv[2])) return -1;
@@ -118,7 +121,9 @@ int cmd_diff(int argc, char **argv) {
     for (int i = 0; i < b.n && !rc; i++) {
         const st_tensor *tb = &b.tensors[i];
         if (strncmp(tb->name, prefix, strlen(prefix))) continue;
-        const st_tensor *ta = st_find(&a, tb->name);
+        char an[1024];
+        snprintf(an, sizeof an, "%s%s", a_prefix, tb->name);
+        const st_tensor *ta = st_find(&a, an);
         if (!ta) {
             skipped++;
             if (!quiet) printf("%-70s only in %s\n", tb->name, argv[3]);

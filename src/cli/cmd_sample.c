@@ -11,6 +11,7 @@
 #include "mapo/generate.h"
 #include "mapo/image.h"
 #include "mapo/safetensors.h"
+#include "mapo/single_file.h"
 
 /* prompts: one per line; empty lines and lines starting with # are skipped */
 static int read_prompts(const char *path, char ***out, int *n) {
@@ -48,11 +49,16 @@ static void numbered(char *dst, size_t n, const char *out, int i) {
 int cmd_sample(int argc, char **argv) {
     const char *model = NULL, *prompt = NULL, *prompts_file = NULL, *neg = NULL, *out = NULL;
     const char *grid = NULL, *unet_dir = NULL, *lora = NULL, *latents = NULL, *sampler = "euler";
+    const char *config_dir = NULL;
+    char model_buf[4096];
     int64_t steps = 30, seed = 0, height = 0, width = 0, rows = 0, tiled = -1, batch = 1;
     double guidance = -1;
     int quiet = 0;
     opt_def o[] = {
-        {"model", OPT_STR, &model, "diffusers pipeline folder (SD 1.5 or SDXL)", 0},
+        {"model", OPT_STR, &model, "diffusers pipeline folder (SD 1.5 or SDXL), or a single-file "
+                                   "checkpoint (.safetensors; converted once into a cache)", 0},
+        {"config_dir", OPT_STR, &config_dir, "with a single-file --model: the pipeline folder "
+         "of its kind giving tokenizer(s), scheduler, configs (default: the Hub cache)", 0},
         {"prompt", OPT_STR, &prompt, "the prompt", 0},
         {"prompts_file", OPT_STR, &prompts_file, "one prompt per line (instead of --prompt)", 0},
         {"negative_prompt", OPT_STR, &neg, "negative prompt for every image (default none)", 0},
@@ -87,6 +93,7 @@ int cmd_sample(int argc, char **argv) {
     if (tiled < -1 || tiled > 1) return mapo_error("--tiled_decode must be -1, 0 or 1");
     if (strcmp(sampler, "euler") && strcmp(sampler, "ddim"))
         return mapo_error("unknown --sampler '%s' (euler, ddim)", sampler);
+    if (single_file_resolve_arg(&model, config_dir, model_buf, sizeof model_buf)) return -1;
     char **prompts = NULL;
     int n = 1;
     if (prompts_file) {

@@ -7,6 +7,7 @@
 #include "mapo/curves.h"
 #include "mapo/common.h"
 #include "mapo/dataset.h"
+#include "mapo/single_file.h"
 #include "mapo/trainer.h"
 
 int cmd_train(int argc, char **argv) {
@@ -15,10 +16,14 @@ int cmd_train(int argc, char **argv) {
     train_config_default(&c);
     const char *loss = "mapo", *sched = "constant";
     int64_t lora_rank = 0, res = 0;
-    const char *bad = "skip";
+    const char *bad = "skip", *config_dir = NULL;
+    static char model_buf[4096], ref_buf[4096];
     opt_def o[] = {
         {"pretrained_model_name_or_path", OPT_STR, &c.model_dir,
-         "diffusers UNet folder or pipeline folder (with unet/)", 0},
+         "diffusers UNet folder or pipeline folder (with unet/), or a single-file "
+         "checkpoint (.safetensors; converted once into a cache)", 0},
+        {"config_dir", OPT_STR, &config_dir, "with a single-file model: the pipeline folder of "
+         "its kind giving tokenizer(s), scheduler, configs (default: the Hub cache) [mapo]", 0},
         {"dataset_name", OPT_STR, &c.dataset,
          "Pick-a-Pic-style parquet (file or folder), a JSONL manifest (file or folder), or a "
          "pair file / mapo cache (.safetensors)", 0},
@@ -87,6 +92,9 @@ int cmd_train(int argc, char **argv) {
     if (lr_schedule_parse(sched, &c.sched))
         return mapo_error("unknown --lr_scheduler '%s' (constant, constant_with_warmup, linear, "
                           "cosine)", sched);
+    if (single_file_resolve_arg(&c.model_dir, config_dir, model_buf, sizeof model_buf) ||
+        single_file_resolve_arg(&c.ref_dir, config_dir, ref_buf, sizeof ref_buf))
+        return -1;
     if (train_run(&c)) return -1;
     if (curves) {
         char lp[4200], hp[4200];

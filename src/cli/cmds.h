@@ -10,6 +10,7 @@ int cmd_diff(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_sample(int argc, char **argv);
 int cmd_cache(int argc, char **argv);
+int cmd_convert(int argc, char **argv);
 int cmd_init_pixel_pipeline(int argc, char **argv);
 int cmd_fmnist_data(int argc, char **argv);
 int cmd_fmnist_evaluators(int argc, char **argv);

@@ -15,6 +15,7 @@ static void usage(void) {
            "  train        align a UNet (or LoRA) on preference pairs with mapo, dpo or sft\n"
            "  sample       images from a pipeline folder (DDIM / Euler, guidance, LoRA)\n"
            "  cache        encode a preference dataset once (latents, text embeddings)\n"
+           "  convert      a single-file SD 1.5 / SDXL checkpoint -> a diffusers pipeline folder\n"
            "  debug-step   one deterministic forward + backward on a given batch\n"
            "  init-unet    write a random-initialised UNet folder from a config.json\n"
            "  make-pairs   write a synthetic pair file for a model (demos, benchmarks)\n"
@@ -44,6 +45,7 @@ int main(int argc, char **argv) {
     if (!strcmp(c, "train")) rc = cmd_train(argc, argv);
     else if (!strcmp(c, "sample")) rc = cmd_sample(argc, argv);
     else if (!strcmp(c, "cache")) rc = cmd_cache(argc, argv);
+    else if (!strcmp(c, "convert")) rc = cmd_convert(argc, argv);
     else if (!strcmp(c, "debug-step")) rc = cmd_debug_step(argc, argv);
     else if (!strcmp(c, "init-unet")) rc = cmd_init_unet(argc, argv);
     else if (!strcmp(c, "make-pairs")) rc = cmd_make_pairs(argc, argv);

@@ -27,6 +27,9 @@ int pipeline_load(pipeline *p, const char *dir, int parts, const char *unet_dir,
     if (strlen(dir) >= sizeof p->dir - 32) return mapo_error("%s: path too long", dir);
     snprintf(p->dir, sizeof p->dir, "%s", dir);
     char q[4096];
+    if (mapo_is_file(dir))
+        return mapo_error("%s: a file, not a pipeline folder (a single-file checkpoint: mapo "
+                          "convert --in FILE --out DIR makes one)", dir);
     if (!mapo_is_dir(dir)) return mapo_error("%s: no such folder", dir);
     snprintf(q, sizeof q, "%s/text_encoder_2", dir);
     p->sdxl = mapo_is_dir(q);

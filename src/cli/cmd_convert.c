@@ -1,0 +1,61 @@
+/* cmd_convert.c -- mapo convert: a model file in another layout -> a diffusers folder.
+ *
+ * A dispatcher on the kind of --in: each kind has a probe (cheap, header only: is this input
+ * mine?) and a converter. The first kind whose probe says yes converts; an input no probe
+ * claims is refused naming the kinds tried. Kinds:
+ *   single-file checkpoint   an original-layout SD 1.5 / SDXL .safetensors (A1111 / ComfyUI /
+ *                            CivitAI) -> a pipeline folder (single_file.h; --config_dir gives
+ *                            the tokenizers, scheduler and configs)
+ * New kinds (e.g. LoRA formats) add one probe + one converter to KINDS. */
+#include <stdio.h>
+#include <string.h>
+
+#include "args.h"
+#include "cmds.h"
+#include "mapo/common.h"
+#include "mapo/single_file.h"
+
+typedef struct {
+    const char *in, *out, *config_dir;
+    int quiet;
+} convert_args;
+
+static int probe_single_file(const char *in) { return single_file_probe(in) != SF_NONE; }
+static int run_single_file(const convert_args *a) {
+    return single_file_convert(a->in, a->config_dir, a->out, a->quiet);
+}
+
+static const struct {
+    const char *kind;
+    int (*probe)(const char *in);
+    int (*run)(const convert_args *a);
+} KINDS[] = {
+    {"a single-file SD 1.5 / SDXL checkpoint (model.diffusion_model.*, first_stage_model.*, "
+     "text encoders)", probe_single_file, run_single_file},
+};
+
+int cmd_convert(int argc, char **argv) {
+    convert_args a = {0};
+    opt_def o[] = {
+        {"in", OPT_STR, &a.in, "the file to convert (a single-file SD 1.5 / SDXL .safetensors)", 0},
+        {"out", OPT_STR, &a.out, "the diffusers folder to write (must not exist; written "
+                                 "atomically)", 0},
+        {"config_dir", OPT_STR, &a.config_dir,
+         "single files: a diffusers pipeline folder of the same kind giving tokenizer(s), "
+         "scheduler and the config values tensors cannot tell (weights not needed; default: the "
+         "Hub cache of stable-diffusion-v1-5 / stable-diffusion-xl-base-1.0)", 0},
+        {"quiet", OPT_FLAG, &a.quiet, "no progress", 0},
+    };
+    int r = args_parse(o, (int)(sizeof o / sizeof *o), argc, argv, 2,
+                       "usage: mapo convert --in MODEL.safetensors --out DIR "
+                       "[--config_dir PIPELINE_DIR]");
+    if (r) return r > 0 ? 0 : -1;
+    if (!a.in || !a.out) return mapo_error("convert needs --in and --out");
+    if (!mapo_is_file(a.in))
+        return mapo_error("%s: %s", a.in, mapo_is_dir(a.in) ? "a folder; --in takes a file"
+                                                            : "no such file");
+    for (size_t k = 0; k < sizeof KINDS / sizeof *KINDS; k++)
+        if (KINDS[k].probe(a.in)) return KINDS[k].run(&a);
+    /* no kind claims it: the single-file converter says best what is wrong with it */
+    return run_single_file(&a);
+}
