@@ -87,7 +87,7 @@ static const prep_cfg CFG = {RES, 0, 1}; /* center crop, no flip: what the fixtu
 
 static void test_manifest(void **state) {
     (void)state;
-    pref_dataset_opts o = {NULL, ON_BAD_IMAGE_SKIP, 0};
+    pref_dataset_opts o = {NULL, ON_BAD_IMAGE_SKIP, 0, 0, 0};
     pref_dataset *d;
     if (pref_dataset_open(&d, FIX "/manifest", &o)) fail_msg("%s", mapo_last_error());
     assert_string_equal(pref_dataset_kind(d), "manifest");
@@ -256,7 +256,7 @@ static void test_parquet_file(void **state) {
     (void)state;
     json_t *kept = meta_json("pickapic_kept_rows");
     assert_int_equal(json_array_size(kept), 5); /* 6 rows, one tie */
-    pref_dataset_opts o = {NULL, ON_BAD_IMAGE_SKIP, 0};
+    pref_dataset_opts o = {NULL, ON_BAD_IMAGE_SKIP, 0, 0, 0};
     pref_dataset *d;
     if (pref_dataset_open(&d, FIX "/pickapic.parquet", &o)) fail_msg("%s", mapo_last_error());
     assert_string_equal(pref_dataset_kind(d), "parquet");
@@ -289,7 +289,7 @@ static void test_parquet_file(void **state) {
 static void test_parquet_hf_folder(void **state) {
     (void)state;
     json_t *kept = meta_json("pickapic_kept_rows");
-    pref_dataset_opts o = {NULL, ON_BAD_IMAGE_SKIP, 0};
+    pref_dataset_opts o = {NULL, ON_BAD_IMAGE_SKIP, 0, 0, 0};
     pref_dataset *d;
     /* folder -> data/ -> split "train" (two files: rows 0-2 zstd, rows 3-5 gzip) */
     if (pref_dataset_open(&d, FIX "/pickapic_hf", &o)) fail_msg("%s", mapo_last_error());
@@ -415,7 +415,7 @@ static void test_images_only(void **state) {
     write_file(path, text);
 
     /* the images live in the fixtures, outside this folder: allowed explicitly */
-    pref_dataset_opts o = {NULL, ON_BAD_IMAGE_SKIP, 1};
+    pref_dataset_opts o = {NULL, ON_BAD_IMAGE_SKIP, 1, 0, 0};
     pref_dataset *d, *pairs;
     if (pref_dataset_open(&d, dir, &o)) fail_msg("%s", mapo_last_error());
     if (pref_dataset_open(&pairs, FIX "/manifest", &o)) fail_msg("%s", mapo_last_error());
@@ -493,7 +493,7 @@ static void test_images_only(void **state) {
     assert_true(pref_dataset_is_bad(d, 1) && pref_dataset_is_bad(d, 3) && !pref_dataset_is_bad(d, 2));
     const uint64_t fp = pref_dataset_fingerprint(d);
     pref_dataset_close(d);
-    pref_dataset_opts fail_o = {NULL, ON_BAD_IMAGE_FAIL, 1};
+    pref_dataset_opts fail_o = {NULL, ON_BAD_IMAGE_FAIL, 1, 0, 0};
     if (pref_dataset_open(&d, path, &fail_o)) fail_msg("%s", mapo_last_error());
     assert_int_equal(pref_dataset_check(d, &nb), -1);
     assert_non_null(strstr(mapo_last_error(), "line 2 image "));
@@ -575,7 +575,7 @@ static void test_outside_paths(void **state) {
         snprintf(text, sizeof text, "{\"caption\": \"c\", \"chosen\": \"%s\", \"rejected\": "
                  "\"b.png\"}\n", cases[k].chosen);
         write_file(mpath, text);
-        pref_dataset_opts o = {NULL, ON_BAD_IMAGE_SKIP, 0};
+        pref_dataset_opts o = {NULL, ON_BAD_IMAGE_SKIP, 0, 0, 0};
         pref_dataset *d = NULL;
         int rc = pref_dataset_open(&d, sub, &o);
         if (cases[k].needle) {
@@ -595,7 +595,7 @@ static void test_outside_paths(void **state) {
     }
     /* the rejected path is checked too */
     write_file(mpath, "{\"caption\": \"c\", \"chosen\": \"a.png\", \"rejected\": \"../secret.png\"}\n");
-    pref_dataset_opts o = {NULL, ON_BAD_IMAGE_SKIP, 0};
+    pref_dataset_opts o = {NULL, ON_BAD_IMAGE_SKIP, 0, 0, 0};
     pref_dataset *d = NULL;
     assert_int_equal(pref_dataset_open(&d, mpath, &o), -1);
     assert_non_null(strstr(mapo_last_error(), "line 1: rejected path '../secret.png'"));

@@ -301,6 +301,22 @@ def schedules(out_dir):
                 opt.step()
                 sch.step()
             tensors[f"sched.{name}.w{warmup}.t{total}"] = torch.tensor(vals, dtype=torch.float64)
+        # the official script's --lr_num_cycles / --lr_power, at its learning rates (polynomial
+        # decays to lr_end = 1e-7, so its multiplier depends on the initial lr)
+        for name, key, vals_ in [("cosine_with_restarts", "num_cycles", [1, 3]),
+                                 ("polynomial", "power", [1.0, 2.0, 0.5])]:
+            for val in vals_:
+                for lr in ([1.0] if name != "polynomial" else [1e-3, 5e-4]):
+                    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+                    sch = get_scheduler(name, optimizer=opt, num_warmup_steps=warmup,
+                                        num_training_steps=total, **{key: val})
+                    vals = []
+                    for k in range(total + 3):
+                        vals.append(sch.get_last_lr()[0] / lr)
+                        opt.step()
+                        sch.step()
+                    tensors[f"sched.{name}.{key}{val:g}.lr{lr:g}.w{warmup}.t{total}"] = \
+                        torch.tensor(vals, dtype=torch.float64)
     save_file(tensors, os.path.join(out_dir, "schedules.safetensors"), meta_base())
     return []
 

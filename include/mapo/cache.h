@@ -53,6 +53,13 @@ typedef struct {
                                ignored by pixel-space pipelines */
     int64_t seed;
     int64_t max_pairs;      /* 0: all */
+    int sample_pairs;       /* max_pairs picks a seeded random subset (kept in dataset order)
+                               instead of the first pairs: the official --max_train_samples */
+    const char *split;      /* parquet folders with split names (NULL: "train") */
+    int split_soft;         /* a folder without split names is used whole (dataset.h) */
+    int keep_ties;          /* keep pairs whose labels tie (jpg_0 is then the chosen one) */
+    const char *vae_dir;    /* a VAE folder instead of the pipeline's vae/ (NULL: none) */
+    int vae_batch;          /* images per VAE encode call (<= 0: all of a pair's at once) */
     const char *ref_unet;   /* DPO reference UNet (folder or pipeline); NULL: none */
     int64_t ref_epochs;     /* epochs of reference errors to store (0: from ref_pair_visits) */
     int64_t ref_pair_visits;/* pairs the training run will visit (steps x batch x accumulation) */

@@ -28,6 +28,22 @@ void gen_config_default(gen_config *g);
 int generate_images(pipeline *p, const gen_config *g, const char *const *prompts,
                     const char *const *negative, int n, const float *init_latents, float *images);
 
+/* Prompt conditioning, encoded once (the text encoders may be freed after): cond / uncond
+ * [n, S, D], pooled pc / pu [n, P] (SDXL; NULL otherwise). */
+typedef struct {
+    int n;
+    float *cond, *uncond, *pc, *pu;
+} gen_cond;
+/* negative may be NULL (none for every prompt); with guidance_scale <= 1 no negative is
+ * encoded. */
+int generate_encode(pipeline *p, const char *const *prompts, const char *const *negative,
+                    int n, double guidance_scale, gen_cond *c);
+void gen_cond_free(gen_cond *c);
+/* generate_images from encoded prompts, with UNet u (p->unet, or one owned elsewhere: the
+ * trainer's, for validation images). Needs p's VAE (or a pixel-space p) and scheduler config. */
+int generate_with(pipeline *p, unet *u, const gen_config *g, const gen_cond *c,
+                  const float *init_latents, float *images);
+
 /* [0,1] floats -> 8-bit as diffusers' numpy_to_pil: round(x * 255). */
 void images_to_u8(uint8_t *out, const float *in, int64_t n);
 

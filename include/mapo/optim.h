@@ -27,12 +27,23 @@ double clip_grad_norm(float *g, size_t n, double max_norm);
 float clip_grad_coef(double total_norm, double max_norm);
 void grad_scale(float *g, size_t n, float coef);
 
-typedef enum { LR_CONSTANT = 0, LR_CONSTANT_WITH_WARMUP, LR_LINEAR, LR_COSINE } lr_schedule;
-/* parse "constant" | "constant_with_warmup" | "linear" | "cosine"; -1 if unknown */
+typedef enum {
+    LR_CONSTANT = 0, LR_CONSTANT_WITH_WARMUP, LR_LINEAR, LR_COSINE, LR_COSINE_WITH_RESTARTS,
+    LR_POLYNOMIAL
+} lr_schedule;
+/* parse "constant" | "constant_with_warmup" | "linear" | "cosine" | "cosine_with_restarts" |
+   "polynomial"; -1 if unknown */
 int lr_schedule_parse(const char *s, lr_schedule *out);
 const char *lr_schedule_name(lr_schedule s);
 /* multiplier for optimizer step `step` (0-based, the step about to be taken), as the
-   LambdaLR of diffusers.optimization.get_scheduler (cosine with num_cycles 0.5) */
+   LambdaLR of diffusers.optimization.get_scheduler(name, num_cycles, power) builds it: cosine
+   with num_cycles 0.5; cosine_with_restarts with num_cycles hard restarts; polynomial decay
+   from lr_init to lr_end = 1e-7 with exponent power (needs lr_init > 1e-7). */
+double lr_lambda_ex(lr_schedule s, int64_t step, int64_t warmup, int64_t total, int num_cycles,
+                    double power, double lr_init);
+/* lr_lambda_ex with num_cycles 1, power 1, lr_init 1 */
 double lr_lambda(lr_schedule s, int64_t step, int64_t warmup, int64_t total);
+/* the polynomial schedule's end learning rate (diffusers' default lr_end) */
+#define LR_POLYNOMIAL_END 1e-7
 
 #endif

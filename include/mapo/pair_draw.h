@@ -14,7 +14,7 @@
 #include "mapo/pairs.h"
 
 /* Philox stream ids (3 is dataset.h's augmentation stream) */
-enum { PAIR_STREAM_PERM = 1, PAIR_STREAM_NOISE = 2, PAIR_STREAM_FLIP = 4 };
+enum { PAIR_STREAM_PERM = 1, PAIR_STREAM_NOISE = 2, PAIR_STREAM_FLIP = 4, PAIR_STREAM_LABEL = 5 };
 
 /* The data order: the permutation of the current epoch, recomputed when the epoch changes. */
 typedef struct {
@@ -41,5 +41,9 @@ typedef struct {
    RandomHorizontalFlip); noisy inputs, targets and conditioning into slot j. */
 void pair_fill(pair_slots *b, const pair_file *pf, const ddpm_schedule *sch, uint64_t seed,
                int64_t epoch, int64_t idx, int j);
+
+/* --label_noise_prob: 1 when visit (epoch, idx) of a run with this seed trains the pair's
+   preference the other way round (probability p; p = 0: never, without a draw). */
+int pair_label_flip(uint64_t seed, int64_t epoch, int64_t idx, double p);
 
 #endif

@@ -43,6 +43,12 @@ typedef struct {
 int pipeline_load(pipeline *p, const char *dir, int parts, const char *unet_dir,
                   int unet_with_grad);
 void pipeline_free(pipeline *p);
+/* Replace the pipeline's VAE by the one in vae_dir (a VAE folder: config.json + weights), as
+ * the official scripts' --pretrained_vae_model_name_or_path; it must fit (latent channels,
+ * downscale). */
+int pipeline_use_vae(pipeline *p, const char *vae_dir);
+/* Free the tokenizers and text encoders (after the prompts are encoded). */
+void pipeline_drop_text(pipeline *p);
 
 /* 1 when dir has no vae/ folder and its model_index.json declares no VAE ("vae": [null, null]):
  * a pixel-space pipeline

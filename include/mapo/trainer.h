@@ -30,6 +30,26 @@ typedef struct {
     int64_t checkpoints_total_limit; /* keep the newest N checkpoints; 0 = all */
     int64_t stop_after; /* stop (as if interrupted) after this many steps of this run; 0 = off */
     int quiet;
+    /* the rest of the official MaPO script's flags (docs/METHOD.md) */
+    int64_t num_train_epochs;   /* used when max_train_steps is 0 (default 1) */
+    int64_t lr_num_cycles;      /* cosine_with_restarts (1) */
+    double lr_power;            /* polynomial (1.0) */
+    double label_noise_prob;    /* flip a pair's preference with this probability (0) */
+    const char *vae_dir;        /* --pretrained_vae_model_name_or_path (NULL: the pipeline's) */
+    const char *split;          /* --dataset_split_name (parquet folders with splits) */
+    int split_soft;             /* the split was not asked for: a folder without split names
+                                   is used whole (dataset.h) */
+    int64_t max_train_samples;  /* image datasets: a seeded subset of this many pairs (0: all) */
+    int64_t vae_encode_batch_size; /* images per VAE encode call while caching (8) */
+    int keep_ties;              /* --remove_ties false */
+    const char *tensorboard_dir;/* event files go here (NULL: no TensorBoard) */
+    int64_t validation_steps;   /* validation images every N steps and at the end (0: off) */
+    const char *validation_prompts; /* file, one prompt per line (NULL: the official four) */
+    int64_t validation_num_inference_steps, validation_resolution;
+    double validation_guidance_scale;
+    const char *validation_sampler;
+    int use_8bit_adam;
+    int lora_format;            /* LORA_FMT_* of lora_formats.h for the final adapters */
 } train_config;
 
 void train_config_default(train_config *c);

@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "mapo/checkpoint.h"
 #include "mapo/objectives.h"
 #include "mapo/trainer.h"
 #include "mapo/unet.h"
@@ -16,7 +17,7 @@
 typedef struct {
     const train_config *c;
     unet *u;               /* the model being trained (watchers may run it, not change it) */
-    const float *m, *v;    /* AdamW moments of the trained parameters */
+    const optim_state *opt; /* the optimizer's state (checkpoints) */
     int64_t step0;         /* the step this process started from (a resume: the checkpoint's) */
     double t0;             /* mapo_now() when this process's first step began */
 } run_view;
@@ -53,6 +54,19 @@ watcher *watch_jsonl(const char *path, int append);
 watcher *watch_checkpoints(void);
 /* the final model (output_dir/unet or the LoRA file) when the run is done */
 watcher *watch_final_model(void);
+
+/* TensorBoard event files in dir (created): every metric of train_log.jsonl as scalars;
+   *writer (may be NULL) gets the writer for other watchers' images. NULL + message on error. */
+struct tfevents_writer;
+watcher *watch_tensorboard(const char *dir, struct tfevents_writer **writer);
+/* Validation images: the validation prompts (c->validation_prompts or the official script's
+   four) sampled from fixed noise (seed) with the model being trained, every
+   c->validation_steps and at the end, as output_dir/validation/step-N.png / final.png grids and
+   TensorBoard images ("validation", "test"); before a fresh run's first step also the base
+   model's ("base.png", test_without_aligned_unet / test_without_lora). Holds the pipeline's
+   VAE; the prompts are encoded once and the text encoders freed. tb may be NULL. */
+watcher *watch_validation(const train_config *c, unet *u, int64_t step0,
+                          struct tfevents_writer *tb);
 
 /* Calls every watcher's step / end (stops at the first error); frees them all. */
 int watchers_step(watcher **ws, int n, const run_view *r, const step_report *s);

@@ -12,8 +12,10 @@
 void args_usage(const opt_def *opts, int n, const char *usage) {
     printf("%s\n\noptions:\n", usage);
     for (int i = 0; i < n; i++) {
-        const char *arg = opts[i].kind == OPT_FLAG ? "" : opts[i].kind == OPT_STR ? " S"
-                          : opts[i].kind == OPT_INT ? " N" : " X";
+        const opt_kind k = opts[i].kind;
+        const char *arg = k == OPT_FLAG || k == OPT_IGNORED_FLAG ? ""
+                          : k == OPT_STR || k == OPT_IGNORED_VALUE ? " S"
+                          : k == OPT_INT ? " N" : k == OPT_BOOL ? " true|false" : " X";
         char left[96];
         snprintf(left, sizeof left, "--%s%s", opts[i].name, arg);
         printf("  %-34s %s\n", left, opts[i].help);
@@ -40,7 +42,20 @@ static int set_value(opt_def *o, const char *v) {
         *(double *)o->dst = x;
         return 0;
     }
-    case OPT_FLAG: break;
+    case OPT_BOOL: {
+        static const char *const yes[] = {"true", "True", "TRUE", "1", "yes"};
+        static const char *const no[] = {"false", "False", "FALSE", "0", "no"};
+        for (int i = 0; i < 5; i++) {
+            if (!strcmp(v, yes[i])) return *(int *)o->dst = 1, 0;
+            if (!strcmp(v, no[i])) return *(int *)o->dst = 0, 0;
+        }
+        return mapo_error("--%s expects true or false, got '%s'", o->name, v);
+    }
+    case OPT_IGNORED_VALUE:
+        mapo_log(1, "note: --%s %s is ignored: %s\n", o->name, v, o->help);
+        return 0;
+    case OPT_FLAG:
+    case OPT_IGNORED_FLAG: break;
     }
     return 0;
 }
@@ -61,9 +76,10 @@ int args_parse(opt_def *opts, int n, int argc, char **argv, int first, const cha
             if (strlen(opts[k].name) == len && !strncmp(opts[k].name, name, len)) o = &opts[k];
         if (!o) return mapo_error("unknown option '%.*s' (see --help)", (int)(len + 2), a);
         o->seen = 1;
-        if (o->kind == OPT_FLAG) {
+        if (o->kind == OPT_FLAG || o->kind == OPT_IGNORED_FLAG) {
             if (eq) return mapo_error("--%s takes no value", o->name);
-            *(int *)o->dst = 1;
+            if (o->kind == OPT_FLAG) *(int *)o->dst = 1;
+            else mapo_log(1, "note: --%s is ignored: %s\n", o->name, o->help);
             continue;
         }
         const char *v = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);

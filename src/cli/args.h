@@ -5,7 +5,12 @@
 #define MAPO_CLI_ARGS_H
 #include <stdint.h>
 
-typedef enum { OPT_STR, OPT_INT, OPT_DOUBLE, OPT_FLAG } opt_kind;
+/* OPT_BOOL: a value true|false|1|0|yes|no (int *). OPT_IGNORED_FLAG / OPT_IGNORED_VALUE:
+   accepted so command lines of the official scripts run unchanged, and ignored with one note
+   on stderr that gives the reason (the help text); dst unused. */
+typedef enum {
+    OPT_STR, OPT_INT, OPT_DOUBLE, OPT_FLAG, OPT_BOOL, OPT_IGNORED_FLAG, OPT_IGNORED_VALUE
+} opt_kind;
 typedef struct {
     const char *name; /* without the leading -- */
     opt_kind kind;

@@ -43,6 +43,7 @@ typedef struct {
 
 struct pref_dataset {
     int kind, policy;
+    int keep_ties;   /* opts->keep_ties */
     int images_only; /* a manifest of single captioned images: no rejected image */
     int64_t n, n_ties, n_bad;
     int64_t n_summed; /* bad pairs beyond PREF_MAX_WARNINGS already told in a summary line */
@@ -364,11 +365,12 @@ static void free_names(char **names, int n) {
 }
 
 /* keep the files of one split (see dataset.h); frees the rest */
-static int select_split(char **names, int *count, const char *split, const char *dir) {
+static int select_split(char **names, int *count, const char *split, int soft,
+                        const char *dir) {
     int any = 0;
     char s[256];
     for (int i = 0; i < *count; i++) any |= split_of(base_of(names[i]), s, sizeof s);
-    if (!any && !split) return 0;
+    if (!any && (!split || soft)) return 0;
     const char *want = split ? split : "train";
     int k = 0;
     char avail[512] = "";
@@ -476,7 +478,7 @@ static int open_parquet_files(pref_dataset *d, char **names, int count) {
                                     (long long)(row0 + r));
                 if (rc) break;
                 const int tie = s->c_label1 >= 0 ? a == b : a == 0.5;
-                if (tie) {
+                if (tie && !d->keep_ties) {
                     d->n_ties++;
                     continue;
                 }
@@ -518,6 +520,7 @@ int pref_dataset_open(pref_dataset **out, const char *path, const pref_dataset_o
     if (stat(path, &st) != 0) return mapo_error("dataset %s: %s", path, strerror(errno));
     pref_dataset *d = xcalloc(1, sizeof *d);
     d->policy = o.on_bad_image;
+    d->keep_ties = o.keep_ties;
     d->img_file = d->cap_file = -1;
     int rc = 0;
     if (S_ISREG(st.st_mode)) {
@@ -549,7 +552,7 @@ int pref_dataset_open(pref_dataset **out, const char *path, const pref_dataset_o
             if (!rc && count == 0)
                 rc = mapo_error("dataset %s: no manifest.jsonl and no *.parquet files (looked in "
                                 "%s and %s/data)", path, path, path);
-            if (!rc) rc = select_split(names, &count, o.split, where);
+            if (!rc) rc = select_split(names, &count, o.split, o.split_soft, where);
             if (!rc) rc = open_parquet_files(d, names, count);
             free_names(names, count);
             free(where);

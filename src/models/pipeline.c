@@ -248,3 +248,30 @@ int unet_dir_fingerprint(const char *dir, char *buf, size_t n) {
     snprintf(p, sizeof p, "%s/unet/config.json", dir);
     return files_fingerprint(dir, mapo_is_file(p) ? sub : plain, 2, 1, buf, n);
 }
+
+int pipeline_use_vae(pipeline *p, const char *vae_dir) {
+    if (p->pixel) return mapo_error("%s: a pixel-space pipeline has no VAE to replace", p->dir);
+    vae *v;
+    if (vae_load_dir(&v, vae_dir)) return -1;
+    const int want = p->have_unet ? p->unet.cfg.in_channels
+                                  : p->vae ? vae_latent_channels(p->vae) : vae_latent_channels(v);
+    if (vae_latent_channels(v) != want ||
+        (p->vae && vae_downscale(v) != vae_downscale(p->vae))) {
+        int lc = vae_latent_channels(v), ds = vae_downscale(v);
+        vae_free(v);
+        return mapo_error("%s: this VAE (latent_channels %d, downscale %d) does not fit the "
+                          "pipeline %s", vae_dir, lc, ds, p->dir);
+    }
+    if (p->vae) vae_free(p->vae);
+    p->vae = v;
+    return 0;
+}
+
+void pipeline_drop_text(pipeline *p) {
+    for (int i = 0; i < 2; i++) {
+        if (p->tok[i]) clip_tokenizer_free(p->tok[i]);
+        if (p->te[i]) clip_text_free(p->te[i]);
+        p->tok[i] = NULL;
+        p->te[i] = NULL;
+    }
+}

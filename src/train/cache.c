@@ -20,7 +20,7 @@
 #include "mapo/step.h"
 #include "mapo/pair_draw.h"
 
-enum { STREAM_VAE_NOISE = 0xcac4e };
+enum { STREAM_VAE_NOISE = 0xcac4e, STREAM_SUBSET = 0x5b5e7 };
 #define CACHE_VERSION "1"
 
 void cache_config_default(cache_config *c) {
@@ -109,7 +109,7 @@ static int space_of(const cache_config *c, int *res, int *pixel_ch) {
     *pixel_ch = 0;
     if (*res && !pixel) return 0;
     int f = 1;
-    if (!pixel && vae_config_downscale(c->model_dir, &f)) return -1;
+    if (!pixel && vae_config_downscale(c->vae_dir ? c->vae_dir : c->model_dir, &f)) return -1;
     unet_config uc;
     snprintf(q, sizeof q, "%s/unet/config.json", c->model_dir);
     if (unet_config_load(&uc, q)) return -1;
@@ -133,8 +133,9 @@ static json_t *meta_of(const cache_config *c, int resolution, int pixel_ch) {
     char res[32], seed[32];
     snprintf(res, sizeof res, "%d", resolution);
     snprintf(seed, sizeof seed, "%lld", (long long)c->seed);
-    char mp[32];
-    snprintf(mp, sizeof mp, "%lld", (long long)c->max_pairs);
+    char mp[48];
+    snprintf(mp, sizeof mp, "%lld%s", (long long)c->max_pairs,
+             c->max_pairs > 0 && c->sample_pairs ? " (seeded subset)" : "");
     const char *latents = pixel_ch ? "none (pixel space)" : c->latents_mean ? "mean" : "sample";
     json_t *m = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "mapo_cache",
                           CACHE_VERSION, "model_fingerprint", mf, "dataset_fingerprint", df,
@@ -145,6 +146,18 @@ static json_t *meta_of(const cache_config *c, int resolution, int pixel_ch) {
     if (m && pixel_ch)
         json_object_set_new(m, "pixel_channels",
                             json_string(pixel_ch == 1 ? PIXEL_GRAY : PIXEL_RGB));
+    /* what picks the pairs, and a separate VAE: recorded only when used, so caches made
+       without them still match */
+    if (m && c->split) json_object_set_new(m, "split", json_string(c->split));
+    if (m && c->keep_ties) json_object_set_new(m, "ties", json_string("kept"));
+    if (m && c->vae_dir) {
+        char vf[32];
+        if (unet_dir_fingerprint(c->vae_dir, vf, sizeof vf)) {
+            json_decref(m);
+            return NULL;
+        }
+        json_object_set_new(m, "vae_fingerprint", json_string(vf));
+    }
     return m;
 }
 
@@ -237,6 +250,18 @@ static void to_pixel_space(float *out, const float *img, int n, int C, int64_t h
     }
 }
 
+/* max_pairs of n pairs chosen by a seeded permutation (marked 1), kept in dataset order */
+static uint8_t *subset_mask(int64_t n, int64_t k, uint64_t seed) {
+    int64_t *perm = xmalloc((size_t)n * sizeof(int64_t));
+    philox r;
+    philox_init(&r, seed, STREAM_SUBSET, 0);
+    philox_permutation(&r, perm, n);
+    uint8_t *m = xcalloc((size_t)n, 1);
+    for (int64_t i = 0; i < k; i++) m[perm[i]] = 1;
+    free(perm);
+    return m;
+}
+
 int cache_build(const cache_config *c) {
     if (!c->model_dir || !c->dataset || !c->out)
         return mapo_error("cache needs --pretrained_model_name_or_path, --dataset_name and --out");
@@ -246,6 +271,10 @@ int cache_build(const cache_config *c) {
     if (space_of(c, &res, &pixel_ch)) return -1;
     pipeline p;
     if (pipeline_load(&p, c->model_dir, PIPE_TEXT | PIPE_VAE, NULL, 0)) return -1;
+    if (c->vae_dir && pipeline_use_vae(&p, c->vae_dir)) {
+        pipeline_free(&p);
+        return -1;
+    }
     int rc = 0;
     if (p.pixel != (pixel_ch > 0)) {
         pipeline_free(&p);
@@ -265,7 +294,8 @@ int cache_build(const cache_config *c) {
         return -1;
     }
     pref_dataset *ds;
-    pref_dataset_opts dopt = {NULL, c->on_bad_image, c->allow_outside_paths};
+    pref_dataset_opts dopt = {c->split, c->on_bad_image, c->allow_outside_paths, c->keep_ties,
+                              c->split_soft};
     if (pref_dataset_open(&ds, c->dataset, &dopt)) {
         json_decref(meta);
         pipeline_free(&p);
@@ -284,7 +314,11 @@ int cache_build(const cache_config *c) {
     /* pass 1 (skip policy only): find the pairs whose images decode, so the file is exactly
        as large as what it holds */
     int64_t N0 = pref_dataset_size(ds);
-    if (c->max_pairs > 0 && c->max_pairs < N0) N0 = c->max_pairs;
+    /* --max_train_samples: a seeded subset (the official script shuffles with the seed and
+       selects); max_pairs alone: the first pairs */
+    uint8_t *pick = c->max_pairs > 0 && c->max_pairs < N0 && c->sample_pairs
+                        ? subset_mask(N0, c->max_pairs, (uint64_t)c->seed) : NULL;
+    if (c->max_pairs > 0 && c->max_pairs < N0 && !pick) N0 = c->max_pairs;
     int64_t *keep = xmalloc((N0 ? N0 : 1) * sizeof(int64_t)), N = 0, n_bad = 0;
     prep_cfg pc = {res, c->random_crop, c->no_hflip};
     const int64_t pix = 3LL * res * res;
@@ -299,7 +333,8 @@ int cache_build(const cache_config *c) {
        file is sized */
     rc = pref_dataset_check(ds, &n_bad);
     for (int64_t i = 0; i < N0 && !rc; i++)
-        if (!pref_dataset_is_bad(ds, i)) keep[N++] = i;
+        if (!pref_dataset_is_bad(ds, i) && (!pick || pick[i])) keep[N++] = i;
+    free(pick);
     if (!rc && n_bad && !c->quiet)
         mapo_log(1, "%lld %s skipped for undecodable images (--on_bad_image skip)\n",
                  (long long)n_bad, unit);
@@ -377,7 +412,12 @@ int cache_build(const cache_config *c) {
                 philox_fill_normal(&r, noise, nimg * lat);
                 nz = noise;
             }
-            rc = vae_encode_latents(p.vae, img, nimg, res, res, nz, z, 0);
+            /* --vae_encode_batch_size: at most that many images per VAE call (the encoder works
+               per image, so the latents do not depend on it) */
+            const int vb = c->vae_batch > 0 && c->vae_batch < nimg ? c->vae_batch : nimg;
+            for (int k = 0; k < nimg && !rc; k += vb)
+                rc = vae_encode_latents(p.vae, img + k * pix, k + vb <= nimg ? vb : nimg - k, res,
+                                        res, nz ? nz + k * lat : NULL, z + k * lat, 0);
         }
         const char *cp = cap ? cap : "";
         if (!rc) rc = pipeline_encode_prompts(&p, &cp, 1, ehs, P ? pooled : NULL);

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "mapo/common.h"
+#include "mapo/lora_formats.h"
 #include "mapo/safetensors.h"
 
 /* --------------------------------------------------------------- file helpers */
@@ -77,15 +78,19 @@ static int save_model(const unet *u, const char *dir) {
 }
 
 /* the checkpoint's files into folder tmp (created) */
-static int write_checkpoint(const train_config *c, const unet *u, const float *m,
-                            const float *v, int64_t step, const char *tmp) {
+static int write_checkpoint(const train_config *c, const unet *u, const optim_state *o,
+                            int64_t step, const char *tmp) {
     char p[4300];
     if (run_mkdir_p(tmp)) return -1;
     if (save_model(u, tmp)) return -1;
-    if (m) {
+    if (o) {
         st_writer *w = st_writer_new();
-        params_write(trained_params(u), w, "exp_avg.", m);
-        params_write(trained_params(u), w, "exp_avg_sq.", v);
+        if (o->s8) {
+            adamw8_write(o->s8, w, "");
+        } else {
+            params_write(trained_params(u), w, "exp_avg.", o->m);
+            params_write(trained_params(u), w, "exp_avg_sq.", o->v);
+        }
         snprintf(p, sizeof p, "%s/optimizer.safetensors", tmp);
         int rc = st_writer_write(w, p);
         st_writer_free(w);
@@ -97,6 +102,9 @@ static int write_checkpoint(const train_config *c, const unet *u, const float *m
                                "loss", objective_name(c->obj.kind), "dataset_name", c->dataset,
                                "learning_rate", c->learning_rate, "max_train_steps",
                                (json_int_t)c->max_train_steps, "lora_rank", c->lora_rank);
+        /* what else an exact resume needs to be the same */
+        json_object_set_new(js, "optimizer", json_string(o->s8 ? "adamw8bit" : "adamw"));
+        json_object_set_new(js, "label_noise_prob", json_real(c->label_noise_prob));
         char *s = json_dumps(js, JSON_INDENT(2));
         json_decref(js);
         snprintf(p, sizeof p, "%s/trainer_state.json", tmp);
@@ -174,13 +182,12 @@ static void prune_checkpoints(const char *out_dir, int64_t limit) {
     free(steps);
 }
 
-int ckpt_save(const train_config *c, const unet *u, const float *m, const float *v,
-              int64_t step) {
+int ckpt_save(const train_config *c, const unet *u, const optim_state *o, int64_t step) {
     char tmp[4096], dst[4096];
     snprintf(dst, sizeof dst, "%s/checkpoint-%lld", c->output_dir, (long long)step);
     snprintf(tmp, sizeof tmp, "%s/.checkpoint-%lld.tmp", c->output_dir, (long long)step);
     run_rm_rf(tmp);
-    if (write_checkpoint(c, u, m, v, step, tmp) || replace_dir(tmp, dst)) {
+    if (write_checkpoint(c, u, o, step, tmp) || replace_dir(tmp, dst)) {
         run_rm_rf(tmp);
         return mapo_error_prefix("checkpoint %s not written (earlier ones are intact)", dst);
     }
@@ -206,6 +213,11 @@ int checkpoint_state_read(const char *p, const train_config *c, int64_t *global_
     json_int_t ga = json_integer_value(json_object_get(js, "gradient_accumulation_steps"));
     const char *loss = json_string_value(json_object_get(js, "loss"));
     json_int_t lr = json_integer_value(json_object_get(js, "lora_rank"));
+    /* absent in checkpoints of earlier versions: float32 AdamW, no label noise */
+    const char *opt = json_string_value(json_object_get(js, "optimizer"));
+    const char *want_opt = c->use_8bit_adam ? "adamw8bit" : "adamw";
+    json_t *ln = json_object_get(js, "label_noise_prob");
+    const double noise = json_is_number(ln) ? json_number_value(ln) : 0.0;
     int rc = 0;
     if (gs <= 0) rc = mapo_error("%s: bad global_step", p);
     else if (seed != c->seed || bs != c->train_batch_size || ga != c->grad_accum)
@@ -219,13 +231,19 @@ int checkpoint_state_read(const char *p, const train_config *c, int64_t *global_
     else if (lr != c->lora_rank)
         rc = mapo_error("%s: the checkpoint has --lora_rank %lld, this run %d", p, (long long)lr,
                         c->lora_rank);
+    else if (strcmp(opt ? opt : "adamw", want_opt))
+        rc = mapo_error("%s: the checkpoint's optimizer is %s, this run uses %s (--use_8bit_adam "
+                        "must be the same)", p, opt, want_opt);
+    else if (noise != c->label_noise_prob)
+        rc = mapo_error("%s: the checkpoint trained with --label_noise_prob %g, this run %g", p,
+                        noise, c->label_noise_prob);
     json_decref(js);
     if (rc) return -1;
     *global_step = gs;
     return 0;
 }
 
-int ckpt_load(const train_config *c, unet *u, float *m, float *v, int64_t *step) {
+int ckpt_load(const train_config *c, unet *u, optim_state *o, int64_t *step) {
     char dir[4096], p[4300];
     if (!strcmp(c->resume, "latest")) {
         int64_t n = ckpt_latest(c->output_dir);
@@ -260,13 +278,14 @@ int ckpt_load(const train_config *c, unet *u, float *m, float *v, int64_t *step)
     st_file f;
     if (st_open(&f, p)) return -1;
     const param_table *tp = trained_params(u);
-    for (int i = 0; i < tp->n && !rc; i++) {
+    if (o->s8) rc = adamw8_read(o->s8, &f, "");
+    for (int i = 0; i < tp->n && !rc && !o->s8; i++) {
         const param_info *pi = &tp->p[i];
         char nm[600];
         snprintf(nm, sizeof nm, "exp_avg.%s", pi->name);
-        rc = st_read_f32_shape(&f, nm, m + pi->offset, pi->ndim, pi->shape);
+        rc = st_read_f32_shape(&f, nm, o->m + pi->offset, pi->ndim, pi->shape);
         snprintf(nm, sizeof nm, "exp_avg_sq.%s", pi->name);
-        if (!rc) rc = st_read_f32_shape(&f, nm, v + pi->offset, pi->ndim, pi->shape);
+        if (!rc) rc = st_read_f32_shape(&f, nm, o->v + pi->offset, pi->ndim, pi->shape);
     }
     st_close(&f);
     if (rc) return -1;
@@ -300,12 +319,14 @@ int run_log_truncate(const char *path, int64_t step) {
     return rc;
 }
 
-int ckpt_save_final(const unet *u, const char *out_dir) {
+int ckpt_save_final(const unet *u, const char *out_dir, int fmt) {
     char tmp[4200], dst[4200];
     int rc;
     if (u->lora.n) {
-        snprintf(dst, sizeof dst, "%s/pytorch_lora_weights.safetensors", out_dir);
-        rc = unet_lora_save(u, dst); /* atomic: temp file + rename */
+        /* atomic files: pytorch_lora_weights.safetensors and / or lora_kohya.safetensors */
+        snprintf(dst, sizeof dst, "%s/%s", out_dir,
+                 fmt == LORA_FMT_KOHYA ? LORA_KOHYA_FILE : LORA_DIFFUSERS_FILE);
+        rc = unet_lora_save_formats(u, out_dir, (lora_format)fmt);
     } else {
         snprintf(tmp, sizeof tmp, "%s/.unet.tmp", out_dir);
         snprintf(dst, sizeof dst, "%s/unet", out_dir);

@@ -118,9 +118,11 @@ int lr_schedule_parse(const char *s, lr_schedule *out) {
     else if (!strcmp(s, "constant_with_warmup")) *out = LR_CONSTANT_WITH_WARMUP;
     else if (!strcmp(s, "linear")) *out = LR_LINEAR;
     else if (!strcmp(s, "cosine")) *out = LR_COSINE;
+    else if (!strcmp(s, "cosine_with_restarts")) *out = LR_COSINE_WITH_RESTARTS;
+    else if (!strcmp(s, "polynomial")) *out = LR_POLYNOMIAL;
     else
         return mapo_error("unknown lr scheduler '%s' (expected constant, constant_with_warmup, "
-                          "linear or cosine)", s);
+                          "linear, cosine, cosine_with_restarts or polynomial)", s);
     return 0;
 }
 
@@ -130,12 +132,19 @@ const char *lr_schedule_name(lr_schedule s) {
     case LR_CONSTANT_WITH_WARMUP: return "constant_with_warmup";
     case LR_LINEAR: return "linear";
     case LR_COSINE: return "cosine";
+    case LR_COSINE_WITH_RESTARTS: return "cosine_with_restarts";
+    case LR_POLYNOMIAL: return "polynomial";
     }
     return "?";
 }
 
-/* The lr_lambda closures of diffusers.optimization, written with the same operations. */
 double lr_lambda(lr_schedule s, int64_t step, int64_t warmup, int64_t total) {
+    return lr_lambda_ex(s, step, warmup, total, 1, 1.0, 1.0);
+}
+
+/* The lr_lambda closures of diffusers.optimization, written with the same operations. */
+double lr_lambda_ex(lr_schedule s, int64_t step, int64_t warmup, int64_t total, int num_cycles,
+                    double power, double lr_init) {
     const double cur = (double)step;
     switch (s) {
     case LR_CONSTANT: return 1.0;
@@ -153,6 +162,26 @@ double lr_lambda(lr_schedule s, int64_t step, int64_t warmup, int64_t total) {
         const int64_t span = total - warmup > 1 ? total - warmup : 1;
         const double progress = (double)(step - warmup) / (double)span;
         return fmax(0.0, 0.5 * (1.0 + cos(M_PI * 0.5 * 2.0 * progress)));
+    }
+    case LR_COSINE_WITH_RESTARTS: {
+        if (step < warmup) return cur / (double)(warmup > 1 ? warmup : 1);
+        const int64_t span = total - warmup > 1 ? total - warmup : 1;
+        const double progress = (double)(step - warmup) / (double)span;
+        if (progress >= 1.0) return 0.0;
+        /* Python's float %: the result takes the divisor's sign (here >= 0 throughout) */
+        const double ph = fmod((double)num_cycles * progress, 1.0);
+        return fmax(0.0, 0.5 * (1.0 + cos(M_PI * (ph < 0 ? ph + 1.0 : ph))));
+    }
+    case LR_POLYNOMIAL: {
+        const double lr_end = LR_POLYNOMIAL_END;
+        if (step < warmup) return cur / (double)(warmup > 1 ? warmup : 1);
+        if (step > total) return lr_end / lr_init;
+        const double range = lr_init - lr_end;
+        const int64_t decay_steps = total - warmup;
+        /* diffusers divides by decay_steps unguarded: 0 only when step == total == warmup,
+           where Python raises; mapo refuses warmup >= total for this schedule */
+        const double pct = 1.0 - (double)(step - warmup) / (double)decay_steps;
+        return (range * pow(pct, power) + lr_end) / lr_init;
     }
     }
     return 1.0;

@@ -45,6 +45,13 @@ static int pair_flip(uint64_t seed, int64_t epoch, int64_t idx) {
     return philox_uniform(&r) < 0.5;
 }
 
+int pair_label_flip(uint64_t seed, int64_t epoch, int64_t idx, double p) {
+    if (!(p > 0)) return 0;
+    philox r;
+    philox_init(&r, seed, ((uint64_t)PAIR_STREAM_LABEL << 40) | (uint64_t)epoch, (uint64_t)idx);
+    return philox_uniform(&r) < p;
+}
+
 void pair_fill(pair_slots *b, const pair_file *pf, const ddpm_schedule *sch, uint64_t seed,
                int64_t epoch, int64_t idx, int j) {
     const int Bp = b->Bp;

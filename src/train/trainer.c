@@ -22,6 +22,7 @@
 #include "mapo/ddpm.h"
 #include "mapo/interrupt.h"
 #include "mapo/lock.h"
+#include "mapo/optim8bit.h"
 #include "mapo/pair_draw.h"
 #include "mapo/pairs.h"
 #include "mapo/pipeline.h"
@@ -40,6 +41,17 @@ void train_config_default(train_config *c) {
     c->adam = (adamw_config){0.9, 0.999, 1e-8, 1e-2};
     objective_cfg_default(&c->obj);
     c->on_bad_image = ON_BAD_IMAGE_SKIP;
+    c->max_train_steps = 0; /* from num_train_epochs, as the official script */
+    c->num_train_epochs = 1;
+    c->warmup = 500;        /* the official script's --lr_warmup_steps (no effect on constant) */
+    c->lr_num_cycles = 1;
+    c->lr_power = 1.0;
+    c->vae_encode_batch_size = 8;
+    c->validation_steps = 200;
+    c->validation_num_inference_steps = 25;
+    c->validation_guidance_scale = 5.0;
+    c->validation_sampler = "euler";
+    c->lora_format = 1; /* LORA_FMT_DIFFUSERS */
 }
 
 typedef struct {
@@ -59,7 +71,8 @@ typedef struct {
     const double *cached_ref;
     param_table *tp;          /* the trained parameters (all, or the adapters) */
     size_t P;
-    float *m, *v;             /* AdamW moments */
+    optim_state opt;          /* AdamW moments, or the 8-bit state */
+    adamw8_state s8;
     batch_buf b;
     unet_inputs in;
     epoch_order ord;
@@ -68,15 +81,35 @@ typedef struct {
     size_t act_peak;
 } run;
 
+static void swap_rows(float *a, float *b, int64_t n) {
+    for (int64_t k = 0; k < n; k++) {
+        float t = a[k];
+        a[k] = b[k];
+        b[k] = t;
+    }
+}
+
 static void fill_batch(batch_buf *b, const pair_file *pf, const ddpm_schedule *sch,
-                       epoch_order *ord, uint64_t seed, int64_t first_pair) {
+                       epoch_order *ord, uint64_t seed, int64_t first_pair, double label_noise) {
     const int Bp = b->s.Bp;
+    const int64_t chw = b->s.chw;
     for (int j = 0; j < Bp; j++) {
         int64_t e, idx = pair_index(ord, seed, first_pair + j, &e);
         pair_fill(&b->s, pf, sch, seed, e, idx, j);
         if (b->ref_cached) {
             b->ref_err[j] = b->ref_cached[(e * pf->N + idx) * 2];
             b->ref_err[j + Bp] = b->ref_cached[(e * pf->N + idx) * 2 + 1];
+        }
+        /* --label_noise_prob: this visit of the pair trains the other preference (the two
+           halves share noise, timestep and conditioning, so swapping the rows is enough) */
+        if (pf->rejected && pair_label_flip(seed, e, idx, label_noise)) {
+            swap_rows(b->s.sample + j * chw, b->s.sample + (j + Bp) * chw, chw);
+            swap_rows(b->s.target + j * chw, b->s.target + (j + Bp) * chw, chw);
+            if (b->ref_cached) {
+                double t = b->ref_err[j];
+                b->ref_err[j] = b->ref_err[j + Bp];
+                b->ref_err[j + Bp] = t;
+            }
         }
     }
 }
@@ -167,9 +200,19 @@ static int check_config(const train_config *c) {
     if (!c->model_dir || !c->dataset || !c->output_dir)
         return mapo_error("train needs --pretrained_model_name_or_path, --dataset_name and "
                           "--output_dir");
-    if (c->train_batch_size < 1 || c->grad_accum < 1 || c->max_train_steps < 1)
-        return mapo_error("--train_batch_size, --gradient_accumulation_steps and "
-                          "--max_train_steps must be >= 1");
+    if (c->train_batch_size < 1 || c->grad_accum < 1 || c->max_train_steps < 0 ||
+        (c->max_train_steps == 0 && c->num_train_epochs < 1))
+        return mapo_error("--train_batch_size, --gradient_accumulation_steps, --max_train_steps "
+                          "and --num_train_epochs must be >= 1");
+    if (c->num_train_epochs > 1000000 || c->max_train_samples < 0 || c->vae_encode_batch_size < 1 ||
+        c->lr_num_cycles < 1 || c->lr_num_cycles > 1000000 || !(c->lr_power > 0) ||
+        !(c->label_noise_prob >= 0 && c->label_noise_prob <= 1))
+        return mapo_error("--num_train_epochs must be <= 10^6, --max_train_samples >= 0, "
+                          "--vae_encode_batch_size >= 1, --lr_num_cycles in 1..10^6, --lr_power > 0, "
+                          "--label_noise_prob in [0, 1]");
+    if (c->sched == LR_POLYNOMIAL && !(c->learning_rate > LR_POLYNOMIAL_END))
+        return mapo_error("--lr_scheduler polynomial decays to 1e-7: --learning_rate must be "
+                          "larger (got %g)", c->learning_rate);
     if (c->train_batch_size > 65536 || c->grad_accum > 65536 || c->max_train_steps > ((int64_t)1 << 40))
         return mapo_error("--train_batch_size and --gradient_accumulation_steps must be <= 65536, "
                           "--max_train_steps <= 2^40");
@@ -179,6 +222,14 @@ static int check_config(const train_config *c) {
     if (c->obj.kind == OBJ_MAPO && !(c->obj.snr_value > 0))
         return mapo_error("--snr_value must be > 0");
     if (c->lora_rank < 0) return mapo_error("--lora_rank must be >= 0");
+    if (c->validation_steps > 0 && c->validation_prompts && !mapo_is_file(c->validation_prompts))
+        return mapo_error("%s: no such file (--validation_prompts)", c->validation_prompts);
+    if (c->validation_steps > 0 &&
+        (c->validation_num_inference_steps < 1 || c->validation_num_inference_steps > 1000 ||
+         c->validation_resolution < 0 || c->validation_resolution > 8192 ||
+         !(c->validation_guidance_scale >= 0)))
+        return mapo_error("--validation_num_inference_steps must be in 1..1000, "
+                          "--validation_resolution in 0..8192, --validation_guidance_scale >= 0");
     return 0;
 }
 
@@ -188,7 +239,14 @@ static int check_config(const train_config *c) {
 static int run_data(const train_config *c, char *cache_path, size_t n, const char **pairs_path) {
     *pairs_path = c->dataset;
     size_t dl = strlen(c->dataset);
-    if (dl >= 12 && !strcmp(c->dataset + dl - 12, ".safetensors")) return check_given_cache(c);
+    if (dl >= 12 && !strcmp(c->dataset + dl - 12, ".safetensors")) {
+        if (c->max_train_samples > 0 || c->keep_ties || c->vae_dir)
+            return mapo_error("%s is a pair file or cache: --max_train_samples, --remove_ties "
+                              "false and --pretrained_vae_model_name_or_path apply when the "
+                              "dataset is encoded (give the parquet / manifest dataset, or pass "
+                              "them to mapo cache)", c->dataset);
+        return check_given_cache(c);
+    }
     snprintf(cache_path, n, "%s/cache.safetensors", c->output_dir);
     cache_config cc;
     cache_config_default(&cc);
@@ -202,10 +260,21 @@ static int run_data(const train_config *c, char *cache_path, size_t n, const cha
     cc.allow_outside_paths = c->allow_outside_paths;
     cc.seed = c->seed;
     cc.quiet = c->quiet;
+    cc.split = c->split;
+    cc.split_soft = c->split_soft;
+    cc.keep_ties = c->keep_ties;
+    cc.vae_dir = c->vae_dir;
+    cc.vae_batch = (int)c->vae_encode_batch_size;
+    cc.max_pairs = c->max_train_samples;
+    cc.sample_pairs = 1;
     if (c->obj.kind == OBJ_DPO && !c->lora_rank) {
-        /* reference errors computed once, before the policy is loaded */
+        /* reference errors computed once, before the policy is loaded: for every pair the run
+           visits (steps known), or one more epoch than asked (steps from epochs round up) */
         cc.ref_unet = c->ref_dir ? c->ref_dir : c->model_dir;
-        cc.ref_pair_visits = c->max_train_steps * c->train_batch_size * c->grad_accum;
+        if (c->max_train_steps > 0)
+            cc.ref_pair_visits = c->max_train_steps * c->train_batch_size * c->grad_accum;
+        else
+            cc.ref_epochs = c->num_train_epochs + 1;
     }
     struct stat st;
     if (stat(cache_path, &st) == 0 && cache_matches(cache_path, &cc) == 0) {
@@ -259,8 +328,13 @@ static void run_buffers(run *r) {
     const pair_file *pf = &r->pf;
     r->tp = (param_table *)trained_params(&r->u);
     r->P = r->tp->total;
-    r->m = xcalloc(r->P, sizeof(float));
-    r->v = xcalloc(r->P, sizeof(float));
+    if (r->c->use_8bit_adam) { /* bitsandbytes' AdamW8bit: tensors below 4096 stay float32 */
+        adamw8_init(&r->s8, r->tp);
+        r->opt.s8 = &r->s8;
+    } else {
+        r->opt.m = xcalloc(r->P, sizeof(float));
+        r->opt.v = xcalloc(r->P, sizeof(float));
+    }
     batch_buf *b = &r->b;
     b->s.Bp = Bp;
     b->ref_cached = r->cached_ref;
@@ -330,8 +404,9 @@ static void run_close(run *r) {
     free(b->s.text_embeds);
     free(b->s.time_ids);
     free(b->ref_err);
-    free(r->m);
-    free(r->v);
+    free(r->opt.m);
+    free(r->opt.v);
+    if (r->opt.s8) adamw8_free(&r->s8);
     if (r->have_ref) unet_free(&r->ref);
     if (r->have_pf) pair_file_close(&r->pf);
     if (r->have_u) unet_free(&r->u);
@@ -344,7 +419,9 @@ static int run_memory_plan(run *r) {
     const double MiB = 1048576.0;
     const int n = r->halves * (int)c->train_batch_size;
     double w = (double)r->u.params.total * 4, rf = r->have_ref ? (double)r->ref.params.total * 4 : 0;
-    double opt = (double)r->P * 4 * 3; /* gradients + AdamW moments */
+    /* gradients + AdamW moments (8-bit: about a quarter) */
+    double opt = (double)r->P * 4 + (r->opt.s8 ? (double)adamw8_bytes(r->opt.s8)
+                                                : (double)r->P * 4 * 2);
     double act = probe_activations(&r->u, &r->in, &r->b, r->pf.C, (int)c->train_batch_size,
                                    (int)r->u.cfg.n_blocks, &r->tcfg.obj,
                                    r->have_ref || r->ref_is_self || r->cached_ref);
@@ -353,10 +430,11 @@ static int run_memory_plan(run *r) {
     if (c->max_memory_mb > 0) avail = (double)c->max_memory_mb * 1048576.0;
     char refs[64] = "";
     if (r->have_ref) snprintf(refs, sizeof refs, ", reference UNet %.0f MiB", rf / MiB);
-    mapo_log(1, "memory plan: weights %.0f MiB, gradients + AdamW %.0f MiB%s, activations "
+    mapo_log(1, "memory plan: weights %.0f MiB, gradients + AdamW%s %.0f MiB%s, activations "
                 "%.0f MiB (measured on a reduced batch, scaled), batch %.0f MiB: %.0f MiB of "
                 "%.0f MiB available\n",
-             w / MiB, opt / MiB, refs, act / MiB, bufs / MiB, total / MiB, avail / MiB);
+             w / MiB, r->opt.s8 ? " 8-bit" : "", opt / MiB, refs, act / MiB, bufs / MiB,
+             total / MiB, avail / MiB);
     if (avail > 0 && total > avail && !c->no_memory_check)
         return mapo_error("this run needs about %.2f GiB but %.2f GiB are available: lower "
                           "--train_batch_size (use --gradient_accumulation_steps), train with "
@@ -374,7 +452,8 @@ static int run_step(run *r, int64_t step, step_report *rep) {
     objective_stats acc = {0};
     for (int64_t micro = 0; micro < c->grad_accum; micro++) {
         int64_t first = (step * c->grad_accum + micro) * Bp;
-        fill_batch(&r->b, &r->pf, &r->sch, &r->ord, (uint64_t)c->seed, first);
+        fill_batch(&r->b, &r->pf, &r->sch, &r->ord, (uint64_t)c->seed, first,
+                   c->label_noise_prob);
         if (r->have_ref || r->ref_is_self)
             dpo_reference_errors(&r->u, r->have_ref ? &r->ref : NULL, &r->in, r->b.s.target,
                                  r->ref_err);
@@ -399,8 +478,11 @@ static int run_step(run *r, int64_t step, step_report *rep) {
     if (!isfinite(gnorm))
         return mapo_error("step %lld: gradient norm is not finite; nothing of this step was "
                           "applied (try a lower --learning_rate)", (long long)step + 1);
-    double lr = c->learning_rate * lr_lambda(c->sched, step, c->warmup, c->max_train_steps);
-    adamw_step(r->tp->data, r->tp->grad, r->m, r->v, r->P, step + 1, lr, &c->adam);
+    double lr = c->learning_rate * lr_lambda_ex(c->sched, step, c->warmup, c->max_train_steps,
+                                                (int)c->lr_num_cycles, c->lr_power,
+                                                c->learning_rate);
+    if (r->opt.s8) adamw8_step(r->opt.s8, r->tp->data, r->tp->grad, step + 1, lr, &c->adam);
+    else adamw_step(r->tp->data, r->tp->grad, r->opt.m, r->opt.v, r->P, step + 1, lr, &c->adam);
     params_zero_grad(r->tp);
     rep->step = step + 1;
     rep->st = acc;
@@ -437,7 +519,16 @@ static int run_loop(run *r, watcher **ws, int nw, run_view *view, int64_t *step,
     return 0;
 }
 
-int train_run(const train_config *c) {
+/* --num_train_epochs without --max_train_steps: as the official script, epochs x
+   ceil(ceil(N / batch) / accumulation) optimizer steps */
+static int64_t steps_from_epochs(const train_config *c, int64_t N) {
+    const int64_t batches = (N + c->train_batch_size - 1) / c->train_batch_size;
+    return c->num_train_epochs * ((batches + c->grad_accum - 1) / c->grad_accum);
+}
+
+int train_run(const train_config *given) {
+    train_config cfg = *given; /* max_train_steps may come from the epochs once N is known */
+    const train_config *c = &cfg;
     if (check_config(c)) return -1;
     char cache_path[4200];
     const char *pairs_path;
@@ -446,8 +537,14 @@ int train_run(const train_config *c) {
     memset(&r, 0, sizeof r);
     r.c = c;
     int rc = run_open(&r, pairs_path);
+    if (!rc && cfg.max_train_steps == 0) {
+        cfg.max_train_steps = steps_from_epochs(c, r.pf.N);
+        mapo_log(1, "%lld epochs of %lld pairs: %lld optimizer steps\n",
+                 (long long)c->num_train_epochs, (long long)r.pf.N,
+                 (long long)cfg.max_train_steps);
+    }
     int64_t step = 0;
-    if (!rc && c->resume) rc = ckpt_load(c, &r.u, r.m, r.v, &step);
+    if (!rc && c->resume) rc = ckpt_load(c, &r.u, &r.opt, &step);
     if (!rc) {
         mapo_log(1, "mapo train: %s, %zu trained parameters%s; %lld pairs of %dx%dx%d; loss %s; "
                     "batch %d x %lld accumulation\n",
@@ -473,13 +570,26 @@ int train_run(const train_config *c) {
         nw--;
         rc = -1;
     }
+    struct tfevents_writer *tb = NULL;
+    if (!rc && c->tensorboard_dir && !(ws[nw++] = watch_tensorboard(c->tensorboard_dir, &tb))) {
+        nw--;
+        rc = -1;
+    }
     if (!rc) {
         ws[nw++] = watch_progress();
         ws[nw++] = watch_checkpoints();
         ws[nw++] = watch_final_model();
+        /* after the saves: the final model is on disk before validation looks at it, as in
+           the official script */
+        if (c->validation_steps > 0 && !(ws[nw++] = watch_validation(c, &r.u, step, tb))) {
+            nw--;
+            rc = -1;
+        }
+    }
+    if (!rc) {
         mapo_log(1, "noise schedule: T=%d, %s target\n", r.sch.num_train_timesteps,
                  r.sch.pred == PRED_V ? "v_prediction" : "epsilon");
-        run_view view = {c, &r.u, r.m, r.v, step, 0};
+        run_view view = {c, &r.u, &r.opt, step, 0};
         run_end how;
         mapo_interrupt_arm(); /* SIGINT / SIGTERM: stop at the next step boundary */
         rc = run_loop(&r, ws, nw, &view, &step, &how);

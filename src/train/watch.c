@@ -106,7 +106,7 @@ static int ckpt_step(watcher *w, const run_view *r, const step_report *s) {
     const train_config *c = r->c;
     if (c->checkpointing_steps > 0 && s->step % c->checkpointing_steps == 0 &&
         s->step < c->max_train_steps)
-        return ckpt_save(c, r->u, r->m, r->v, s->step);
+        return ckpt_save(c, r->u, r->opt, s->step);
     return 0;
 }
 
@@ -114,7 +114,7 @@ static int ckpt_end(watcher *w, const run_view *r, int64_t step, run_end how) {
     (void)w;
     const train_config *c = r->c;
     const int periodic = c->checkpointing_steps > 0;
-    if (how == RUN_DONE) return periodic ? ckpt_save(c, r->u, r->m, r->v, step) : 0;
+    if (how == RUN_DONE) return periodic ? ckpt_save(c, r->u, r->opt, step) : 0;
     if (how != RUN_SIGNAL) return 0;
     /* SIGINT / SIGTERM: this step as checkpoint-<step>, unless the run trained nothing yet or
        that checkpoint was just written */
@@ -123,7 +123,7 @@ static int ckpt_end(watcher *w, const run_view *r, int64_t step, run_end how) {
         mapo_log(1, "%s before the first step of this run: nothing new to save\n", sig);
         return 0;
     }
-    if (!(periodic && step % c->checkpointing_steps == 0) && ckpt_save(c, r->u, r->m, r->v, step))
+    if (!(periodic && step % c->checkpointing_steps == 0) && ckpt_save(c, r->u, r->opt, step))
         return -1;
     mapo_log(1, "stopped by %s after step %lld: %s/checkpoint-%lld holds it; resume with "
                 "--resume_from_checkpoint latest\n",
@@ -141,9 +141,10 @@ watcher *watch_checkpoints(void) {
 static int final_end(watcher *w, const run_view *r, int64_t step, run_end how) {
     (void)w;
     if (how != RUN_DONE) return 0;
-    if (ckpt_save_final(r->u, r->c->output_dir)) return -1;
+    if (ckpt_save_final(r->u, r->c->output_dir, r->c->lora_format)) return -1;
     mapo_log(1, "saved %s/%s (%lld steps; peak RSS %.1f MiB)\n", r->c->output_dir,
-             r->u->lora.n ? "pytorch_lora_weights.safetensors" : "unet", (long long)step,
+             !r->u->lora.n ? "unet" : r->c->lora_format == 2 ? "lora_kohya.safetensors"
+             : "pytorch_lora_weights.safetensors", (long long)step,
              mapo_peak_rss() / 1048576.0);
     return 0;
 }

@@ -12,7 +12,7 @@ expect_error "unknown flag" "--bogus" $MAPO train --bogus 1
 expect_error "flag without value" "--learning_rate needs a value" $MAPO train --learning_rate
 expect_error "non-numeric value" "--learning_rate" $MAPO train --learning_rate abc
 expect_error "unknown loss" "kto" $MAPO train --pretrained_model_name_or_path $M --output_dir $TMP/o "${tr[@]}" --loss kto
-expect_error "unknown scheduler" "polynomial" $MAPO train --pretrained_model_name_or_path $M --output_dir $TMP/o "${tr[@]}" --lr_scheduler polynomial
+expect_error "unknown scheduler" "step" $MAPO train --pretrained_model_name_or_path $M --output_dir $TMP/o "${tr[@]}" --lr_scheduler step
 expect_error "missing model folder" "/no/such/model" $MAPO train --pretrained_model_name_or_path /no/such/model --output_dir $TMP/o "${tr[@]}"
 expect_error "missing dataset" "/no/such/pairs" $MAPO train --pretrained_model_name_or_path $M --output_dir $TMP/o --dataset_name /no/such/pairs.safetensors
 

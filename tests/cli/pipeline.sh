@@ -27,7 +27,7 @@ for kind in sd15 sdxl; do
      && ok "$kind parquet cache (--no_hflip) == diffusers: $out" || bad "$kind parquet cache differs from diffusers: $out"
 done
 P=$F/sd15; X=$F/sdxl
-common=(--resolution 32 --train_batch_size 2 --max_train_steps 3 --checkpointing_steps 0 --learning_rate 1e-3 --seed 5 --quiet)
+common=(--dataset_split_name train --resolution 32 --train_batch_size 2 --max_train_steps 3 --checkpointing_steps 0 --learning_rate 1e-3 --seed 5 --quiet)
 # 3. train from the parquet dataset: the cache is built in output_dir, the UNet saved and reloadable
 $MAPO train --pretrained_model_name_or_path $X --dataset_name $D/parquet --output_dir $TMP/tx "${common[@]}" 2>$TMP/tx.log \
   && [ -f $TMP/tx/cache.safetensors ] && [ -f $TMP/tx/unet/diffusion_pytorch_model.safetensors ] \
