@@ -6,23 +6,52 @@
  *   single-file checkpoint   an original-layout SD 1.5 / SDXL .safetensors (A1111 / ComfyUI /
  *                            CivitAI) -> a pipeline folder (single_file.h; --config_dir gives
  *                            the tokenizers, scheduler and configs)
- * New kinds (e.g. LoRA formats) add one probe + one converter to KINDS. */
+ *   LoRA                     a LoRA file in the diffusers / peft or kohya (A1111 / ComfyUI)
+ *                            layout -> the other one (--to kohya | diffusers; --model gives the
+ *                            UNet config the kohya names depend on; lora_formats.h)
+ * New kinds add one probe + one converter to KINDS. */
 #include <stdio.h>
 #include <string.h>
 
 #include "args.h"
 #include "cmds.h"
 #include "mapo/common.h"
+#include "mapo/lora_formats.h"
+#include "mapo/safetensors.h"
 #include "mapo/single_file.h"
 
 typedef struct {
-    const char *in, *out, *config_dir;
+    const char *in, *out, *config_dir, *to, *model;
     int quiet;
 } convert_args;
 
 static int probe_single_file(const char *in) { return single_file_probe(in) != SF_NONE; }
 static int run_single_file(const convert_args *a) {
     return single_file_convert(a->in, a->config_dir, a->out, a->quiet);
+}
+
+/* a safetensors file whose tensors are LoRA factors (".lora_down." / ".lora.down." /
+   ".lora_A." ...) */
+static int probe_lora(const char *in) {
+    st_file f;
+    if (st_open(&f, in)) return 0;
+    int yes = 0;
+    for (int i = 0; i < f.n && !yes; i++)
+        yes = strstr(f.tensors[i].name, ".lora_down.") || strstr(f.tensors[i].name, ".lora.down.") ||
+              strstr(f.tensors[i].name, ".lora_A.");
+    st_close(&f);
+    return yes;
+}
+
+static int run_lora(const convert_args *a) {
+    if (!a->to || !a->model)
+        return mapo_error("%s is a LoRA: converting it needs --to kohya|diffusers and --model "
+                          "(the UNet or pipeline folder it belongs to)", a->in);
+    if (strcmp(a->to, "kohya") && strcmp(a->to, "diffusers"))
+        return mapo_error("--to %s: a LoRA converts to kohya or diffusers", a->to);
+    if (lora_convert_file_model(a->in, a->out, a->to, a->model)) return -1;
+    if (!a->quiet) mapo_log(1, "wrote %s (%s layout)\n", a->out, a->to);
+    return 0;
 }
 
 static const struct {
@@ -32,6 +61,7 @@ static const struct {
 } KINDS[] = {
     {"a single-file SD 1.5 / SDXL checkpoint (model.diffusion_model.*, first_stage_model.*, "
      "text encoders)", probe_single_file, run_single_file},
+    {"a LoRA (diffusers / peft or kohya names)", probe_lora, run_lora},
 };
 
 int cmd_convert(int argc, char **argv) {
@@ -44,11 +74,15 @@ int cmd_convert(int argc, char **argv) {
          "single files: a diffusers pipeline folder of the same kind giving tokenizer(s), "
          "scheduler and the config values tensors cannot tell (weights not needed; default: the "
          "Hub cache of stable-diffusion-v1-5 / stable-diffusion-xl-base-1.0)", 0},
+        {"to", OPT_STR, &a.to, "LoRA files: kohya | diffusers, the layout to write", 0},
+        {"model", OPT_STR, &a.model, "LoRA files: the UNet or pipeline folder it is for", 0},
         {"quiet", OPT_FLAG, &a.quiet, "no progress", 0},
     };
     int r = args_parse(o, (int)(sizeof o / sizeof *o), argc, argv, 2,
                        "usage: mapo convert --in MODEL.safetensors --out DIR "
-                       "[--config_dir PIPELINE_DIR]");
+                       "[--config_dir PIPELINE_DIR]\n"
+                       "       mapo convert --in LORA.safetensors --out FILE --to kohya|diffusers "
+                       "--model UNET_OR_PIPELINE_DIR");
     if (r) return r > 0 ? 0 : -1;
     if (!a.in || !a.out) return mapo_error("convert needs --in and --out");
     if (!mapo_is_file(a.in))

@@ -30,4 +30,19 @@ expect_error "sample: the SDXL pipeline's kohya LoRA on the SD 1.5 pipeline" "do
 expect_error "sample: --lora not a LoRA file" "lora_unet_*.lora_down.weight" \
   $MAPO sample --model tests/fixtures/pipeline/sdxl --lora $F/pipe_sdxl/expect.safetensors \
   --prompt x --num_inference_steps 1 --out $TMP/x.png
+# mapo convert between the layouts: diffusers -> kohya equals the fixture kohya file, kohya ->
+# diffusers equals the fixture diffusers file (tensor by tensor, exactly)
+for kind in sd15 sdxl; do
+  P=tests/fixtures/pipeline/$kind; L=$F/pipe_$kind
+  $MAPO convert --in $L/pytorch_lora_weights.safetensors --out $TMP/$kind.conv_k.safetensors --to kohya --model $P --quiet 2>$TMP/c.log \
+    && $MAPO diff $TMP/$kind.conv_k.safetensors $L/lora_kohya.safetensors --tol 0 --quiet >/dev/null 2>&1 \
+    && ok "$kind: mapo convert --to kohya == the kohya fixture" || bad "$kind convert to kohya: $(cat $TMP/c.log)"
+  $MAPO convert --in $L/lora_kohya.safetensors --out $TMP/$kind.conv_d.safetensors --to diffusers --model $P --quiet 2>$TMP/c.log \
+    && $MAPO diff $TMP/$kind.conv_d.safetensors $L/pytorch_lora_weights.safetensors --tol 0 --quiet >/dev/null 2>&1 \
+    && ok "$kind: mapo convert --to diffusers == the diffusers fixture" || bad "$kind convert to diffusers: $(cat $TMP/c.log)"
+done
+expect_error "convert: a LoRA without --to / --model" "--to kohya|diffusers" \
+  $MAPO convert --in $F/pipe_sd15/lora_kohya.safetensors --out $TMP/y.safetensors
+expect_error "convert: a LoRA to an unknown layout" "kohya or diffusers" \
+  $MAPO convert --in $F/pipe_sd15/lora_kohya.safetensors --out $TMP/y.safetensors --to peft --model tests/fixtures/pipeline/sd15
 finish
