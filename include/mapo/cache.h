@@ -63,6 +63,8 @@ typedef struct {
     const char *ref_unet;   /* DPO reference UNet (folder or pipeline); NULL: none */
     int64_t ref_epochs;     /* epochs of reference errors to store (0: from ref_pair_visits) */
     int64_t ref_pair_visits;/* pairs the training run will visit (steps x batch x accumulation) */
+    int ref_if_paired;      /* single images: no reference errors instead of a refusal (KTO
+                               trains on them with the reference UNet in memory) */
     int quiet;
 } cache_config;
 

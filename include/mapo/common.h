@@ -38,6 +38,13 @@ void mapo_log(int level, const char *fmt, ...) MAPO_PRINTF(2, 3);
 int mapo_is_dir(const char *path);
 int mapo_is_file(const char *path);
 
+/* diffusers' --variant (e.g. "fp16"): weights files "<name>.<variant>.safetensors" are read
+ * instead of "<name>.safetensors" where a folder has them (else the plain file, with one note, as
+ * diffusers falls back). NULL: none. Process-wide, set once by the command line. */
+void mapo_set_weights_variant(const char *variant);
+/* dir/file (file = "<name>.safetensors") resolved for the variant. */
+void mapo_weights_path(char *buf, size_t n, const char *dir, const char *file);
+
 /* Wall clock seconds (monotonic). */
 double mapo_now(void);
 /* Peak resident set size of this process in bytes (from getrusage). */

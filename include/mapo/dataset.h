@@ -99,6 +99,9 @@ int pref_dataset_is_bad(const pref_dataset *d, int64_t i);
 const char *pref_dataset_kind(const pref_dataset *d);
 /* 1 for an images-only manifest (single captioned images, no rejected image), else 0. */
 int pref_dataset_images_only(const pref_dataset *d);
+/* An images-only manifest's "label" of image i: 1 desirable, 0 undesirable (Diffusion-KTO's
+ * unpaired data; every line has one or none), -1 when unlabelled. */
+int pref_dataset_label(const pref_dataset *d, int64_t i);
 /* Where pair i comes from, for messages: "path/x.parquet row 17" or "path/manifest.jsonl
  * line 4". */
 void pref_dataset_describe(const pref_dataset *d, int64_t i, char *buf, size_t n);

@@ -13,10 +13,13 @@
 int cmd_cache(int argc, char **argv) {
     cache_config c;
     cache_config_default(&c);
-    int64_t res = 0;
+    int64_t res = 0, vbatch = 8;
     const char *bad = "skip", *latents = "sample", *config_dir = NULL;
     static char model_buf[4096], ref_buf[4096];
+    const char *variant = NULL;
     opt_def o[] = {
+        {"variant", OPT_STR, &variant,
+         "read <name>.<variant>.safetensors weights (e.g. fp16) where the folders have them", 0},
         {"pretrained_model_name_or_path", OPT_STR, &c.model_dir,
          "pipeline folder (tokenizer(s), text encoder(s), vae, unet config); without vae/ "
          "(pixel space) the images themselves are cached; or a single-file checkpoint "
@@ -39,6 +42,13 @@ int cmd_cache(int argc, char **argv) {
          "no effect without a VAE", 0},
         {"seed", OPT_INT, &c.seed, "seed of flips, crops and VAE samples (0); use the training seed", 0},
         {"max_pairs", OPT_INT, &c.max_pairs, "encode only the first N pairs (0 = all)", 0},
+        {"dataset_split_name", OPT_STR, &c.split,
+         "parquet folders with splits: which one (train)", 0},
+        {"keep_ties", OPT_FLAG, &c.keep_ties,
+         "keep pairs whose labels tie, jpg_0 chosen (mapo train --remove_ties false)", 0},
+        {"pretrained_vae_model_name_or_path", OPT_STR, &c.vae_dir,
+         "a VAE folder used instead of the pipeline's vae/", 0},
+        {"vae_encode_batch_size", OPT_INT, &vbatch, "images per VAE encode call (8)", 0},
         {"ref_model", OPT_STR, &c.ref_unet,
          "also store Diffusion-DPO reference errors of this UNet (folder or pipeline)", 0},
         {"ref_epochs", OPT_INT, &c.ref_epochs, "epochs of reference errors to store (1)", 0},
@@ -47,6 +57,9 @@ int cmd_cache(int argc, char **argv) {
     int r = args_parse(o, (int)(sizeof o / sizeof *o), argc, argv, 2,
                        "usage: mapo cache --pretrained_model_name_or_path PIPELINE_DIR "
                        "--dataset_name DATA --out CACHE.safetensors [options]");
+    mapo_set_weights_variant(variant);
+    if (vbatch < 1) return mapo_error("--vae_encode_batch_size must be >= 1");
+    c.vae_batch = (int)vbatch;
     if (r) return r > 0 ? 0 : -1;
     if ((c.on_bad_image = pref_parse_on_bad_image(bad)) < 0) return -1;
     if (!strcmp(latents, "mean")) c.latents_mean = 1;

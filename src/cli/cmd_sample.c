@@ -54,7 +54,10 @@ int cmd_sample(int argc, char **argv) {
     int64_t steps = 30, seed = 0, height = 0, width = 0, rows = 0, tiled = -1, batch = 1;
     double guidance = -1;
     int quiet = 0;
+    const char *variant = NULL;
     opt_def o[] = {
+        {"variant", OPT_STR, &variant,
+         "read <name>.<variant>.safetensors weights (e.g. fp16) where the folders have them", 0},
         {"model", OPT_STR, &model, "diffusers pipeline folder (SD 1.5 or SDXL), or a single-file "
                                    "checkpoint (.safetensors; converted once into a cache)", 0},
         {"config_dir", OPT_STR, &config_dir, "with a single-file --model: the pipeline folder "
@@ -84,6 +87,7 @@ int cmd_sample(int argc, char **argv) {
     int r = args_parse(o, (int)(sizeof o / sizeof *o), argc, argv, 2,
                        "usage: mapo sample --model PIPELINE_DIR --prompt TEXT --out FILE.png "
                        "[options]");
+    mapo_set_weights_variant(variant);
     if (r) return r > 0 ? 0 : -1;
     if (!model || !out) return mapo_error("sample needs --model and --out");
     if (!!prompt == !!prompts_file) return mapo_error("give exactly one of --prompt and --prompts_file");

@@ -37,6 +37,7 @@ int cmd_train(int argc, char **argv) {
     train_config_default(&c);
     c.output_dir = "mapo";
     const char *loss = "mapo", *sched = "constant", *report_to = "tensorboard";
+    const char *variant = NULL;
     const char *logging_dir = "logs", *tracker = "mapo", *mixed = NULL, *lora_fmt = "diffusers";
     int64_t lora_rank = 0, res = 0;
     double label_noise = -1;
@@ -52,6 +53,9 @@ int cmd_train(int argc, char **argv) {
          "its kind giving tokenizer(s), scheduler, configs (default: the Hub cache) [mapo]", 0},
         {"pretrained_vae_model_name_or_path", OPT_STR, &c.vae_dir,
          "a VAE folder used instead of the pipeline's vae/ (e.g. sdxl-vae-fp16-fix)", 0},
+        {"variant", OPT_STR, &variant,
+         "read <name>.<variant>.safetensors weights (e.g. fp16; converted to float32) where "
+         "the folders have them", 0},
         {"dataset_name", OPT_STR, &c.dataset,
          "Pick-a-Pic-style parquet (file or folder), a JSONL manifest (file or folder), or a "
          "pair file / mapo cache (.safetensors)", 0},
@@ -163,6 +167,7 @@ int cmd_train(int argc, char **argv) {
                        "Flags without [mapo] are the official MaPO script's, with its defaults.");
     if (r) return r > 0 ? 0 : -1;
     if (objective_parse(loss, &c.obj.kind)) return -1;
+    mapo_set_weights_variant(variant);
     if (c.checkpoints_total_limit < 0)
         return mapo_error("--checkpoints_total_limit must be >= 1 (or 0: keep all)");
     if (lora_rank < 0 || lora_rank > 4096) return mapo_error("--lora_rank must be in 0..4096");

@@ -98,6 +98,26 @@ size_t mapo_peak_rss(void) {
     return (size_t)ru.ru_maxrss * 1024;
 }
 
+static const char *g_variant;
+
+void mapo_set_weights_variant(const char *variant) {
+    g_variant = variant && *variant ? variant : NULL;
+}
+
+void mapo_weights_path(char *buf, size_t n, const char *dir, const char *file) {
+    const size_t fl = strlen(file), ext = strlen(".safetensors");
+    if (g_variant && fl > ext && !strcmp(file + fl - ext, ".safetensors")) {
+        snprintf(buf, n, "%s/%.*s.%s.safetensors", dir, (int)(fl - ext), file, g_variant);
+        if (mapo_is_file(buf)) return;
+        static int told;
+        snprintf(buf, n, "%s/%s", dir, file);
+        if (mapo_is_file(buf) && !told++)
+            mapo_log(1, "note: no %s variant of %s/%s: using the plain weights file (as diffusers "
+                        "falls back)\n", g_variant, dir, file);
+    }
+    snprintf(buf, n, "%s/%s", dir, file);
+}
+
 size_t mapo_rss(void) {
     FILE *f = fopen("/proc/self/statm", "r");
     long size = 0, resident = 0;

@@ -39,6 +39,7 @@ typedef struct {
     char *caption, *chosen, *rejected; /* paths resolved against the manifest's folder */
     char *chosen_rel, *rejected_rel;   /* as written, for messages */
     int64_t line;
+    int label; /* single images: "label" 1 (desirable) / 0 (undesirable), -1 when absent */
 } mf_pair; /* an images-only manifest: chosen = the line's "image", rejected = NULL */
 
 struct pref_dataset {
@@ -258,6 +259,10 @@ static int open_manifest(pref_dataset *d, const char *mpath, int allow_outside) 
                 rc = mapo_error("%s line %lld: both \"image\" and \"chosen\" / \"rejected\": a "
                                 "line is a single image or a pair, not both", mpath,
                                 (long long)line);
+            else if (!is_image && json_object_get(o, "label"))
+                rc = mapo_error("%s line %lld: \"label\" belongs to single images {\"caption\", "
+                                "\"image\", \"label\"}; a pair's preference is its order",
+                                mpath, (long long)line);
             else if (d->n > 0 && is_image != d->images_only)
                 rc = mapo_error(
                     "%s line %lld: %s in a manifest of %s (line %lld): a manifest holds pairs "
@@ -293,7 +298,24 @@ static int open_manifest(pref_dataset *d, const char *mpath, int allow_outside) 
             p->rejected = is_image ? NULL : vals[2][0] == '/' ? xstrdup(vals[2])
                                                               : path_join(dir, vals[2]);
             p->line = line;
-            if (root)
+            p->label = -1;
+            json_t *lab = is_image ? json_object_get(o, "label") : NULL;
+            if (lab) {
+                /* 1 / 0, true / false: a desirable or an undesirable image (Diffusion-KTO) */
+                if (json_is_boolean(lab)) p->label = json_is_true(lab);
+                else if (json_is_integer(lab) && (json_integer_value(lab) == 0 ||
+                                                  json_integer_value(lab) == 1))
+                    p->label = (int)json_integer_value(lab);
+                else
+                    rc = mapo_error("%s line %lld: \"label\" must be 1 / 0 or true / false",
+                                    mpath, (long long)line);
+            }
+            if (!rc && d->n > 1 && (p->label < 0) != (d->mf[0].label < 0))
+                rc = mapo_error("%s line %lld: %s \"label\" while line %lld %s: label every "
+                                "image or none", mpath, (long long)line,
+                                p->label < 0 ? "no" : "a", (long long)d->mf[0].line,
+                                d->mf[0].label < 0 ? "has none" : "has one");
+            if (root && !rc)
                 rc = check_inside(root, p->chosen, p->chosen_rel, mpath, line,
                                   is_image ? "image" : "chosen");
             if (root && !rc && !is_image)
@@ -601,6 +623,11 @@ void pref_dataset_close(pref_dataset *d) {
 
 int64_t pref_dataset_size(const pref_dataset *d) { return d ? d->n : 0; }
 int pref_dataset_images_only(const pref_dataset *d) { return d && d->images_only; }
+
+int pref_dataset_label(const pref_dataset *d, int64_t i) {
+    if (!d || d->kind != KIND_MANIFEST || !d->images_only || i < 0 || i >= d->n) return -1;
+    return d->mf[i].label;
+}
 int64_t pref_dataset_num_ties(const pref_dataset *d) { return d ? d->n_ties : 0; }
 int64_t pref_dataset_num_bad(const pref_dataset *d) { return d ? d->n_bad : 0; }
 int pref_dataset_is_bad(const pref_dataset *d, int64_t i) {

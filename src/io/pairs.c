@@ -140,6 +140,27 @@ int pair_file_open(pair_file *p, const char *path, const unet_config *c) {
             p->ref_errors = p->ref_owned;
         }
     }
+    /* single images labelled desirable (1) / undesirable (0): Diffusion-KTO's unpaired data */
+    const st_tensor *lt = st_find(&p->f, "label");
+    if (!rc && lt) {
+        double *lv = xmalloc((size_t)(lt->numel ? lt->numel : 1) * sizeof(double));
+        if (p->rejected)
+            rc = mapo_error("%s: 'label' belongs to single images; a pair's preference is its "
+                            "order", path);
+        else if (lt->ndim != 1 || lt->shape[0] != p->N)
+            rc = mapo_error("%s: label must be [%lld]", path, (long long)p->N);
+        else if (st_to_f64(lt, lv))
+            rc = mapo_error("%s: label must be a float tensor", path);
+        if (!rc) p->labels = xmalloc((size_t)p->N);
+        for (int64_t i = 0; !rc && i < p->N; i++) {
+            if (lv[i] != 0 && lv[i] != 1)
+                rc = mapo_error("%s: label[%lld] = %g; labels are 1 (desirable) or 0", path,
+                                (long long)i, lv[i]);
+            else
+                p->labels[i] = (uint8_t)lv[i];
+        }
+        free(lv);
+    }
     int64_t n_img = p->N * p->C * p->H * p->W;
     if (!rc) rc = check_finite(path, "chosen", p->chosen, n_img);
     if (!rc && p->rejected) rc = check_finite(path, "rejected", p->rejected, n_img);
@@ -154,6 +175,7 @@ int pair_file_open(pair_file *p, const char *path, const unet_config *c) {
 void pair_file_close(pair_file *p) {
     for (int i = 0; i < 7; i++) free(p->owned[i]);
     free(p->ref_owned);
+    free(p->labels);
     free(p->prompt_index);
     st_close(&p->f);
     memset(p, 0, sizeof *p);

@@ -350,7 +350,7 @@ int clip_text_load_dir(clip_text **out, const char *dir) {
     *out = NULL;
     char cp[4200], wp[4200];
     snprintf(cp, sizeof cp, "%s/config.json", dir);
-    snprintf(wp, sizeof wp, "%s/model.safetensors", dir);
+    mapo_weights_path(wp, sizeof wp, dir, "model.safetensors"); /* --variant */
     if (!mapo_is_file(cp)) return mapo_error("%s: no config.json: not a text_encoder folder", dir);
     if (!mapo_is_file(wp)) {
         char ip[4300];
@@ -358,8 +358,8 @@ int clip_text_load_dir(clip_text **out, const char *dir) {
         if (mapo_is_file(ip))
             return mapo_error("%s: sharded checkpoints (model.safetensors.index.json) are not "
                               "supported; re-save as one file", dir);
-        return mapo_error("%s: no model.safetensors (pytorch_model.bin is not supported; for a "
-                          "model.fp16.safetensors variant use clip_text_load)", dir);
+        return mapo_error("%s: no model.safetensors (pytorch_model.bin is not supported; "
+                          "model.<variant>.safetensors files are read with --variant)", dir);
     }
     return clip_text_load(out, cp, wp);
 }

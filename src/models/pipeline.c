@@ -217,7 +217,7 @@ static int files_fingerprint(const char *dir, const char *const *files, int nf, 
     uint64_t x = 0xcbf29ce484222325ULL;
     for (int i = 0; i < nf; i++) {
         char q[4200];
-        snprintf(q, sizeof q, "%s/%s", dir, files[i]);
+        mapo_weights_path(q, sizeof q, dir, files[i]); /* the file --variant reads */
         if (!required && !mapo_is_file(q)) continue;
         uint64_t h;
         if (file_fingerprint(q, &h)) return -1;

@@ -526,10 +526,10 @@ int unet_load_dir(unet *u, const char *dir, int with_grad) {
     memset(u, 0, sizeof *u);
     if (resolve_dir(dir, d, sizeof d)) return -1;
     char w[4200];
-    snprintf(w, sizeof w, "%s/diffusion_pytorch_model.safetensors", d);
+    mapo_weights_path(w, sizeof w, d, "diffusion_pytorch_model.safetensors"); /* --variant */
     snprintf(p, sizeof p, "%s/config.json", d);
     if (load_config(u, p, w, with_grad)) return -1;
-    snprintf(p, sizeof p, "%s/diffusion_pytorch_model.safetensors", d);
+    snprintf(p, sizeof p, "%s", w);
     if (!mapo_is_file(p)) {
         unet_free(u);
         return mapo_error("%s: no diffusion_pytorch_model.safetensors (sharded or .bin "

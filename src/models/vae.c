@@ -496,7 +496,7 @@ int vae_load_dir(vae **out, const char *dir) {
     }
     char cp[4200];
     snprintf(cp, sizeof cp, "%s/config.json", d);
-    snprintf(p, sizeof p, "%s/diffusion_pytorch_model.safetensors", d);
+    mapo_weights_path(p, sizeof p, d, "diffusion_pytorch_model.safetensors"); /* --variant */
     if (build(v, cp, p)) {
         vae_free(v);
         return -1;

@@ -304,7 +304,7 @@ int cache_build(const cache_config *c) {
     /* an images-only manifest: single captioned images, cached without 'rejected' */
     const int paired = !pref_dataset_images_only(ds);
     const char *unit = paired ? "pairs" : "images";
-    if (!paired && c->ref_unet) {
+    if (!paired && c->ref_unet && !c->ref_if_paired) {
         pref_dataset_close(ds);
         json_decref(meta);
         pipeline_free(&p);
@@ -342,7 +342,9 @@ int cache_build(const cache_config *c) {
     const int h = res / f, S = p.S, D = p.D, P = p.P;
     const int64_t lat = (int64_t)L * h * h;
     /* tensor indices (st_writer add order) of the images, then of the conditioning */
-    int t_img[4] = {-1, -1, -1, -1}, t_ehs = -1, t_te = -1, t_tid = -1, nt = 0;
+    int t_img[4] = {-1, -1, -1, -1}, t_ehs = -1, t_te = -1, t_tid = -1, t_lab = -1, nt = 0;
+    /* an images-only manifest with "label"s: Diffusion-KTO's unpaired data, label [N] (1 / 0) */
+    const int labelled = !paired && N > 0 && pref_dataset_label(ds, keep[0]) >= 0;
     st_writer *w = st_writer_new();
     if (!rc) {
         const char *k;
@@ -365,6 +367,10 @@ int cache_build(const cache_config *c) {
             st_writer_add_empty(w, "text_embeds", ST_F32, 2, (int64_t[]){N, P});
             t_tid = nt++;
             st_writer_add_empty(w, "time_ids", ST_F32, 2, (int64_t[]){N, 6});
+        }
+        if (labelled) {
+            t_lab = nt++;
+            st_writer_add_empty(w, "label", ST_F32, 1, (int64_t[]){N});
         }
         if (flips) {
             t_img[per] = nt++;
@@ -425,6 +431,10 @@ int cache_build(const cache_config *c) {
         for (int k = 0; k < nimg && !rc; k++)
             rc = st_writer_put(w, t_img[k], j * lat * 4, z + k * lat, lat * 4);
         if (!rc) rc = st_writer_put(w, t_ehs, j * (size_t)S * D * 4, ehs, (size_t)S * D * 4);
+        if (!rc && labelled) {
+            const float lab = (float)pref_dataset_label(ds, keep[j]);
+            rc = st_writer_put(w, t_lab, j * sizeof(float), &lab, sizeof(float));
+        }
         if (!rc && P) {
             float tid[6];
             pipeline_time_ids(tid, orig[0], orig[1], crop[0], crop[1], res, res);
@@ -446,7 +456,7 @@ int cache_build(const cache_config *c) {
     pipeline_free(&p);
     if (!rc) rc = st_writer_commit(w);
     st_writer_free(w);
-    if (rc || !c->ref_unet) {
+    if (rc || !c->ref_unet || !paired) {
         json_decref(meta);
         return rc;
     }

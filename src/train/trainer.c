@@ -198,8 +198,8 @@ static int check_given_cache(const train_config *c) {
 
 static int check_config(const train_config *c) {
     if (!c->model_dir || !c->dataset || !c->output_dir)
-        return mapo_error("train needs --pretrained_model_name_or_path, --dataset_name and "
-                          "--output_dir");
+        return mapo_error("train needs --pretrained_model_name_or_path and --dataset_name (and "
+                          "an --output_dir, mapo by default)");
     if (c->train_batch_size < 1 || c->grad_accum < 1 || c->max_train_steps < 0 ||
         (c->max_train_steps == 0 && c->num_train_epochs < 1))
         return mapo_error("--train_batch_size, --gradient_accumulation_steps, --max_train_steps "

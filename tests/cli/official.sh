@@ -113,4 +113,15 @@ grep -q validation $TMP/val/logs/mapo/events.out.tfevents.* && grep -q test_with
   && ok "validation grids in TensorBoard (validation, test_without_lora)" || bad "no validation images in TensorBoard"
 expect_error "validation prompts file missing" "/no/such/prompts" $MAPO train --pretrained_model_name_or_path $P --dataset_name $D/manifest \
   --output_dir $TMP/v2 "${small[@]}" --max_train_steps 1 --run_validation --validation_prompts /no/such/prompts.txt
+# 8. --variant fp16: <name>.fp16.safetensors files (here: the fp16 single file converted, then
+#    renamed as diffusers names variants) are read, converted to float32: the same image as
+#    the folder with plain names; without --variant the renamed folder has no weights
+$MAPO convert --in tests/fixtures/single_file/sd15_fp16.safetensors --out $TMP/f16 --config_dir $P --quiet 2>/dev/null || bad "convert fp16"
+cp -r $TMP/f16 $TMP/f16v
+for f in $(cd $TMP/f16v && find . -name '*.safetensors'); do mv "$TMP/f16v/$f" "$TMP/f16v/${f%.safetensors}.fp16.safetensors"; done
+sm=(--prompt "a red square" --num_inference_steps 2 --height 32 --width 32 --quiet)
+$MAPO sample --model $TMP/f16 "${sm[@]}" --out $TMP/plain.png 2>/dev/null
+$MAPO sample --model $TMP/f16v --variant fp16 "${sm[@]}" --out $TMP/variant.png 2>/dev/null
+cmp -s $TMP/plain.png $TMP/variant.png && ok "--variant fp16 reads *.fp16.safetensors (same image)" || bad "--variant"
+expect_error "variant files without --variant" "safetensors" $MAPO sample --model $TMP/f16v "${sm[@]}" --out $TMP/nv.png
 finish
