@@ -106,6 +106,39 @@ static void run_case(const char *cs) {
     lossf = (float)st.loss;
     cmp(&f, "dpo.loss", &lossf, 1, TOL, ctx);
     double wd = cmp_grads(&u, &f, "dpo.", TOL_DPO_GRAD, ctx);
+    /* Diffusion-KTO's wiring: a paired batch is the chosen half desirable, the rejected half
+       undesirable; an unpaired one takes oc.labels; the reference errors are required
+       (objective_kto itself is checked in test_objectives) */
+    {
+        unsigned char *lab = malloc(b.n);
+        double *dlk = malloc(b.n * sizeof(double));
+        objective_stats sk;
+        for (int i = 0; i < b.n; i++) lab[i] = i < b.n / 2;
+        oc.kind = OBJ_KTO;
+        assert_int_equal(preference_step(&u, &in, b.target, &oc, NULL, 1.0, err, &st, NULL,
+                                         NULL), -1);
+        assert_non_null(strstr(mapo_last_error(), "reference"));
+        params_zero_grad(&u.lora);
+        if (preference_step(&u, &in, b.target, &oc, ref, 1.0, err, &st, NULL, NULL))
+            fail_msg("%s", mapo_last_error());
+        assert_int_equal(objective_kto(dlk, &sk, err, ref, lab, b.n, 1000, 1, 1), 0);
+        assert_true(st.loss == sk.loss && st.margin == sk.margin);
+        oc.unpaired = 1;
+        lab[0] = !lab[0];
+        oc.labels = lab;
+        params_zero_grad(&u.lora);
+        if (preference_step(&u, &in, b.target, &oc, ref, 1.0, err, &st, NULL, NULL))
+            fail_msg("%s", mapo_last_error());
+        assert_int_equal(objective_kto(dlk, &sk, err, ref, lab, b.n, 1000, 1, 1), 0);
+        assert_true(st.loss == sk.loss && st.implicit_acc == sk.implicit_acc);
+        oc.labels = NULL;
+        assert_int_equal(preference_step(&u, &in, b.target, &oc, ref, 1.0, err, &st, NULL,
+                                         NULL), -1);
+        assert_non_null(strstr(mapo_last_error(), "labels"));
+        params_zero_grad(&u.lora);
+        free(lab);
+        free(dlk);
+    }
     printf("  %-5s %d adapter tensors: model_pred %.2e, MaPO grads worst %.2e, DPO grads worst "
            "%.2e\n", cs, u.lora.n, e_pred, wm, wd);
     free(pred);

@@ -1,4 +1,5 @@
-/* test_objectives.c -- MaPO, Diffusion-DPO and SFT against the official formulas.
+/* test_objectives.c -- MaPO, Diffusion-DPO, SFT and Diffusion-KTO against the official
+ * formulas.
  *
  * Fixtures: tests/fixtures/train/objectives.safetensors from tools/make_train_fixtures.py.
  * Each case carries two references: torch autograd in float64 on the official formulas
@@ -315,6 +316,211 @@ static void test_denoise(void **s) {
     free(l);
 }
 
+/* ------------------------------------------------------------------ Diffusion-KTO
+ * Fixture: tests/fixtures/train/kto.safetensors from make_train_fixtures.kto(): per case the
+ * official train_kto_sd_v1.5.py loss lines ported to torch float64 (autograd for dl) and
+ * mpmath at 50 digits on the same double inputs.
+ * Tolerances: loss and dl vs mpmath and vs torch 1e-12 relative (vector norm). Everything is
+ * double arithmetic on O(n) terms: g_i - kl loses the leading digits of l (~0.1) against a
+ * difference of ~1e-3, so z carries an absolute error of about beta * ulp(0.1) ~ 1e-14 and
+ * sigmoid and the products a few ulps more -- measured errors are printed (~1e-16); a formula
+ * error (a missing 1/n, lambda, sign or beta, kl not subtracted or not clamped) is of order
+ * 1e-3 or more. Torch is compared only where its naive 1 - sigmoid(z) is accurate
+ * (naive_ok; in the saturated case z = 40..60 it rounds the loss to 0). The statistics kl,
+ * diff_pos, diff_neg are differences of nearby numbers: absolute tolerance 1e-15 (beside
+ * values ~1e-3; ulp(0.2) = 2.8e-17 times a few terms). */
+#define FIX_KTO "tests/fixtures/train/kto.safetensors"
+#define TOL_KTO 1e-12
+
+static double *kget(st_file *f, const char *name, int64_t *n) {
+    const st_tensor *t = st_find(f, name);
+    if (!t) fail_msg("fixture lacks '%s'", name);
+    double *d = malloc((size_t)t->numel * sizeof(double));
+    assert_int_equal(st_to_f64(t, d), 0);
+    if (n) *n = t->numel;
+    return d;
+}
+
+static double g_worst_kto = 0;
+
+static void kto_case(st_file *f, const char *cs) {
+    char nm[256];
+#define KN(suffix) (snprintf(nm, sizeof nm, "kto.%s." suffix, cs), nm)
+    int64_t n;
+    double *l = kget(f, KN("l"), &n), *lref = kget(f, KN("lref"), NULL);
+    double *hp = kget(f, KN("hp"), NULL), *ok = kget(f, KN("naive_ok"), NULL);
+    double *loss_t = kget(f, KN("loss_torch"), NULL), *dl_t = kget(f, KN("dl_torch"), NULL);
+    double *st_t = kget(f, KN("stats_torch"), NULL);
+    double *loss_m = kget(f, KN("loss_mp"), NULL), *dl_m = kget(f, KN("dl_mp"), NULL);
+    double *st_m = kget(f, KN("stats_mp"), NULL);
+    const st_tensor *lt = st_find(f, KN("labels"));
+    assert_non_null(lt);
+    assert_int_equal(lt->dtype, ST_U8);
+    assert_int_equal(lt->numel, n);
+    const unsigned char *y = lt->data;
+    double *dl = malloc((size_t)n * sizeof(double));
+    objective_stats st;
+    if (objective_kto(dl, &st, l, lref, y, (int)n, hp[0], hp[1], hp[2]))
+        fail_msg("kto.%s: %s", cs, mapo_last_error());
+    const double el = rel1(st.loss, loss_m[0]), eg = rel_err_f64(dl, dl_m, n);
+    printf("  kto %-16s loss %.17g  vs mpmath: loss %.2e grad %.2e", cs, st.loss, el, eg);
+    if (el > g_worst_kto) g_worst_kto = el;
+    if (eg > g_worst_kto) g_worst_kto = eg;
+    if (el > TOL_KTO || eg > TOL_KTO)
+        fail_msg("kto.%s: loss %.17g (mpmath %.17g) rel %.3g, grad rel %.3g > %g", cs, st.loss,
+                 loss_m[0], el, eg, TOL_KTO);
+    if (ok[0] == 1.0) {
+        const double tl = rel1(st.loss, loss_t[0]), tg = rel_err_f64(dl, dl_t, n);
+        printf("  vs torch: loss %.2e grad %.2e\n", tl, tg);
+        if (tl > g_worst_kto) g_worst_kto = tl;
+        if (tg > g_worst_kto) g_worst_kto = tg;
+        if (tl > TOL_KTO || tg > TOL_KTO)
+            fail_msg("kto.%s: vs torch loss rel %.3g grad rel %.3g > %g", cs, tl, tg, TOL_KTO);
+    } else {
+        printf("  (naive torch formula not usable here)\n");
+    }
+    /* the logged statistics: kl, diff_pos / diff_neg (mpmath: exact means; the script's
+       divide by count + 1e-6), acc; the error means */
+    int np = 0;
+    double sw = 0, sl = 0, rw = 0, rl = 0;
+    for (int i = 0; i < n; i++) {
+        np += y[i] != 0;
+        *(y[i] ? &sw : &sl) += l[i];
+        *(y[i] ? &rw : &rl) += lref[i];
+    }
+    const int nn = (int)n - np;
+    assert_true(fabs(st.margin - st_m[0]) <= 1e-15);
+    assert_true(fabs(st.margin - st_t[0]) <= 1e-15);
+    assert_true(fabs(st.win_score - st_m[1]) <= 1e-15);
+    assert_true(fabs(st.lose_score - st_m[2]) <= 1e-15);
+    /* the script's count + 1e-6 is an int64 tensor plus a Python float: float32 */
+    const float dpos = (float)np + 1e-6f, dneg = (float)nn + 1e-6f;
+    assert_true(fabs(st.win_score * np / dpos - st_t[1]) <= 1e-15);
+    assert_true(fabs(st.lose_score * nn / dneg - st_t[2]) <= 1e-15);
+    /* the script's acc is an integer count / len: a float32 tensor */
+    assert_true(st.implicit_acc == st_m[3] && (float)st.implicit_acc == (float)st_t[3]);
+    assert_true(fabs(st.err_w - (np ? sw / np : 0)) <= 1e-16);
+    assert_true(fabs(st.err_l - (nn ? sl / nn : 0)) <= 1e-16);
+    assert_true(fabs(st.ref_err_w - (np ? rw / np : 0)) <= 1e-16);
+    assert_true(fabs(st.ref_err_l - (nn ? rl / nn : 0)) <= 1e-16);
+    free(l); free(lref); free(hp); free(ok); free(loss_t); free(dl_t); free(st_t);
+    free(loss_m); free(dl_m); free(st_m); free(dl);
+#undef KN
+}
+
+static void test_kto_fixture(void **s) {
+    (void)s;
+    st_file f;
+    if (st_open(&f, FIX_KTO)) fail_msg("%s", mapo_last_error());
+    const char *list = st_meta(&f, "cases");
+    assert_non_null(list);
+    char *dup = strdup(list), *save = NULL;
+    int count = 0;
+    for (char *c = strtok_r(dup, ",", &save); c; c = strtok_r(NULL, ",", &save), count++)
+        kto_case(&f, c);
+    free(dup);
+    assert_true(count >= 8);
+    printf("  Diffusion-KTO worst relative error %.3g\n", g_worst_kto);
+    st_close(&f);
+}
+
+/* dl against a 4-point central difference of the loss. dl holds kl fixed (the detach); the
+   loss as a function of l moves kl = mean(lref - l) too while kl > 0, so there the
+   difference quotient is d loss/d l_i - mean_j d loss/d l_j (dkl/dl_i = -1/n, and
+   d loss/d kl = sum_j dl_j); where the clamp is active (mean g < 0) kl stays 0 and the
+   quotient is dl_i itself. h = 1e-3 / beta moves z by 1e-3: truncation ~h^4 beta^5 / n and
+   rounding ~eps |loss| / h, both below 1e-9 relative to dl ~ beta / n. */
+static void kto_fd(const double *l0, const double *lref, const unsigned char *y, int n,
+                   double beta, double ld, double lu, int expect_clamp) {
+    double l[16], dl[16], tmp[16];
+    objective_stats st;
+    memcpy(l, l0, n * sizeof(double));
+    assert_int_equal(objective_kto(dl, &st, l, lref, y, n, beta, ld, lu), 0);
+    assert_int_equal(st.margin == 0, expect_clamp);
+    double mean = 0;
+    for (int i = 0; i < n; i++) mean += dl[i];
+    mean /= n;
+    double worst = 0;
+    for (int i = 0; i < n; i++) {
+        const double h = 1e-3 / beta, off[4] = {h, -h, 2 * h, -2 * h};
+        double fv[4];
+        for (int q = 0; q < 4; q++) {
+            objective_stats sq;
+            l[i] = l0[i] + off[q];
+            assert_int_equal(objective_kto(tmp, &sq, l, lref, y, n, beta, ld, lu), 0);
+            assert_int_equal(sq.margin == 0, expect_clamp);
+            fv[q] = sq.loss;
+        }
+        l[i] = l0[i];
+        const double fd = (8 * (fv[0] - fv[1]) - (fv[2] - fv[3])) / (12 * h);
+        const double an = expect_clamp ? dl[i] : dl[i] - mean;
+        const double e = fabs(fd - an) / fmax(fabs(an), 1e-3);
+        if (e > worst) worst = e;
+        if (e > 1e-6)
+            fail_msg("KTO d loss / d l[%d]: analytic %.12g, finite difference %.12g", i, an, fd);
+    }
+    printf("  KTO finite-difference check (%s): worst relative error %.2e\n",
+           expect_clamp ? "kl clamped to 0" : "kl > 0, its share removed", worst);
+}
+
+static void test_kto_finite_differences(void **s) {
+    (void)s;
+    const double l[6] = {0.1, 0.13, 0.2, 0.052, 0.1005, 0.128};
+    const unsigned char y[6] = {1, 0, 1, 1, 0, 0};
+    /* mean(lref - l) = -1e-3: kl clamped */
+    const double r1[6] = {0.1002, 0.1285, 0.2011, 0.0511, 0.1001, 0.1267};
+    kto_fd(l, r1, y, 6, 1000, 1.0, 1.0, 1);
+    kto_fd(l, r1, y, 6, 1000, 1.5, 0.7, 1);
+    /* mean(lref - l) > 0 */
+    const double r2[6] = {0.1012, 0.1305, 0.2021, 0.0531, 0.1001, 0.1287};
+    kto_fd(l, r2, y, 6, 1000, 1.0, 1.0, 0);
+    kto_fd(l, r2, y, 4, 3000, 2.0, 1.0, 0);
+    /* the paired labelling: chosen half desirable */
+    const unsigned char yp[6] = {1, 1, 1, 0, 0, 0};
+    kto_fd(l, r2, yp, 6, 1000, 1.0, 1.0, 0);
+}
+
+/* non-finite input refused with the example named; finite for any finite input; bad
+   hyper-parameters and empty batches refused */
+static void test_kto_refusals(void **s) {
+    (void)s;
+    double l[4] = {0.1, 0.2, NAN, 0.4}, r[4] = {0.1, 0.2, 0.3, 0.4}, dl[4];
+    const unsigned char y[4] = {1, 0, 1, 0};
+    objective_stats st;
+    assert_int_equal(objective_kto(dl, &st, l, r, y, 4, 1000, 1, 1), -1);
+    printf("  message: %s\n", mapo_last_error());
+    assert_non_null(strstr(mapo_last_error(), "per-sample error of example 2 (desirable)"));
+    assert_non_null(strstr(mapo_last_error(), "nan"));
+    l[2] = 0.3;
+    r[1] = -INFINITY;
+    assert_int_equal(objective_kto(dl, &st, l, r, y, 4, 1000, 1, 1), -1);
+    printf("  message: %s\n", mapo_last_error());
+    assert_non_null(strstr(mapo_last_error(), "reference error of example 1 (undesirable)"));
+    assert_non_null(strstr(mapo_last_error(), "inf"));
+    r[1] = 0.2;
+    assert_int_equal(objective_kto(dl, &st, l, r, y, 4, 1000, 1, 1), 0);
+    assert_int_equal(objective_kto(dl, &st, l, r, y, 4, NAN, 1, 1), -1);
+    assert_int_equal(objective_kto(dl, &st, l, r, y, 4, 1000, INFINITY, 1), -1);
+    assert_int_equal(objective_kto(dl, &st, l, r, y, 4, 1000, 1, NAN), -1);
+    assert_int_equal(objective_kto(dl, &st, l, r, y, 0, 1000, 1, 1), -1);
+    /* every combination of errors in [0, 1e4] and beta up to 1e8: finite, loss within
+       [0, max(lambda)], no NaN from exp overflow or inf * 0 */
+    const double grid[] = {0, 1e-300, 1e-12, 1e-6, 0.01, 0.1, 0.5, 1, 10, 1e3, 1e4};
+    const int ng = (int)(sizeof grid / sizeof grid[0]);
+    const double betas[] = {1, 1000, 1e5, 1e8};
+    for (size_t b = 0; b < sizeof betas / sizeof betas[0]; b++)
+        for (int i = 0; i < ng; i++)
+            for (int j = 0; j < ng; j++) {
+                const double ll[4] = {grid[i], grid[j], grid[j], grid[i]};
+                const double rr[4] = {grid[j], grid[i], grid[i], grid[(i + j) % ng]};
+                if (objective_kto(dl, &st, ll, rr, y, 4, betas[b], 1.0, 2.0))
+                    fail_msg("KTO at %g/%g beta %g: %s", grid[i], grid[j], betas[b],
+                             mapo_last_error());
+                assert_true(st.loss >= 0 && st.loss <= 2.0);
+                for (int k = 0; k < 4; k++) assert_true(isfinite(dl[k]));
+            }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mapo_fixture),
@@ -325,6 +531,9 @@ int main(void) {
         cmocka_unit_test(test_finite_differences),
         cmocka_unit_test(test_nonfinite_refused),
         cmocka_unit_test(test_denoise),
+        cmocka_unit_test(test_kto_fixture),
+        cmocka_unit_test(test_kto_finite_differences),
+        cmocka_unit_test(test_kto_refusals),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -27,6 +27,11 @@
 #           (mean inside, implicit accuracy, 0, 0) for DPO.
 #     Metadata "cases.mapo", "cases.dpo", "cases.sft": comma-separated case names.
 #
+#   kto.safetensors (F64; labels U8), written only by kto() -- regenerate it alone with
+#       cd tools && python3 -c "import make_train_fixtures as m; m.kto('../tests/fixtures/train')"
+#     Diffusion-KTO loss and d loss / d l on n labelled examples for several cases (see kto()):
+#     a torch float64 port of the official train_kto_sd_v1.5.py loss lines, and mpmath.
+#
 #   adamw.safetensors (F32 tensors, F64 hyper-parameters)
 #     p0 [N], grads [5, N], lrs [5] (F64, lr of each step), shared by the runs;
 #     <run>.hp [6] (F64: beta1, beta2, eps, weight_decay, max_norm (0 = no clipping), 0),
@@ -245,6 +250,137 @@ def objectives(out_dir):
     return report
 
 
+# ------------------------------------------------------------------ Diffusion-KTO
+def kto_official(l, lref, labels, beta, lambda_d, lambda_u):
+    """The loss lines of the official Diffusion-KTO train_kto_sd_v1.5.py (--loss kto,
+    --halo sigmoid), one process (accelerator.reduce of a mean is the identity), float64,
+    with autograd for d loss / d l. The only change: w_y is formed in float64 (the script's
+    `lambda * labels_binary` gives a float32 tensor, exact for the default 1.0)."""
+    model_losses = l.clone().requires_grad_(True)
+    ref_loss = lref
+    policy_KL_logps = -model_losses
+    reference_KL_logps = -ref_loss
+    g_term = policy_KL_logps - reference_KL_logps
+    scale_term = beta
+    kl_gpu = g_term.mean().detach()
+    kl = kl_gpu
+    kl = kl.clamp(min=0).detach()
+    g_term = g_term - kl  # eq 8
+    label_sgn = 2 * labels - 1
+    labels_binary = labels == 1
+    label_scale_g = label_sgn * scale_term * g_term
+    h = torch.sigmoid(label_scale_g)
+    lb = labels_binary.to(torch.float64)
+    w_y = lambda_d * lb + lambda_u * (1 - lb)
+    l_kto = w_y * (1 - h)
+    acc = (label_scale_g > 0).sum().detach() / len(label_scale_g)
+    with torch.no_grad():
+        diff_pos = g_term[labels_binary].sum() / (labels_binary.sum() + 1e-6)
+        diff_neg = g_term[~labels_binary].sum() / ((~labels_binary).sum() + 1e-6)
+    loss = l_kto.mean()
+    loss.backward()
+    stats = [float(kl), float(diff_pos), float(diff_neg), float(acc)]
+    return loss.detach(), model_losses.grad.detach(), stats
+
+
+def kto_mp(l, lref, labels, beta, lambda_d, lambda_u):
+    """The same quantities from mpmath at 50 digits on the double inputs; diff_pos /
+    diff_neg as exact means (0 with no example of that label)."""
+    n = len(l)
+    l = [mpf(float(v)) for v in l]
+    r = [mpf(float(v)) for v in lref]
+    y = [int(v) for v in labels]
+    beta, ld, lu = mpf(beta), mpf(lambda_d), mpf(lambda_u)
+    g = [r[i] - l[i] for i in range(n)]
+    kl = max(sum(g) / n, mpf(0))
+    loss = mpf(0)
+    dl = []
+    acc = 0
+    dp, dn = [], []
+    for i in range(n):
+        sgn = 1 if y[i] else -1
+        w = ld if y[i] else lu
+        z = sgn * beta * (g[i] - kl)
+        sp, sn = 1 / (1 + mpmath.exp(-z)), 1 / (1 + mpmath.exp(z))  # sigmoid(z), sigmoid(-z)
+        loss += w * sn
+        dl.append(w / n * sp * sn * sgn * beta)
+        acc += z > 0
+        (dp if y[i] else dn).append(g[i] - kl)
+    mean = lambda v: sum(v) / len(v) if v else mpf(0)
+    stats = [kl, mean(dp), mean(dn), mpf(acc) / n]
+    return float(loss / n), [float(v) for v in dl], [float(v) for v in stats]
+
+
+def kto(out_dir):
+    """tests/fixtures/train/kto.safetensors (F64; labels U8). For each case kto.<case>.*:
+         l [n], lref [n], labels [n] (U8, 1 desirable), hp [3] (beta, lambda_d, lambda_u),
+         loss_torch [1], dl_torch [n], stats_torch [4]: kto_official (torch float64 autograd);
+             stats = (kl, diff_pos, diff_neg, acc) as the script logs them (its diff_* divide
+             by count + 1e-6);
+         naive_ok [1]: 1 when the torch values are within 1e-12 of mpmath (1 - sigmoid(z)
+             rounds to 0 once z > ~37, and its gradient sigmoid * (1 - sigmoid) with it);
+         loss_mp [1], dl_mp [n], stats_mp [4]: mpmath at 50 digits (diff_* exact means).
+       Metadata "cases": comma-separated names."""
+    g = torch.Generator().manual_seed(4321)
+    U = lambda n, lo, hi: lo + (hi - lo) * torch.rand(n, generator=g, dtype=torch.float64)
+    T64 = lambda v: torch.tensor(v, dtype=torch.float64)
+    L = lambda v: torch.tensor(v, dtype=torch.int64)
+
+    def near(n, spread):  # policy errors of realistic size, reference errors close to them
+        l = U(n, 0.05, 0.2)
+        return l, l + U(n, -spread, spread)
+
+    cases = []
+    l, r = near(4, 3e-3)
+    cases.append(("mixed4", l, r, L([1, 0, 0, 1]), 1000, 1.0, 1.0))
+    l, r = near(6, 3e-3)
+    cases.append(("mixed6_lambda", l, r, L([0, 1, 1, 0, 1, 0]), 1000, 1.5, 0.7))
+    l, r = near(8, 3e-3)  # a mapo pair batch: chosen half desirable, rejected half not
+    cases.append(("paired8", l, r, L([1, 1, 1, 1, 0, 0, 0, 0]), 1000, 1.0, 1.0))
+    l, r = near(6, 3e-3)
+    cases.append(("all_desirable", l, r, L([1] * 6), 1000, 1.0, 1.0))
+    l, r = near(4, 3e-3)
+    cases.append(("all_undesirable", l, r, L([0] * 4), 1000, 1.0, 1.0))
+    l = U(6, 0.05, 0.2)  # the reference fits better on average: mean g < 0, kl clamped to 0
+    r = l + U(6, -4e-3, 1e-3)
+    cases.append(("clamp", l, r, L([1, 0, 1, 0, 0, 1]), 1000, 1.0, 1.0))
+    l = U(8, 0.05, 0.2)  # |z| from 0.5 to 4000 (sigmoid saturated both ways); mean g < 0
+    gg = T64([1e-5, -2e-5, 3e-2, -4e-2, 5e-6, 1e-2, -8e-3, 2e-5])
+    cases.append(("large_beta", l, l + gg, L([1, 0, 1, 1, 0, 0, 1, 0]), 100000, 1.0, 1.0))
+    l = U(4, 0.05, 0.2)  # every z in 40..60: loss ~1e-18, where the naive 1 - sigmoid(z) is 0
+    cases.append(("saturated", l, l + T64([0.04, -0.04, 0.05, -0.06]), L([1, 0, 1, 0]), 1000,
+                  1.0, 1.0))
+    l = U(4, 0.05, 0.2)  # policy == reference: g = kl = z = 0
+    cases.append(("tie", l, l.clone(), L([1, 0, 1, 0]), 1000, 1.0, 1.0))
+
+    tensors, names, report = {}, [], []
+    for name, l, r, y, beta, ld, lu in cases:
+        lt, dlt, stt = kto_official(l, r, y, beta, ld, lu)
+        lm, dlm, stm = kto_mp(l, r, y, beta, ld, lu)
+        ok = rel(lt, lm) < 1e-12 and rel(dlt, dlm) < 1e-12
+        z = (2 * y - 1) * beta * ((r - l) - max(float((r - l).mean()), 0.0))
+        p = f"kto.{name}."
+        tensors.update({p + "l": l, p + "lref": r, p + "labels": y.to(torch.uint8),
+                        p + "hp": T64([float(beta), ld, lu]),
+                        p + "loss_torch": lt.reshape(1), p + "dl_torch": dlt,
+                        p + "stats_torch": T64(stt), p + "naive_ok": T64([1.0 if ok else 0.0]),
+                        p + "loss_mp": T64([lm]), p + "dl_mp": T64(dlm), p + "stats_mp": T64(stm)})
+        names.append(name)
+        report.append(f"kto.{name}: n {len(l)} |z| {float(z.abs().min()):.3g}..{float(z.abs().max()):.3g}"
+                      f" kl {stm[0]:.3g} loss {lm:.6g}; torch vs mpmath loss {rel(lt, lm):.2e}"
+                      f" grad {rel(dlt, dlm):.2e} -> reference {'torch+mpmath' if ok else 'mpmath only'}")
+    meta = meta_base()
+    meta["cases"] = ",".join(names)
+    meta["source"] = ("jacklishufan/diffusion-kto train_kto_sd_v1.5.py, --loss kto --halo sigmoid "
+                      "(loss lines ported in kto_official)")
+    save_file({k: v.contiguous().clone() for k, v in tensors.items()},
+              os.path.join(out_dir, "kto.safetensors"), meta)
+    os.chmod(os.path.join(out_dir, "kto.safetensors"), 0o644)
+    for line in report:
+        print(line)
+    return report
+
+
 # ------------------------------------------------------------------ AdamW
 def adamw(out_dir):
     N, STEPS = 1000, 5
@@ -354,6 +490,7 @@ def main():
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     report = objectives(a.out) + adamw(a.out) + schedules(a.out) + ddpm(a.out)
+    kto(a.out)  # prints its own report
     for line in report:
         print(line)
     for f in os.listdir(a.out):

@@ -1,5 +1,5 @@
-/* objectives.c -- MaPO, Diffusion-DPO and SFT as functions of the per-sample errors
- * (see objectives.h, where the formulas are stated). All in double.
+/* objectives.c -- MaPO, Diffusion-DPO, SFT and Diffusion-KTO as functions of the per-sample
+ * errors (see objectives.h, where the formulas are stated). All in double.
  *
  * Stability. With x = s*l, g = x/(e^x - 1):
  *   |x| < 1e-5      g = 1 - x/2 + x^2/12           (next term x^4/720 < 1e-23)
@@ -186,4 +186,79 @@ int objective_denoise(double *dl, objective_stats *st, const double *l, int n) {
     }
     st->err_w = st->loss = sum / n;
     return isfinite(st->loss) ? 0 : mapo_error("denoising loss is not finite (%g)", st->loss);
+}
+
+/* Diffusion-KTO (see objectives.h). 1 - sigmoid(z) = sigmoid(-z) and
+   sigmoid(z) sigmoid(-z) = e / (1 + e)^2 with e = exp(-|z|) <= 1: no overflow, and no
+   cancellation in 1 - h when z is large. */
+int objective_kto(double *dl, objective_stats *st, const double *l, const double *lref,
+                  const unsigned char *labels, int n, double beta, double lambda_d,
+                  double lambda_u) {
+    stats_clear(st);
+    if (n <= 0) return mapo_error("Diffusion-KTO loss needs at least one example (got %d)", n);
+    if (!isfinite(beta) || !isfinite(lambda_d) || !isfinite(lambda_u))
+        return mapo_error("Diffusion-KTO loss: bad hyper-parameters (beta %g, lambda_d %g, "
+                          "lambda_u %g)",
+                          beta, lambda_d, lambda_u);
+    for (int i = 0; i < n; i++) {
+        const char *kind = labels[i] ? "desirable" : "undesirable";
+        if (!isfinite(l[i]))
+            return mapo_error("Diffusion-KTO loss is not finite: per-sample error of example %d "
+                              "(%s) is %g",
+                              i, kind, l[i]);
+        if (!isfinite(lref[i]))
+            return mapo_error("Diffusion-KTO loss is not finite: reference error of example %d "
+                              "(%s) is %g",
+                              i, kind, lref[i]);
+    }
+    const double inv_n = 1.0 / n;
+    double sum_g = 0;
+    for (int i = 0; i < n; i++) sum_g += lref[i] - l[i];
+    const double kl = fmax(sum_g * inv_n, 0.0);
+    double sum_loss = 0, sum_w = 0, sum_l = 0, sum_rw = 0, sum_rl = 0, sum_dp = 0, sum_dn = 0;
+    int n_pos = 0, acc = 0;
+    for (int i = 0; i < n; i++) {
+        const int pos = labels[i] != 0;
+        const double sgn = pos ? 1.0 : -1.0, w = pos ? lambda_d : lambda_u;
+        const double d = (lref[i] - l[i]) - kl;
+        const double z = sgn * beta * d;
+        const double e = exp(-fabs(z));
+        sum_loss += w * sigmoid_neg(z);
+        acc += z > 0;
+        /* d/dl_i of w sigmoid(-z_i)/n = w/n * sigmoid(z) sigmoid(-z) * sgn * beta */
+        dl[i] = w * inv_n * (e / ((1.0 + e) * (1.0 + e))) * sgn * beta;
+        if (pos) {
+            n_pos++;
+            sum_w += l[i];
+            sum_rw += lref[i];
+            sum_dp += d;
+        } else {
+            sum_l += l[i];
+            sum_rl += lref[i];
+            sum_dn += d;
+        }
+    }
+    const int n_neg = n - n_pos;
+    st->loss = sum_loss * inv_n;
+    st->margin = kl;
+    st->implicit_acc = (double)acc / n;
+    if (n_pos) {
+        st->err_w = sum_w / n_pos;
+        st->ref_err_w = sum_rw / n_pos;
+        st->win_score = sum_dp / n_pos;
+    }
+    if (n_neg) {
+        st->err_l = sum_l / n_neg;
+        st->ref_err_l = sum_rl / n_neg;
+        st->lose_score = sum_dn / n_neg;
+    }
+    if (!isfinite(st->loss) || !isfinite(st->err_w) || !isfinite(st->err_l) ||
+        !isfinite(st->ref_err_w) || !isfinite(st->ref_err_l) || !isfinite(kl))
+        return mapo_error("Diffusion-KTO loss is not finite (loss %g, kl %g)", st->loss, kl);
+    for (int i = 0; i < n; i++)
+        if (!isfinite(dl[i]))
+            return mapo_error("Diffusion-KTO loss gradient is not finite: d loss / d error of "
+                              "example %d (%s) is %g",
+                              i, labels[i] ? "desirable" : "undesirable", dl[i]);
+    return 0;
 }

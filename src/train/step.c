@@ -12,6 +12,10 @@ void objective_cfg_default(objective_cfg *c) {
     c->beta_mapo = 0.1;
     c->snr_value = 0.5;
     c->beta_dpo = 5000;
+    c->beta_kto = 1000;
+    c->lambda_d_kto = 1;
+    c->lambda_u_kto = 1;
+    c->labels = NULL;
     c->num_train_timesteps = 1000;
     c->unpaired = 0;
 }
@@ -20,12 +24,13 @@ int objective_parse(const char *s, objective_kind *k) {
     if (!strcmp(s, "mapo")) *k = OBJ_MAPO;
     else if (!strcmp(s, "dpo")) *k = OBJ_DPO;
     else if (!strcmp(s, "sft")) *k = OBJ_SFT;
-    else return mapo_error("unknown loss '%s' (expected mapo, dpo or sft)", s);
+    else if (!strcmp(s, "kto")) *k = OBJ_KTO;
+    else return mapo_error("unknown loss '%s' (expected mapo, dpo, sft or kto)", s);
     return 0;
 }
 
 const char *objective_name(objective_kind k) {
-    return k == OBJ_MAPO ? "mapo" : k == OBJ_DPO ? "dpo" : "sft";
+    return k == OBJ_MAPO ? "mapo" : k == OBJ_DPO ? "dpo" : k == OBJ_KTO ? "kto" : "sft";
 }
 
 void per_sample_mse(double *err, const float *pred, const float *target, int n, int64_t chw) {
@@ -49,6 +54,25 @@ int model_errors(unet *u, const unet_inputs *in, const float *target, double *er
     return 0;
 }
 
+/* Diffusion-KTO on the n = in->B samples: a paired batch is n/2 desirable chosen images
+   followed by n/2 undesirable rejected ones; an unpaired one carries oc->labels. */
+static int kto_step(double *dl, objective_stats *st, const double *errors, int n,
+                    const objective_cfg *oc, const double *ref_err) {
+    if (!ref_err) return mapo_error("Diffusion-KTO needs reference errors (a reference model)");
+    if (oc->unpaired && !oc->labels)
+        return mapo_error("Diffusion-KTO on single images needs their labels "
+                          "(desirable / undesirable)");
+    if (oc->labels)
+        return objective_kto(dl, st, errors, ref_err, oc->labels, n, oc->beta_kto,
+                             oc->lambda_d_kto, oc->lambda_u_kto);
+    unsigned char *lab = xmalloc((size_t)n);
+    for (int i = 0; i < n; i++) lab[i] = i < n / 2;
+    const int rc = objective_kto(dl, st, errors, ref_err, lab, n, oc->beta_kto,
+                                 oc->lambda_d_kto, oc->lambda_u_kto);
+    free(lab);
+    return rc;
+}
+
 int preference_step(unet *u, const unet_inputs *in, const float *target,
                     const objective_cfg *oc, const double *ref_err, double grad_scale,
                     double *errors, objective_stats *st, float *pred_out,
@@ -64,7 +88,9 @@ int preference_step(unet *u, const unet_inputs *in, const float *target,
     if (pred_out) memcpy(pred_out, pred->data, pred->numel * sizeof(float));
     double *dl = xmalloc(in->B * sizeof(double));
     int rc;
-    if (oc->unpaired) {
+    if (oc->kind == OBJ_KTO) {
+        rc = kto_step(dl, st, errors, in->B, oc, ref_err);
+    } else if (oc->unpaired) {
         rc = objective_denoise(dl, st, errors, in->B);
     } else switch (oc->kind) {
     case OBJ_MAPO:
