@@ -4,7 +4,7 @@
 #     python3 tools/make_unet_fixtures.py --out DIR  # somewhere else
 #
 # Parity fixtures for the C implementation of diffusers' UNet2DConditionModel and of the
-# MaPO / Diffusion-DPO / SFT objectives (see /work/shared/METHOD.md). Everything is float32.
+# MaPO / Diffusion-DPO / SFT objectives (docs/METHOD.md, MaPO). Everything is float32.
 # Per case (sd15, sdxl, mixed):
 #   model/   config.json + diffusion_pytorch_model.safetensors   (policy, perturbed random init)
 #   ref/     same config, different seed                          (frozen reference for DPO)
