@@ -64,7 +64,8 @@ typedef struct {
     int64_t ref_epochs;     /* epochs of reference errors to store (0: from ref_pair_visits) */
     int64_t ref_pair_visits;/* pairs the training run will visit (steps x batch x accumulation) */
     int ref_if_paired;      /* single images: no reference errors instead of a refusal (KTO
-                               trains on them with the reference UNet in memory) */
+                               trains on them with the reference UNet in memory); they must
+                               then carry labels */
     int quiet;
 } cache_config;
 

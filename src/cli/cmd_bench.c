@@ -69,7 +69,8 @@ int cmd_bench(int argc, char **argv) {
     if (lora && unet_lora_add(&u, (int)lora, 1)) return -1;
     param_table *tp = lora ? &u.lora : &u.params;
     /* DPO's reference: a second UNet, or with LoRA the same one with adapters off */
-    int have_ref = oc.kind == OBJ_DPO && !lora, self_ref = oc.kind == OBJ_DPO && lora;
+    const int refd = oc.kind == OBJ_DPO || oc.kind == OBJ_KTO; /* objectives with a reference */
+    int have_ref = refd && !lora, self_ref = refd && lora;
     if (have_ref && unet_init_dir(&ref, config, 1, 0)) return -1;
     const int n = 2 * (int)pairs, H = (int)res, W = (int)res, S = (int)seq;
     const int P = u.cfg.text_time ? u.cfg.proj_class_dim - 6 * u.cfg.add_time_dim : 0;

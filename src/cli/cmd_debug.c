@@ -34,7 +34,8 @@ int cmd_debug_step(int argc, char **argv) {
     if (r) return r > 0 ? 0 : -1;
     if (!model || !batch || !out) return mapo_error("debug-step needs --model, --batch and --out");
     if (objective_parse(loss, &oc.kind)) return -1;
-    if (oc.kind == OBJ_DPO && !ref) return mapo_error("--loss dpo needs --ref DIR");
+    if ((oc.kind == OBJ_DPO || oc.kind == OBJ_KTO) && !ref)
+        return mapo_error("--loss %s needs --ref DIR", objective_name(oc.kind));
     oc.num_train_timesteps = (int)T;
     unet u, ru;
     if (unet_load_dir(&u, model, 1)) return -1;
@@ -49,7 +50,7 @@ int cmd_debug_step(int argc, char **argv) {
     double *err = xcalloc(b.n, sizeof(double)), *ref_err = NULL;
     int64_t npred = (int64_t)b.n * u.cfg.out_channels * b.H * b.W;
     float *pred = xmalloc(npred * sizeof(float));
-    if (!rc && oc.kind == OBJ_DPO) {
+    if (!rc && (oc.kind == OBJ_DPO || oc.kind == OBJ_KTO)) {
         rc = unet_load_dir(&ru, ref, 0);
         if (!rc) {
             ref_err = xcalloc(b.n, sizeof(double));

@@ -77,7 +77,8 @@ int cmd_train(int argc, char **argv) {
         {"allow_outside_paths", OPT_FLAG, &c.allow_outside_paths,
          "manifests may name images outside their folder [mapo]", 0},
         {"output_dir", OPT_STR, &c.output_dir, "where unet/, checkpoints and logs go (mapo)", 0},
-        {"loss", OPT_STR, &loss, "mapo | dpo | sft (mapo) [mapo]", 0},
+        {"loss", OPT_STR, &loss,
+         "mapo | dpo | kto | sft (mapo); kto also trains on labelled single images [mapo]", 0},
         {"train_batch_size", OPT_INT, &c.train_batch_size, "pairs per micro-batch (4)", 0},
         {"num_train_epochs", OPT_INT, &c.num_train_epochs,
          "epochs, when --max_train_steps is not given (1)", 0},
@@ -96,6 +97,12 @@ int cmd_train(int argc, char **argv) {
         {"beta_mapo", OPT_DOUBLE, &c.obj.beta_mapo, "MaPO margin weight (0.1)", 0},
         {"snr_value", OPT_DOUBLE, &c.obj.snr_value, "MaPO s (0.5)", 0},
         {"beta_dpo", OPT_DOUBLE, &c.obj.beta_dpo, "Diffusion-DPO beta (5000) [mapo]", 0},
+        {"beta_kto", OPT_DOUBLE, &c.obj.beta_kto,
+         "Diffusion-KTO beta (1000; its script's --beta_dpo) [mapo]", 0},
+        {"lambda_d_kto", OPT_DOUBLE, &c.obj.lambda_d_kto, "Diffusion-KTO weight of desirable "
+                                                          "examples (1.0)", 0},
+        {"lambda_u_kto", OPT_DOUBLE, &c.obj.lambda_u_kto, "Diffusion-KTO weight of undesirable "
+                                                          "examples (1.0)", 0},
         {"ref_model", OPT_STR, &c.ref_dir,
          "reference UNet for dpo (default: the pretrained model itself, frozen) [mapo]", 0},
         {"use_8bit_adam", OPT_FLAG, &c.use_8bit_adam,

@@ -345,6 +345,9 @@ int cache_build(const cache_config *c) {
     int t_img[4] = {-1, -1, -1, -1}, t_ehs = -1, t_te = -1, t_tid = -1, t_lab = -1, nt = 0;
     /* an images-only manifest with "label"s: Diffusion-KTO's unpaired data, label [N] (1 / 0) */
     const int labelled = !paired && N > 0 && pref_dataset_label(ds, keep[0]) >= 0;
+    if (!rc && !paired && c->ref_if_paired && !labelled)
+        rc = mapo_error("%s holds single images without labels: --loss kto needs each image "
+                        "labelled desirable or not (a manifest's \"label\": 1 / 0)", c->dataset);
     st_writer *w = st_writer_new();
     if (!rc) {
         const char *k;

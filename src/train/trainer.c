@@ -58,6 +58,7 @@ typedef struct {
     pair_slots s;             /* the 2B inputs of a micro-batch */
     const double *ref_cached; /* [epochs, N, 2] reference errors from a cache, or NULL */
     double *ref_err;          /* [2B] filled from ref_cached */
+    unsigned char *labels;    /* [max(B, 2)] Diffusion-KTO on single images: their labels */
 } batch_buf;
 
 /* Everything a run holds between set-up and the end. */
@@ -96,6 +97,7 @@ static void fill_batch(batch_buf *b, const pair_file *pf, const ddpm_schedule *s
     for (int j = 0; j < Bp; j++) {
         int64_t e, idx = pair_index(ord, seed, first_pair + j, &e);
         pair_fill(&b->s, pf, sch, seed, e, idx, j);
+        if (b->labels && pf->labels) b->labels[j] = pf->labels[idx];
         if (b->ref_cached) {
             b->ref_err[j] = b->ref_cached[(e * pf->N + idx) * 2];
             b->ref_err[j + Bp] = b->ref_cached[(e * pf->N + idx) * 2 + 1];
@@ -267,7 +269,7 @@ static int run_data(const train_config *c, char *cache_path, size_t n, const cha
     cc.vae_batch = (int)c->vae_encode_batch_size;
     cc.max_pairs = c->max_train_samples;
     cc.sample_pairs = 1;
-    if (c->obj.kind == OBJ_DPO && !c->lora_rank) {
+    if ((c->obj.kind == OBJ_DPO || c->obj.kind == OBJ_KTO) && !c->lora_rank) {
         /* reference errors computed once, before the policy is loaded: for every pair the run
            visits (steps known), or one more epoch than asked (steps from epochs round up) */
         cc.ref_unet = c->ref_dir ? c->ref_dir : c->model_dir;
@@ -276,6 +278,8 @@ static int run_data(const train_config *c, char *cache_path, size_t n, const cha
         else
             cc.ref_epochs = c->num_train_epochs + 1;
     }
+    /* KTO also trains on labelled single images (they keep the reference UNet in memory) */
+    cc.ref_if_paired = c->obj.kind == OBJ_KTO;
     struct stat st;
     if (stat(cache_path, &st) == 0 && cache_matches(cache_path, &cc) == 0) {
         mapo_log(1, "using the cache %s (it matches the models, data and settings)\n", cache_path);
@@ -293,11 +297,12 @@ static int run_data(const train_config *c, char *cache_path, size_t n, const cha
    enough epochs), else a second, frozen UNet. */
 static int run_reference(run *r, const char *pairs_path) {
     const train_config *c = r->c;
-    r->ref_is_self = c->obj.kind == OBJ_DPO && c->lora_rank > 0;
+    const int refd = c->obj.kind == OBJ_DPO || c->obj.kind == OBJ_KTO; /* with a reference */
+    r->ref_is_self = refd && c->lora_rank > 0;
     if (r->ref_is_self && c->ref_dir)
         return mapo_error("--ref_model cannot be used with --lora_rank: the reference is the "
                           "UNet with its adapters switched off");
-    if (c->obj.kind != OBJ_DPO || r->ref_is_self) return 0;
+    if (!refd || r->ref_is_self) return 0;
     const char *rd = c->ref_dir ? c->ref_dir : c->model_dir;
     if (r->pf.ref_errors) {
         char want[32], seed[32];
@@ -339,6 +344,11 @@ static void run_buffers(run *r) {
     b->s.Bp = Bp;
     b->ref_cached = r->cached_ref;
     b->ref_err = xmalloc(2 * Bp * sizeof(double));
+    if (r->tcfg.obj.unpaired && r->c->obj.kind == OBJ_KTO) {
+        /* zeroed, at least 2: the memory-plan probe runs a batch of 2 before the first fill */
+        b->labels = xcalloc((size_t)(Bp > 2 ? Bp : 2), 1);
+        r->tcfg.obj.labels = b->labels;
+    }
     b->s.chw = (int64_t)pf->C * pf->H * pf->W;
     b->s.sample = xmalloc(n * b->s.chw * sizeof(float));
     b->s.target = xmalloc(n * b->s.chw * sizeof(float));
@@ -373,9 +383,12 @@ static int run_open(run *r, const char *pairs_path) {
     r->tcfg = *c;
     r->tcfg.obj.num_train_timesteps = r->sch.num_train_timesteps;
     r->tcfg.obj.unpaired = r->pf.rejected == NULL;
-    if (r->tcfg.obj.unpaired && c->obj.kind != OBJ_SFT)
+    if (r->tcfg.obj.unpaired && c->obj.kind == OBJ_KTO && !r->pf.labels)
+        return mapo_error("%s holds single images without labels: --loss kto needs each image "
+                          "labelled desirable or not (a manifest's \"label\": 1 / 0)", pairs_path);
+    if (r->tcfg.obj.unpaired && c->obj.kind != OBJ_SFT && c->obj.kind != OBJ_KTO)
         return mapo_error("%s holds single images (no 'rejected'): only --loss sft (plain "
-                          "denoising) trains on it", pairs_path);
+                          "denoising) or --loss kto (with labels) trains on it", pairs_path);
     r->halves = r->tcfg.obj.unpaired ? 1 : 2;
     unet_inputs *in = &r->in;
     in->B = r->halves * (int)c->train_batch_size;
@@ -404,6 +417,7 @@ static void run_close(run *r) {
     free(b->s.text_embeds);
     free(b->s.time_ids);
     free(b->ref_err);
+    free(b->labels);
     free(r->opt.m);
     free(r->opt.v);
     if (r->opt.s8) adamw8_free(&r->s8);

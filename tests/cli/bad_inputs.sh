@@ -11,7 +11,7 @@ expect_error "no arguments to train" "--pretrained_model_name_or_path" $MAPO tra
 expect_error "unknown flag" "--bogus" $MAPO train --bogus 1
 expect_error "flag without value" "--learning_rate needs a value" $MAPO train --learning_rate
 expect_error "non-numeric value" "--learning_rate" $MAPO train --learning_rate abc
-expect_error "unknown loss" "kto" $MAPO train --pretrained_model_name_or_path $M --output_dir $TMP/o "${tr[@]}" --loss kto
+expect_error "unknown loss" "orpo" $MAPO train --pretrained_model_name_or_path $M --output_dir $TMP/o "${tr[@]}" --loss orpo
 expect_error "unknown scheduler" "step" $MAPO train --pretrained_model_name_or_path $M --output_dir $TMP/o "${tr[@]}" --lr_scheduler step
 expect_error "missing model folder" "/no/such/model" $MAPO train --pretrained_model_name_or_path /no/such/model --output_dir $TMP/o "${tr[@]}"
 expect_error "missing dataset" "/no/such/pairs" $MAPO train --pretrained_model_name_or_path $M --output_dir $TMP/o --dataset_name /no/such/pairs.safetensors
@@ -72,7 +72,7 @@ expect_error "init-unet: config value of the wrong type" "block_out_channels" $M
 expect_error "make-pairs: zero pairs" "--n" $MAPO make-pairs --model $M --out $TMP/q.safetensors --n 0
 expect_error "diff: missing file" "/no/such/a.safetensors" $MAPO diff /no/such/a.safetensors $W
 expect_error "diff: not a safetensors file" "$M/config.json" $MAPO diff $M/config.json $W
-expect_error "bench: unknown loss" "kto" $MAPO bench --loss kto
+expect_error "bench: unknown loss" "orpo" $MAPO bench --loss orpo
 expect_error "bench: zero pairs" "--pairs" $MAPO bench --pairs 0
 expect_error "init-pixel-pipeline: 2 channels" "channels" $MAPO init-pixel-pipeline --out $TMP/pp --channels 2
 expect_error "fmnist-evaluators: missing data folder" "/no/such/fmnist" $MAPO fmnist-evaluators --out $TMP/ev --data /no/such/fmnist
