@@ -76,8 +76,9 @@ typedef struct {
     const char *split;  /* parquet folders with split names: NULL = "train" */
     int on_bad_image;   /* ON_BAD_IMAGE_FAIL (0, default) or ON_BAD_IMAGE_SKIP */
     int allow_outside_paths; /* manifests: image paths may leave the manifest's folder */
-    int keep_ties;      /* parquet: keep rows whose labels tie (jpg_0 chosen), as the official
-                           script with --remove_ties false */
+    int keep_ties;      /* parquet: keep rows whose labels tie, jpg_0 as the chosen (the
+                           official train_with_lora.py with --remove_ties false; its train.py
+                           picks a tie's chosen at random each visit; docs/METHOD.md) */
     int split_soft;     /* split applies only when some file carries a split name (a folder
                            without split names is used whole): the CLI's default split */
 } pref_dataset_opts;

@@ -30,8 +30,8 @@ void per_sample_mse(double *err, const float *pred, const float *target, int n, 
 int model_errors(unet *u, const unet_inputs *in, const float *target, double *err);
 
 /* Diffusion-DPO's (and Diffusion-KTO's) reference errors: those of `ref` when given, else
- * of u with its LoRA adapters switched off (the reference of the official
- * train_with_lora.py; train_kto_sd_v1.5.py --use_lora does the same). */
+ * of u with its LoRA adapters switched off (as diffusers' Diffusion-DPO LoRA example does;
+ * train_kto_sd_v1.5.py --use_lora does the same; docs/METHOD.md, Diffusion-DPO). */
 int dpo_reference_errors(unet *u, unet *ref, const unet_inputs *in, const float *target,
                          double *err);
 

@@ -179,7 +179,8 @@ double lr_lambda_ex(lr_schedule s, int64_t step, int64_t warmup, int64_t total, 
         const double range = lr_init - lr_end;
         const int64_t decay_steps = total - warmup;
         /* diffusers divides by decay_steps unguarded: 0 only when step == total == warmup,
-           where Python raises; mapo refuses warmup >= total for this schedule */
+           where Python raises; a run never gets there (its steps are 0 .. total - 1, and
+           steps below warmup take the branch above) */
         const double pct = 1.0 - (double)(step - warmup) / (double)decay_steps;
         return (range * pow(pct, power) + lr_end) / lr_init;
     }

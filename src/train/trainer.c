@@ -292,8 +292,8 @@ static int run_data(const train_config *c, char *cache_path, size_t n, const cha
     return 0;
 }
 
-/* Diffusion-DPO's reference: with LoRA the same UNet with adapters off (as the official
-   train_with_lora.py); else cached reference errors when they fit this run (seed, reference,
+/* Diffusion-DPO's / -KTO's reference: with LoRA the same UNet with adapters off (as diffusers'
+   Diffusion-DPO LoRA example); else cached reference errors when they fit this run (seed, reference,
    enough epochs), else a second, frozen UNet. */
 static int run_reference(run *r, const char *pairs_path) {
     const train_config *c = r->c;
