@@ -17,8 +17,6 @@ typedef struct {
     adamw8_state *s8;    /* --use_8bit_adam (NULL otherwise) */
 } optim_state;
 
-/* mkdir -p; -1 + message when a component cannot be created. */
-int run_mkdir_p(const char *path);
 /* rm -r (no error when absent). */
 void run_rm_rf(const char *path);
 /* The trained weights: the whole UNet, or only its LoRA adapters. */

@@ -34,6 +34,9 @@ char *mapo_xstrdup_(const char *s, const char *file, int line);
 extern int mapo_log_level;
 void mapo_log(int level, const char *fmt, ...) MAPO_PRINTF(2, 3);
 
+/* mkdir -p (0755); -1 + a message naming the component that cannot be created. */
+int mapo_mkdir_p(const char *path);
+
 /* 1 when path names a directory / a regular file (links followed), else 0. */
 int mapo_is_dir(const char *path);
 int mapo_is_file(const char *path);

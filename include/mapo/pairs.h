@@ -5,7 +5,7 @@
  *   prompt_embeds [Np,S,D] with prompt_index [N] (integer, 0 <= index < Np) -- and for SDXL-shaped models text_embeds [N,P] and
  *   time_ids [N,6]; optional chosen_hflip / rejected_hflip [N,C,H,W] (both together) and
  *   ref_errors [E,N,2] (cached Diffusion-DPO reference errors); single images may carry
- *   label [N] (1 desirable / 0 undesirable: Diffusion-KTO's unpaired data).
+ *   desirable [N] (1 / 0: Diffusion-KTO's unpaired data).
  *   Without 'rejected' the file holds single captioned images (chosen only): what plain
  *   denoising training (pretraining, SFT) reads; preference losses refuse it. Float dtypes F32/F16/BF16/F64; F32 is used in place (mmap).
  * Debug batch (safetensors): sample [2B,C,H,W], timestep [2B] (int or float),
@@ -32,7 +32,7 @@ typedef struct {
     int64_t ref_epochs;
     double *ref_owned;
     uint8_t *labels;          /* [N] single images only: 1 desirable, 0 undesirable (optional
-                                 "label" tensor; Diffusion-KTO), or NULL */
+                                 "desirable" tensor; Diffusion-KTO), or NULL */
 } pair_file;
 
 /* Open and validate against the model (channels, cross_attention_dim, text_time). */

@@ -1,6 +1,7 @@
 /* common.c -- error messages, checked allocation, logging, clocks. */
 #include "mapo/common.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -126,6 +127,22 @@ size_t mapo_rss(void) {
         fclose(f);
     }
     return (size_t)resident * (size_t)sysconf(_SC_PAGESIZE);
+}
+
+int mapo_mkdir_p(const char *path) {
+    char t[4200];
+    if (snprintf(t, sizeof t, "%s", path) >= (int)sizeof t)
+        return mapo_error("%.200s...: path too long", path);
+    for (char *s = t + 1; *s; s++) {
+        if (*s != '/') continue;
+        *s = 0;
+        if (mkdir(t, 0755) && errno != EEXIST)
+            return mapo_error("%s: cannot create folder: %s", t, strerror(errno));
+        *s = '/';
+    }
+    if (mkdir(t, 0755) && errno != EEXIST)
+        return mapo_error("%s: cannot create folder: %s", t, strerror(errno));
+    return 0;
 }
 
 int mapo_is_dir(const char *path) {

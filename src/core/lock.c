@@ -30,22 +30,6 @@ void mapo_lock_set_command(int argc, char **argv) {
     if (k >= sizeof g_cmd) strcpy(g_cmd + sizeof g_cmd - 4, "...");
 }
 
-static int mkdir_parents(const char *dir) {
-    char tmp[PATH_MAX];
-    if (snprintf(tmp, sizeof tmp, "%s", dir) >= (int)sizeof tmp)
-        return mapo_error("%s: path too long", dir);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        if (mkdir(tmp, 0755) && errno != EEXIST)
-            return mapo_error("%s: cannot create folder: %s", tmp, strerror(errno));
-        *p = '/';
-    }
-    if (mkdir(tmp, 0755) && errno != EEXIST)
-        return mapo_error("%s: cannot create folder: %s", tmp, strerror(errno));
-    return 0;
-}
-
 /* The holder's record, first line only, without its newline ("" when unreadable). */
 static void read_holder(int fd, char *buf, size_t n) {
     ssize_t r = pread(fd, buf, n - 1, 0);
@@ -54,7 +38,7 @@ static void read_holder(int fd, char *buf, size_t n) {
 }
 
 int mapo_lock_dir(const char *dir) {
-    if (mkdir_parents(dir)) return -1;
+    if (mapo_mkdir_p(dir)) return -1;
     struct stat st;
     if (stat(dir, &st) || !S_ISDIR(st.st_mode))
         return mapo_error("%s: not a folder", dir);

@@ -141,20 +141,20 @@ int pair_file_open(pair_file *p, const char *path, const unet_config *c) {
         }
     }
     /* single images labelled desirable (1) / undesirable (0): Diffusion-KTO's unpaired data */
-    const st_tensor *lt = st_find(&p->f, "label");
+    const st_tensor *lt = st_find(&p->f, "desirable");
     if (!rc && lt) {
         double *lv = xmalloc((size_t)(lt->numel ? lt->numel : 1) * sizeof(double));
         if (p->rejected)
-            rc = mapo_error("%s: 'label' belongs to single images; a pair's preference is its "
-                            "order", path);
+            rc = mapo_error("%s: 'desirable' belongs to single images; a pair's preference is "
+                            "its order", path);
         else if (lt->ndim != 1 || lt->shape[0] != p->N)
-            rc = mapo_error("%s: label must be [%lld]", path, (long long)p->N);
+            rc = mapo_error("%s: desirable must be [%lld]", path, (long long)p->N);
         else if (st_to_f64(lt, lv))
-            rc = mapo_error("%s: label must be a float tensor", path);
+            rc = mapo_error("%s: desirable must be a float tensor", path);
         if (!rc) p->labels = xmalloc((size_t)p->N);
         for (int64_t i = 0; !rc && i < p->N; i++) {
             if (lv[i] != 0 && lv[i] != 1)
-                rc = mapo_error("%s: label[%lld] = %g; labels are 1 (desirable) or 0", path,
+                rc = mapo_error("%s: desirable[%lld] = %g; it is 1 (desirable) or 0", path,
                                 (long long)i, lv[i]);
             else
                 p->labels[i] = (uint8_t)lv[i];

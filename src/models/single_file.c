@@ -1483,21 +1483,6 @@ static int cache_root(char *out, size_t n) {
     return 0;
 }
 
-static int mkdir_p(const char *path) {
-    char t[4200];
-    snprintf(t, sizeof t, "%s", path);
-    for (char *s = t + 1; *s; s++) {
-        if (*s != '/') continue;
-        *s = 0;
-        if (mkdir(t, 0755) && errno != EEXIST)
-            return mapo_error("%s: cannot create folder: %s", t, strerror(errno));
-        *s = '/';
-    }
-    if (mkdir(t, 0755) && errno != EEXIST)
-        return mapo_error("%s: cannot create folder: %s", t, strerror(errno));
-    return 0;
-}
-
 int single_file_resolve(const char *path, const char *config_dir, char *resolved, size_t n) {
     if (!path || !mapo_is_file(path)) {
         snprintf(resolved, n, "%s", path ? path : "");
@@ -1538,7 +1523,7 @@ int single_file_resolve(const char *path, const char *config_dir, char *resolved
     } else {
         char parent[2200];
         snprintf(parent, sizeof parent, "%s/single_file", root);
-        rc = mkdir_p(parent);
+        rc = mapo_mkdir_p(parent);
         if (!rc) rc = convert_planned(&p, dir, 0);
         if (rc == 1) rc = 0; /* another process converted it meanwhile */
         if (!rc) mapo_log(1, "%s: converted once into %s (reused while the file and the config "

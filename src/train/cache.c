@@ -343,7 +343,8 @@ int cache_build(const cache_config *c) {
     const int64_t lat = (int64_t)L * h * h;
     /* tensor indices (st_writer add order) of the images, then of the conditioning */
     int t_img[4] = {-1, -1, -1, -1}, t_ehs = -1, t_te = -1, t_tid = -1, t_lab = -1, nt = 0;
-    /* an images-only manifest with "label"s: Diffusion-KTO's unpaired data, label [N] (1 / 0) */
+    /* an images-only manifest with "label"s: Diffusion-KTO's unpaired data, desirable [N] (1 / 0)
+       (the study's class labels are "label": another tensor) */
     const int labelled = !paired && N > 0 && pref_dataset_label(ds, keep[0]) >= 0;
     if (!rc && !paired && c->ref_if_paired && !labelled)
         rc = mapo_error("%s holds single images without labels: --loss kto needs each image "
@@ -373,7 +374,7 @@ int cache_build(const cache_config *c) {
         }
         if (labelled) {
             t_lab = nt++;
-            st_writer_add_empty(w, "label", ST_F32, 1, (int64_t[]){N});
+            st_writer_add_empty(w, "desirable", ST_F32, 1, (int64_t[]){N});
         }
         if (flips) {
             t_img[per] = nt++;

@@ -15,20 +15,6 @@
 #include "mapo/safetensors.h"
 
 /* --------------------------------------------------------------- file helpers */
-int run_mkdir_p(const char *path) {
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s", path);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        if (mkdir(tmp, 0755) && errno != EEXIST)
-            return mapo_error("%s: cannot create folder: %s", tmp, strerror(errno));
-        *p = '/';
-    }
-    if (mkdir(tmp, 0755) && errno != EEXIST)
-        return mapo_error("%s: cannot create folder: %s", tmp, strerror(errno));
-    return 0;
-}
 
 void run_rm_rf(const char *path) {
     DIR *d = opendir(path);
@@ -81,7 +67,7 @@ static int save_model(const unet *u, const char *dir) {
 static int write_checkpoint(const train_config *c, const unet *u, const optim_state *o,
                             int64_t step, const char *tmp) {
     char p[4300];
-    if (run_mkdir_p(tmp)) return -1;
+    if (mapo_mkdir_p(tmp)) return -1;
     if (save_model(u, tmp)) return -1;
     if (o) {
         st_writer *w = st_writer_new();
