@@ -61,13 +61,13 @@ watcher *watch_tensorboard(const char *dir, tfevents_writer **writer) {
 /* ------------------------------------------------------------------ validation images */
 /* the official script's validation prompts (its validation_prompts.json) */
 static const char *const default_prompts[] = {
-    "portrait photo of a girl, photograph, highly detailed face, depth of field, moody light, "
-    "golden hour, style by Dan Winters, Russell James, Steve McCurry, centered, extremely "
-    "detailed, Nikon D850, award winning photography",
+    ("portrait photo of a girl, photograph, highly detailed face, depth of field, moody light, "
+     "golden hour, style by Dan Winters, Russell James, Steve McCurry, centered, extremely "
+     "detailed, Nikon D850, award winning photography"),
     "Self-portrait oil painting, a beautiful cyborg with golden hair, 8k",
     "Astronaut in a jungle, cold color palette, muted colors, detailed, 8k",
-    "A photo of beautiful mountain with realistic sunset and blue lake, highly detailed, "
-    "masterpiece"};
+    ("A photo of beautiful mountain with realistic sunset and blue lake, highly detailed, "
+     "masterpiece")};
 
 typedef struct {
     watcher base;
