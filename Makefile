@@ -7,6 +7,7 @@ LDLIBS  := -lopenblas -ljansson -lpng -ljpeg -lsnappy -lzstd -lz -lm -fopenmp
 TEST_LDLIBS := -lcmocka
 
 BUILD   := build
+BIN     := mapo
 LIB_SRC := $(wildcard src/core/*.c src/io/*.c src/ops/*.c src/models/*.c \
                       src/diffusion/*.c src/align/*.c src/train/*.c \
                       src/eval/*.c src/study/*.c)
@@ -16,8 +17,8 @@ LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TESTS   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all test demo study bench clean deps
-all: mapo
+.PHONY: all test demo study bench clean deps test-sanitize test-O0 test-O1 test-opt-levels
+all: $(BIN)
 
 deps:
 	@bash tools/install_deps.sh
@@ -26,7 +27,7 @@ $(BUILD)/libmapo.a: $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	ar rcs $@ $^
 
-mapo: $(CLI_OBJ) $(BUILD)/libmapo.a
+$(BIN): $(CLI_OBJ) $(BUILD)/libmapo.a
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/%.o: %.c
@@ -40,8 +41,27 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/libmapo.a tests/testutil.h
 # Runs every test binary (from the repo root, so fixture paths resolve), then the CLI
 # checks; prints a closing "N passed, N failed" line and fails if any failed.
 test: deps
-	@$(MAKE) --no-print-directory mapo $(TESTS)
-	@bash tests/run_all.sh $(TESTS)
+	@$(MAKE) --no-print-directory $(BIN) $(TESTS)
+	@MAPO=$${MAPO:-./$(BIN)} bash tests/run_all.sh $(TESTS)
+
+# The whole suite (every test binary and tests/cli/*.sh) built with ASan + LSan + UBSan into
+# build-san/ (binary build-san/mapo, never mixed with build/ and ./mapo); fails on any
+# sanitizer report (tests/run_sanitized.sh; docs/RELIABILITY.md).
+# The runtimes are linked statically: with gcc's shared libasan + libubsan, UBSan's reports
+# ignore log_path and go to stderr, where a CLI test expecting a refusal would swallow them.
+SAN_OPT := -O1 -march=native -fno-omit-frame-pointer -fsanitize=address,undefined \
+           -fno-sanitize-recover=undefined -static-libasan -static-libubsan
+SAN_TESTS := $(TEST_SRC:tests/%.c=build-san/tests/%)
+test-sanitize: deps
+	@$(MAKE) --no-print-directory BUILD=build-san BIN=build-san/mapo OPT="$(SAN_OPT)" \
+	  build-san/mapo $(SAN_TESTS)
+	@MAPO=./build-san/mapo bash tests/run_sanitized.sh build-san $(SAN_TESTS)
+
+# The suite at -O0 / -O1 (build-O0/, build-O1/); `make test` is -O3.
+test-O0 test-O1: test-%: deps
+	@MAPO=./build-$*/mapo $(MAKE) --no-print-directory BUILD=build-$* BIN=build-$*/mapo \
+	  OPT="-$* -march=native" test
+test-opt-levels: test-O0 test-O1
 
 demo: deps
 	@$(MAKE) --no-print-directory mapo
@@ -63,6 +83,6 @@ bench: mapo
 	else echo "(install torch and diffusers with pip to time PyTorch beside it: bench/compare.sh)"; fi
 
 clean:
-	rm -rf $(BUILD) mapo
+	rm -rf $(BUILD) mapo build-san build-O0 build-O1
 
 -include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d)
