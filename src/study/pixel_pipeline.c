@@ -63,7 +63,7 @@ static int write_tokenizer(const char *dir) {
     json_object_set_new(v, "<|endoftext|>", json_integer(id++));
     int rc = write_json(dir, "vocab.json", v);
     char p[4300];
-    snprintf(p, sizeof p, "%s/merges.txt", dir);
+    snprintf(p, sizeof p, "%.4000s/merges.txt", dir);
     static const char merges[] = "#version: 0.2\n";
     if (!rc) rc = mapo_write_file_atomic(p, merges, sizeof merges - 1);
     if (!rc)
@@ -90,8 +90,8 @@ static int write_text_encoder(const char *dir, const pixel_pipeline_config *c) {
                           "vocab_size", 514, "model_type", "clip_text_model");
     int rc = write_json(dir, "config.json", j);
     char cp[4300], wp[4300];
-    snprintf(cp, sizeof cp, "%s/config.json", dir);
-    snprintf(wp, sizeof wp, "%s/model.safetensors", dir);
+    snprintf(cp, sizeof cp, "%.4000s/config.json", dir);
+    snprintf(wp, sizeof wp, "%.4000s/model.safetensors", dir);
     clip_text *m;
     if (!rc && !(rc = clip_text_init_random(&m, cp, c->seed ^ 0x7e47ULL))) {
         rc = clip_text_save(m, wp);
@@ -114,7 +114,7 @@ static int write_unet(const char *dir, const pixel_pipeline_config *c) {
         "mid_block_type", "UNetMidBlock2DCrossAttn", "time_embedding_type", "positional");
     int rc = write_json(dir, "config.json", j);
     char cp[4300];
-    snprintf(cp, sizeof cp, "%s/config.json", dir);
+    snprintf(cp, sizeof cp, "%.4000s/config.json", dir);
     unet u;
     if (!rc && !(rc = unet_init_dir(&u, cp, c->seed, 0))) {
         rc = unet_save_dir(&u, dir);
