@@ -607,6 +607,30 @@ static void test_determinism(void **st) {
     free(x); free(w); free(dy); free(yy); free(o); free(lse);
 }
 
+/* The float build's polynomial exp (kernels.c: AVX2 rows of 8, scalar tail) on NaN, infinities
+ * and values far outside its clamp, in both the vector part (0..7) and the tail (8..10): NaN
+ * stays NaN and nothing is converted to int out of range (make test-sanitize runs this under
+ * UBSan's float-cast-overflow; the scalar path once converted NaN). SiLU's sigmoid and GELU's
+ * normal pdf both go through it. */
+static void test_exp_extremes(void **st) {
+    (void)st;
+    const float x[11] = {NAN, INFINITY, -INFINITY, 1e30f, -1e30f, 100.0f, -100.0f, 88.5f,
+                         NAN, -1e30f, 1e30f};
+    float y[11];
+    silu_forward(y, x, 11);
+    assert_true(isnan(y[0]) && isnan(y[8]));
+    assert_true(y[1] == INFINITY && y[3] == 1e30f && y[10] == 1e30f && y[5] == 100.0f);
+    assert_true(fabsf(y[4]) < 1e-6f && fabsf(y[9]) < 1e-6f && fabsf(y[6]) < 1e-6f);
+    float ag[22], dy[11], dx[22] = {0};
+    for (int i = 0; i < 11; i++) ag[i] = 1.0f, ag[11 + i] = x[i], dy[i] = 1.0f;
+    geglu_forward(y, ag, 1, 11); /* 1 * GELU(x) through the vectorised normal cdf */
+    assert_true(isnan(y[0]) && isnan(y[8]));
+    assert_true(y[1] == INFINITY && y[3] == 1e30f && y[10] == 1e30f && y[5] == 100.0f);
+    assert_true(y[4] == 0.0f && y[9] == 0.0f && y[6] == 0.0f);
+    geglu_backward(dx, dy, ag, 1, 11);
+    assert_true(isnan(dx[11]) && isnan(dx[19]) && dx[16] == 1.0f && dx[17] == 0.0f);
+}
+
 int main(void) {
     philox_init(&g_rng, 1234, 0, 0);
     const struct CMUnitTest tests[] = {
@@ -616,7 +640,7 @@ int main(void) {
         cmocka_unit_test(test_naive_conv),      cmocka_unit_test(test_naive_attention),
         cmocka_unit_test(test_naive_dense),     cmocka_unit_test(test_naive_shape_ops),
         cmocka_unit_test(test_timestep_embedding_reference),
-        cmocka_unit_test(test_determinism),
+        cmocka_unit_test(test_determinism),     cmocka_unit_test(test_exp_extremes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
