@@ -296,6 +296,19 @@ static void png_row_to_rgb(uint8_t *dst, const uint8_t *s, int w, int ch, int gr
 }
 
 static int decode_png(mapo_image *im, const uint8_t *buf, size_t len, const char *what) {
+    /* every chunk up to IEND must fit in the file: libpng allocates a chunk's declared length
+       before reading it (past png_set_chunk_malloc_max it only warns), so a 300-byte file
+       declaring a 1.8 GB iTXt chunk got a 1.8 GB buffer */
+    for (size_t o = 8; o + 8 <= len;) {
+        const size_t n = (size_t)buf[o] << 24 | (size_t)buf[o + 1] << 16 |
+                         (size_t)buf[o + 2] << 8 | buf[o + 3];
+        if (n > len - o - 8 || len - o - 8 - n < 4)
+            return mapo_error("%s: cannot decode PNG: chunk '%.4s' declares %zu bytes but the "
+                              "file has only %zu left", what, (const char *)buf + o + 4, n,
+                              len - o - 8);
+        if (!memcmp(buf + o + 4, "IEND", 4)) break;
+        o += 12 + n;
+    }
     pctx *x = xcalloc(1, sizeof *x);
     x->buf = buf;
     x->len = len;
