@@ -501,7 +501,9 @@ static void test_quantizer(void **st) {
             if (i < 255) x = (q[i] + q[i + 1]) * 0.5f;
             else if (i < 510) x = nextafterf(q[i - 255], 2.0f);
             else {
-                const double u = (double)((uint64_t)(pseudo((uint64_t)i, 1.0f) * 1e6f) % 2000001) / 1e6 - 1.0;
+                /* through int64: pseudo() is negative half the time, and float -> uint64 of a
+                   negative value is undefined (UBSan; AVX-512's vcvttss2usi gives 2^64 - 1) */
+                const double u = (double)((uint64_t)(int64_t)(pseudo((uint64_t)i, 1.0f) * 1e6f) % 2000001) / 1e6 - 1.0;
                 x = sg ? (float)fabs(u) : (float)u;
                 if (i % 3 == 0) x *= 1e-4f; /* the fine codes near 0 */
             }
