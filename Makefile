@@ -47,10 +47,13 @@ test: deps
 # The whole suite (every test binary and tests/cli/*.sh) built with ASan + LSan + UBSan into
 # build-san/ (binary build-san/mapo, never mixed with build/ and ./mapo); fails on any
 # sanitizer report (tests/run_sanitized.sh; docs/RELIABILITY.md).
-# The runtimes are linked statically: with gcc's shared libasan + libubsan, UBSan's reports
-# ignore log_path and go to stderr, where a CLI test expecting a refusal would swallow them.
-SAN_OPT := -O1 -march=native -fno-omit-frame-pointer -fsanitize=address,undefined \
-           -fno-sanitize-recover=undefined -static-libasan -static-libubsan
+# gcc's -fsanitize=undefined leaves out float-cast-overflow (float -> int of NaN or out of
+# range), so it is named. The runtimes are linked statically: with gcc's shared libasan +
+# libubsan, UBSan's reports ignore log_path and go to stderr, where a CLI test expecting a
+# refusal would swallow them.
+SAN_OPT := -O1 -march=native -fno-omit-frame-pointer \
+           -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all \
+           -static-libasan -static-libubsan
 SAN_TESTS := $(TEST_SRC:tests/%.c=build-san/tests/%)
 test-sanitize: deps
 	@$(MAKE) --no-print-directory BUILD=build-san BIN=build-san/mapo OPT="$(SAN_OPT)" \
