@@ -89,3 +89,5 @@ clean:
 	rm -rf $(BUILD) mapo build-san build-O0 build-O1
 
 -include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d)
+# libFuzzer targets for every reader of outside bytes (docs/RELIABILITY.md)
+-include fuzz/fuzz.mk
