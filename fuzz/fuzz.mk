@@ -5,8 +5,10 @@
 #   make fuzz         each target in turn for FUZZ_RUNS executions (default 10000000) or
 #                     FUZZ_SECONDS seconds; FUZZ_TARGETS="image idx" picks some
 #   make fuzz-smoke   each target over its seed corpus + 20000 runs / 20 s of mutation (CI)
-# Needs clang and libFuzzer (Debian: clang libclang-rt-dev; clang 14's runtime is in
-# libclang-rt-14-dev / libclang-common-14-dev).
+#   make fuzz-clean   removes build-fuzz/ (kept corpora and logs included)
+# Needs, besides the packages of `make deps`: clang, libclang-rt-dev (libFuzzer and the
+# sanitizer runtimes; on Debian 12 it pulls libclang-rt-14-dev) and libomp-dev (clang's
+# -fopenmp).
 FUZZ_CC      ?= clang
 FUZZ_B       := build-fuzz
 FUZZ_NAMES   := safetensors parquet image config tokenizer manifest idx
