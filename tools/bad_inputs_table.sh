@@ -7,13 +7,13 @@ scripts=("$@")
 [ ${#scripts[@]} -eq 0 ] && scripts=(tests/cli/*.sh)
 echo "| # | test | bad input | the one line mapo prints |"
 echo "|---|---|---|---|"
-k=0
+root=$(pwd) # paths inside the repository are shown relative to it
 for s in "${scripts[@]}"; do
   name=$(basename "$s" .sh)
   bash "$s" 2>/dev/null | grep -E '^  ok: .* -> mapo: error: ' | while IFS= read -r line; do
     what=${line#  ok: }; what=${what%% -> mapo: error: *}
     msg=${line#* -> mapo: error: }
-    msg=$(printf '%s' "$msg" | sed -E 's#/tmp/mapo_cli\.[A-Za-z0-9]+#$TMP#g; s/\|/\\|/g')
+    msg=$(printf '%s' "$msg" | sed -E "s#$root/##g" | sed -E 's#/tmp/mapo_cli\.[A-Za-z0-9]+#$TMP#g; s/\|/\\|/g')
     printf '| %s | %s | %s | `%s` |\n' "@" "$name" "$what" "$msg"
   done
 done | awk '{ sub(/\| @ \|/, "| " ++n " |"); print }'
