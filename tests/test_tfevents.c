@@ -94,18 +94,6 @@ static int write_sample(const char *dir, int with_images, char *path_out, size_t
 
 /* ---------------------------------------------------------------- helpers */
 
-static uint8_t *read_all(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) fail_msg("cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long sz = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *b = malloc(sz > 0 ? (size_t)sz : 1);
-    assert_int_equal(fread(b, 1, (size_t)sz, f), (size_t)sz);
-    fclose(f);
-    *n = (size_t)sz;
-    return b;
-}
 
 static uint64_t le(const uint8_t *p, int n) {
     uint64_t v = 0;

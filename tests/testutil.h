@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <cmocka.h>
 
 static inline double rel_err_f32(const float *a, const float *b, int64_t n) {
@@ -29,5 +30,18 @@ static inline double rel_err_f64(const double *a, const double *b, int64_t n) {
     }
     if (!isfinite(num)) return INFINITY;
     return sqrt(num) / (den > 0 ? sqrt(den) : 1e-30);
+}
+/* The whole file (fails the test when unreadable); *n its size. free() the result. */
+static inline uint8_t *read_all(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) fail_msg("cannot open %s", path);
+    fseek(f, 0, SEEK_END);
+    long sz = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *b = malloc(sz > 0 ? (size_t)sz : 1);
+    assert_int_equal(fread(b, 1, (size_t)sz, f), (size_t)sz);
+    fclose(f);
+    *n = (size_t)sz;
+    return b;
 }
 #endif

@@ -127,15 +127,7 @@ static double mem_available(void) {
     while (fgets(line, sizeof line, f))
         if (sscanf(line, "MemAvailable: %lf kB", &kb) == 1) break;
     fclose(f);
-    double own = 0;
-    FILE *g = fopen("/proc/self/statm", "r");
-    if (g) {
-        long size, resident;
-        if (fscanf(g, "%ld %ld", &size, &resident) == 2)
-            own = (double)resident * (double)sysconf(_SC_PAGESIZE);
-        fclose(g);
-    }
-    return kb > 0 ? kb * 1024.0 + own : 0;
+    return kb > 0 ? kb * 1024.0 + (double)mapo_rss() : 0;
 }
 
 /* Peak activation bytes of one training micro-batch, measured: one forward + backward of a
