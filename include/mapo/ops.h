@@ -81,4 +81,29 @@ MAPO_OPS_DECLARE(float, )
 MAPO_OPS_DECLARE(double, _f64)
 #undef MAPO_OPS_DECLARE
 
+/* ---- mixed precision (docs/PRECISION.md) ------------------------------------------------
+ * The precision of the matrix products and convolutions. MAPO_F32 is the float path above,
+ * bit for bit. MAPO_BF16 works as torch.autocast(dtype=bfloat16): the operands (activations,
+ * weights, output gradients) are rounded to bfloat16, products accumulate in float32, results
+ * and gradients are float32 and, as above, accumulate (+=) into the gradients given.
+ * The engine behind them is the backend's business (oneDNN on the CPU, see src/ops/engine.c);
+ * callers see float32 arrays only. */
+typedef enum { MAPO_F32 = 0, MAPO_BF16 = 1 } mapo_precision;
+
+void conv2d_forward_mp(mapo_precision p, float *y, const float *x, const float *w,
+                       const float *b, int B, int Cin, int H, int W, int Cout, int K, int stride,
+                       int pad);
+void conv2d_backward_mp(mapo_precision p, float *dx, float *dw, float *db, const float *dy,
+                        const float *x, const float *w, int B, int Cin, int H, int W, int Cout,
+                        int K, int stride, int pad);
+void linear_forward_mp(mapo_precision p, float *y, const float *x, const float *w,
+                       const float *b, int64_t N, int in, int out);
+void linear_backward_mp(mapo_precision p, float *dx, float *dw, float *db, const float *dy,
+                        const float *x, const float *w, int64_t N, int in, int out);
+/* 1 when the machine does p natively and fast (bf16: AVX512-BF16 or AMX on the CPU). */
+int mapo_precision_native(mapo_precision p);
+/* The engine's matrix-product ceiling: GFLOP/s of an n x n x n product in precision p, best of
+   reps runs (the utilisation probe of mapo bench). */
+double mapo_gemm_ceiling_gflops(mapo_precision p, int n, int reps);
+
 #endif

@@ -50,6 +50,8 @@ typedef struct {
     const char *validation_sampler;
     int use_8bit_adam;
     int lora_format;            /* LORA_FMT_* of lora_formats.h for the final adapters */
+    int precision;              /* --mixed_precision: mapo_precision of ops.h (0: float32) */
+    int gradient_checkpointing; /* --gradient_checkpointing */
 } train_config;
 
 void train_config_default(train_config *c);

@@ -63,6 +63,9 @@ typedef struct unet {
     int norm_out_w, norm_out_b, conv_out_w, conv_out_b;
     param_table lora; /* LoRA adapters (n == 0: none); see lora.c */
     int lora_on;      /* apply the adapters in forward (0: the base model, DPO's reference) */
+    int precision;    /* mapo_precision (ops.h) of convolutions and matrix products (0: float32) */
+    int grad_ckpt;    /* gradient checkpointing: with gradients on, each resnet and transformer
+                         block keeps only its inputs and recomputes itself in backward */
 } unet;
 
 typedef struct {

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "mapo/common.h"
+#include "mapo/ops.h"
 
 void args_usage(const opt_def *opts, int n, const char *usage) {
     printf("%s\n\noptions:\n", usage);
@@ -86,5 +87,20 @@ int args_parse(opt_def *opts, int n, int argc, char **argv, int first, const cha
         if (!v) return mapo_error("--%s needs a value", o->name);
         if (set_value(o, v)) return -1;
     }
+    return 0;
+}
+
+int mixed_precision_parse(const char *s, int *precision) {
+    *precision = MAPO_F32;
+    if (!s || !strcmp(s, "no")) return 0;
+    if (strcmp(s, "bf16") && strcmp(s, "fp16"))
+        return mapo_error("--mixed_precision must be no, bf16 or fp16, got '%s'", s);
+    *precision = MAPO_BF16;
+    if (!strcmp(s, "fp16"))
+        mapo_log(1, "note: --mixed_precision fp16: this CPU has no fast fp16 arithmetic; running "
+                    "as bf16 (the same memory, float32 master weights, no loss scaling needed)\n");
+    else if (!mapo_precision_native(MAPO_BF16))
+        mapo_log(1, "note: --mixed_precision bf16: this CPU has no bf16 instructions; oneDNN "
+                    "emulates them (slower than float32)\n");
     return 0;
 }

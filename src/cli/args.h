@@ -23,5 +23,8 @@ typedef struct {
  * (message in mapo_last_error). */
 int args_parse(opt_def *opts, int n, int argc, char **argv, int first, const char *usage);
 void args_usage(const opt_def *opts, int n, const char *usage);
+/* --mixed_precision no | bf16 | fp16 (NULL: no) into a mapo_precision (ops.h). fp16 on a machine
+   without fast fp16 arithmetic says so in one line and runs as bf16. 0 or -1 + mapo_error. */
+int mixed_precision_parse(const char *s, int *precision);
 
 #endif

@@ -143,10 +143,10 @@ int cmd_train(int argc, char **argv) {
          "validation image size (default: the pipeline's) [mapo]", 0},
         {"validation_sampler", OPT_STR, &c.validation_sampler, "euler | ddim (euler) [mapo]", 0},
         {"mixed_precision", OPT_STR, &mixed,
-         "no | fp16 | bf16: mapo trains in float32 so far; fp16 / bf16 are accepted with a "
-         "note and run in float32", 0},
+         "no | bf16 | fp16: bf16 runs convolutions and matrix products in bfloat16 with "
+         "float32 accumulation and float32 master weights; fp16 runs as bf16 on a CPU (no)", 0},
         {"gradient_checkpointing", OPT_FLAG, &grad_ckpt,
-         "accepted with a note: not built yet, activations are kept", 0},
+         "recompute each block's activations in backward instead of keeping them", 0},
         {"no_memory_check", OPT_FLAG, &c.no_memory_check,
          "start even when the memory plan exceeds the memory available [mapo]", 0},
         {"max_memory_mb", OPT_INT, &c.max_memory_mb,
@@ -196,14 +196,8 @@ int cmd_train(int argc, char **argv) {
             return mapo_error("--label_noise_prob must be in [0, 1], got %g", label_noise);
         c.label_noise_prob = label_noise;
     }
-    if (mixed && strcmp(mixed, "no") && strcmp(mixed, "fp16") && strcmp(mixed, "bf16"))
-        return mapo_error("--mixed_precision must be no, fp16 or bf16, got '%s'", mixed);
-    if (mixed && strcmp(mixed, "no"))
-        mapo_log(1, "note: --mixed_precision %s: mapo trains in float32 so far (bf16 is not "
-                    "built yet); this run uses float32\n", mixed);
-    if (grad_ckpt)
-        mapo_log(1, "note: --gradient_checkpointing is not built yet: activations are kept "
-                    "(see the memory plan)\n");
+    if (mixed_precision_parse(mixed, &c.precision)) return -1;
+    c.gradient_checkpointing = grad_ckpt;
     if (scale_lr) c.learning_rate *= (double)c.train_batch_size * (double)c.grad_accum;
     if (!run_validation) c.validation_steps = 0;
     else if (c.validation_steps < 1) return mapo_error("--validation_steps must be >= 1");

@@ -314,6 +314,7 @@ static int run_reference(run *r, const char *pairs_path) {
     }
     if (unet_load_dir(&r->ref, rd, 0)) return -1;
     r->have_ref = 1;
+    r->ref.precision = c->precision; /* autocast covers the reference pass too */
     if (r->ref.params.total != r->u.params.total)
         return mapo_error("%s: the reference UNet differs in shape from the trained one", rd);
     return 0;
@@ -369,6 +370,8 @@ static int run_open(run *r, const char *pairs_path) {
     r->have_sch = 1;
     if (unet_load_dir(&r->u, c->model_dir, c->lora_rank == 0)) return -1;
     r->have_u = 1;
+    r->u.precision = c->precision;
+    r->u.grad_ckpt = c->gradient_checkpointing;
     if (c->lora_rank && unet_lora_add(&r->u, c->lora_rank, (uint64_t)c->seed)) return -1;
     if (pair_file_open(&r->pf, pairs_path, &r->u.cfg)) return -1;
     r->have_pf = 1;
