@@ -3,7 +3,7 @@ CC      ?= gcc
 OPT     ?= -O3 -march=native
 CFLAGS  ?= $(OPT) -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp -Iinclude -MMD -MP
-LDLIBS  := -lopenblas -ljansson -lpng -ljpeg -lsnappy -lzstd -lz -lm -fopenmp
+LDLIBS  := -ldnnl -lopenblas -ljansson -lpng -ljpeg -lsnappy -lzstd -lz -lm -fopenmp
 TEST_LDLIBS := -lcmocka
 
 BUILD   := build

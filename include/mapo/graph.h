@@ -32,6 +32,7 @@ typedef struct tensor {
 typedef struct node node;
 struct graph;
 typedef void (*backward_fn)(struct graph *g, node *n);
+typedef tensor *(*segment_fn)(struct graph *g, const void *ctx, tensor *const *in);
 struct node {
     backward_fn backward;
     tensor *out;
@@ -39,10 +40,15 @@ struct node {
     float *saved[2];
     int i[8];
     double d[2];
+    segment_fn seg;  /* t_checkpoint: the segment function and its context (graph-owned) */
+    void *ctx;
 };
 
 typedef struct graph {
     int grad_enabled;
+    int precision;     /* mapo_precision (ops.h) of t_conv2d and t_linear (0: float32) */
+    int checkpointing; /* t_checkpoint recomputes segments in backward (else it just calls) */
+    int saw_trainable; /* set when an op takes a parameter that needs a gradient */
     tensor **tensors; /* activations owned by the graph */
     int n_tensors, cap_tensors;
     node *nodes;
@@ -90,6 +96,15 @@ tensor *t_add_channel_bias(graph *g, tensor *x, tensor *v);
 tensor *t_concat_channels(graph *g, tensor *a, tensor *b);
 tensor *t_nchw_to_nhwc(graph *g, tensor *x);                   /* -> [B,HW,C] */
 tensor *t_nhwc_to_nchw(graph *g, tensor *x, int64_t H, int64_t W); /* [B,HW,C] -> [B,C,H,W] */
+/* Gradient checkpointing. A segment computes one output from n_in <= 4 input tensors on the
+   graph it is given. With g->checkpointing and gradients on, t_checkpoint runs fn without
+   recording (its intermediates are freed as it goes), keeps only the inputs and the output, and
+   records one node whose backward runs fn again with recording on and backpropagates through
+   it; parameter gradients and the inputs' gradients accumulate in the same order as without
+   checkpointing, so the gradients are bit-identical. ctx (ctx_size bytes) is copied. Otherwise
+   it is fn(g, ctx, in). */
+tensor *t_checkpoint(graph *g, segment_fn fn, const void *ctx, size_t ctx_size, tensor *const *in,
+                     int n_in);
 /* not differentiated: t [N] -> [N,dim] */
 tensor *t_timestep_embedding(graph *g, const float *t, int64_t N, int dim, int flip,
                              double shift);

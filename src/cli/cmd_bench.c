@@ -8,6 +8,7 @@
 #include "cmds.h"
 #include "mapo/common.h"
 #include "mapo/ddpm.h"
+#include "mapo/ops.h"
 #include "mapo/optim.h"
 #include "mapo/rng.h"
 #include "mapo/safetensors.h"
@@ -41,7 +42,10 @@ static void synth_batch(const unet_config *c, int pairs, int H, int W, int S, in
 
 int cmd_bench(int argc, char **argv) {
     const char *config = "bench/bench_unet.json", *loss = "mapo";
-    int64_t pairs = 2, res = 32, seq = 77, steps = 5, warm = 2, lora = 0;
+    int64_t pairs = 2, res = 32, seq = 77, steps = 5, warm = 2, lora = 0, probe = 1;
+    const char *mixed = NULL;
+    int grad_ckpt = 0;
+    const double rss_base = mapo_rss(); /* before the model: what the loaded binary holds */
     opt_def o[] = {
         {"config", OPT_STR, &config, "UNet config.json (bench/bench_unet.json)", 0},
         {"pairs", OPT_INT, &pairs, "pairs per step (2)", 0},
@@ -51,15 +55,22 @@ int cmd_bench(int argc, char **argv) {
         {"warmup", OPT_INT, &warm, "untimed steps first (2)", 0},
         {"loss", OPT_STR, &loss, "mapo | dpo | sft (mapo)", 0},
         {"lora_rank", OPT_INT, &lora, "train LoRA adapters of this rank only (0: full)", 0},
+        {"mixed_precision", OPT_STR, &mixed, "no | bf16 | fp16 (no; fp16 runs as bf16)", 0},
+        {"gradient_checkpointing", OPT_FLAG, &grad_ckpt, "recompute blocks in backward", 0},
+        {"gemm_probe", OPT_INT, &probe, "1: time the engine's GEMM ceiling (n = 1024) after the "
+                                        "steps, 0: skip (1)", 0},
     };
-    int r = args_parse(o, 8, argc, argv, 2,
+    int r = args_parse(o, 11, argc, argv, 2,
                        "usage: mapo bench [--config F] [--pairs N] [--res N] [--seq N] "
-                       "[--steps N] [--warmup N] [--loss mapo|dpo|sft] [--lora_rank R]\n"
+                       "[--steps N] [--warmup N] [--loss mapo|dpo|sft] [--lora_rank R] "
+                       "[--mixed_precision no|bf16|fp16] [--gradient_checkpointing]\n"
                        "Times full training steps (forward, objective, backward, clip, AdamW) "
                        "of a random-initialised UNet and prints one JSON line.");
     if (r) return r > 0 ? 0 : -1;
     if (pairs < 1 || res < 1 || seq < 1 || steps < 1 || warm < 0)
         return mapo_error("bench: --pairs, --res, --seq and --steps must be >= 1, --warmup >= 0");
+    int precision;
+    if (mixed_precision_parse(mixed, &precision)) return -1;
     objective_cfg oc;
     objective_cfg_default(&oc);
     if (objective_parse(loss, &oc.kind)) return -1;
@@ -67,11 +78,14 @@ int cmd_bench(int argc, char **argv) {
     if (lora < 0 || lora > 4096) return mapo_error("--lora_rank must be in 0..4096");
     if (unet_init_dir(&u, config, 1, lora == 0)) return -1;
     if (lora && unet_lora_add(&u, (int)lora, 1)) return -1;
+    u.precision = precision;
+    u.grad_ckpt = grad_ckpt;
     param_table *tp = lora ? &u.lora : &u.params;
     /* DPO's reference: a second UNet, or with LoRA the same one with adapters off */
     const int refd = oc.kind == OBJ_DPO || oc.kind == OBJ_KTO; /* objectives with a reference */
     int have_ref = refd && !lora, self_ref = refd && lora;
     if (have_ref && unet_init_dir(&ref, config, 1, 0)) return -1;
+    ref.precision = precision;
     const int n = 2 * (int)pairs, H = (int)res, W = (int)res, S = (int)seq;
     const int P = u.cfg.text_time ? u.cfg.proj_class_dim - 6 * u.cfg.add_time_dim : 0;
     int64_t chw = (int64_t)u.cfg.in_channels * H * W;
@@ -101,12 +115,18 @@ int cmd_bench(int argc, char **argv) {
     double dt = (mapo_now() - t0) / (double)steps;
     double fwd = unet_forward_flops(&u, &in);
     double step_flop = 3 * fwd + (have_ref || self_ref ? fwd : 0);
+    /* after the timed steps, so its buffers do not count in the training peak */
+    const double peak = (double)mapo_peak_rss();
+    const double ceiling = probe ? mapo_gemm_ceiling_gflops(precision, 1024, 5) : 0;
     printf("{\"impl\":\"mapo\",\"loss_type\":\"%s\",\"loss\":%.6g,\"pairs\":%lld,\"res\":%lld,"
+           "\"precision\":\"%s\",\"gradient_checkpointing\":%d,"
            "\"pairs_per_s\":%.4g,\"step_s\":%.4g,\"fwd_gflop\":%.4g,\"step_gflop\":%.4g,"
-           "\"gflop_per_s\":%.4g,\"peak_rss_mb\":%.1f,\"activation_peak_mb\":%.1f,"
+           "\"gflop_per_s\":%.4g,\"gemm_ceiling_gflops\":%.4g,\"peak_rss_mb\":%.1f,"
+           "\"rss_base_mb\":%.1f,\"train_mem_mb\":%.1f,\"activation_peak_mb\":%.1f,"
            "\"params\":%zu,\"trained_params\":%zu,\"threads\":%d}\n",
-           loss, st.loss, (long long)pairs, (long long)res, pairs / dt, dt, fwd / 1e9,
-           step_flop / 1e9, step_flop / dt / 1e9, mapo_peak_rss() / 1048576.0,
+           loss, st.loss, (long long)pairs, (long long)res, precision ? "bf16" : "f32", grad_ckpt,
+           pairs / dt, dt, fwd / 1e9, step_flop / 1e9, step_flop / dt / 1e9, ceiling,
+           peak / 1048576.0, rss_base / 1048576.0, (peak - rss_base) / 1048576.0,
            act / 1048576.0, u.params.total, tp->total, omp_get_max_threads());
     free(sample); free(target); free(ts); free(ehs); free(te); free(tid);
     free(m); free(v); free(err); free(rerr);

@@ -15,6 +15,8 @@ int cmd_debug_step(int argc, char **argv) {
     objective_cfg oc;
     objective_cfg_default(&oc);
     int64_t T = 1000;
+    const char *mixed = NULL;
+    int grad_ckpt = 0;
     opt_def o[] = {
         {"model", OPT_STR, &model, "diffusers UNet (or pipeline) folder", 0},
         {"batch", OPT_STR, &batch, "safetensors: sample, timestep, encoder_hidden_states, "
@@ -26,12 +28,16 @@ int cmd_debug_step(int argc, char **argv) {
         {"snr_value", OPT_DOUBLE, &oc.snr_value, "MaPO s in g(l) = s l/(exp(s l)-1) (0.5)", 0},
         {"beta_dpo", OPT_DOUBLE, &oc.beta_dpo, "Diffusion-DPO beta (5000)", 0},
         {"num_train_timesteps", OPT_INT, &T, "T multiplying MaPO's log odds (1000)", 0},
+        {"mixed_precision", OPT_STR, &mixed, "no | bf16 | fp16 (no; fp16 runs as bf16)", 0},
+        {"gradient_checkpointing", OPT_FLAG, &grad_ckpt, "recompute blocks in backward", 0},
     };
-    int r = args_parse(o, 9, argc, argv, 2,
+    int r = args_parse(o, 11, argc, argv, 2,
                        "usage: mapo debug-step --model DIR --batch FILE --out FILE "
                        "[--loss mapo|dpo|sft] [--ref DIR] [--beta_mapo X --snr_value X "
-                       "--beta_dpo X]");
+                       "--beta_dpo X] [--mixed_precision no|bf16|fp16] [--gradient_checkpointing]");
     if (r) return r > 0 ? 0 : -1;
+    int precision;
+    if (mixed_precision_parse(mixed, &precision)) return -1;
     if (!model || !batch || !out) return mapo_error("debug-step needs --model, --batch and --out");
     if (objective_parse(loss, &oc.kind)) return -1;
     if ((oc.kind == OBJ_DPO || oc.kind == OBJ_KTO) && !ref)
@@ -39,6 +45,8 @@ int cmd_debug_step(int argc, char **argv) {
     oc.num_train_timesteps = (int)T;
     unet u, ru;
     if (unet_load_dir(&u, model, 1)) return -1;
+    u.precision = precision;
+    u.grad_ckpt = grad_ckpt;
     debug_batch b;
     if (debug_batch_load(&b, batch, &u.cfg)) {
         unet_free(&u);
@@ -53,6 +61,7 @@ int cmd_debug_step(int argc, char **argv) {
     if (!rc && (oc.kind == OBJ_DPO || oc.kind == OBJ_KTO)) {
         rc = unet_load_dir(&ru, ref, 0);
         if (!rc) {
+            ru.precision = precision;
             ref_err = xcalloc(b.n, sizeof(double));
             model_errors(&ru, &in, b.target, ref_err);
             unet_free(&ru);

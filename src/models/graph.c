@@ -133,13 +133,9 @@ static float *save_buf(graph *g, int64_t n) {
     return p;
 }
 
-/* Record a node if gradients are on and any input needs a gradient. */
-static node *record(graph *g, backward_fn fn, tensor *out, tensor *a, tensor *b, tensor *c,
-                    tensor *d) {
-    if (!g->grad_enabled) return NULL;
-    int need = (a && a->requires_grad) || (b && b->requires_grad) ||
-               (c && c->requires_grad) || (d && d->requires_grad);
-    if (!need) return NULL;
+/* Append a node (unconditionally) whose output is out. */
+static node *new_node(graph *g, backward_fn fn, tensor *out, tensor *a, tensor *b, tensor *c,
+                      tensor *d) {
     if (g->n_nodes == g->cap_nodes) {
         g->cap_nodes = g->cap_nodes ? 2 * g->cap_nodes : 256;
         g->nodes = xrealloc(g->nodes, g->cap_nodes * sizeof *g->nodes);
@@ -154,6 +150,20 @@ static node *record(graph *g, backward_fn fn, tensor *out, tensor *a, tensor *b,
     n->in[3] = d;
     out->requires_grad = 1;
     return n;
+}
+
+/* Record a node if gradients are on and any input needs a gradient. */
+static node *record(graph *g, backward_fn fn, tensor *out, tensor *a, tensor *b, tensor *c,
+                    tensor *d) {
+    tensor *const all[4] = {a, b, c, d};
+    int need = 0;
+    for (int k = 0; k < 4; k++) {
+        if (!all[k]) continue;
+        if (all[k]->is_param && all[k]->requires_grad) g->saw_trainable = 1;
+        need |= all[k]->requires_grad;
+    }
+    if (!g->grad_enabled || !need) return NULL;
+    return new_node(g, fn, out, a, b, c, d);
 }
 
 /* Hand the buffers saved for backward to node n. Without a node they are not needed: with
@@ -188,17 +198,17 @@ void graph_backward(graph *g, tensor *out) {
 /* ------------------------------------------------------------------ conv2d */
 static void conv2d_bw(graph *g, node *n) {
     tensor *x = n->in[0], *w = n->in[1];
-    conv2d_backward(gin(g, n, 0), gin(g, n, 1), gin(g, n, 2), n->out->grad, x->data, w->data,
-                    (int)x->shape[0], (int)x->shape[1], (int)x->shape[2], (int)x->shape[3],
-                    (int)w->shape[0], (int)w->shape[2], n->i[0], n->i[1]);
+    conv2d_backward_mp(g->precision, gin(g, n, 0), gin(g, n, 1), gin(g, n, 2), n->out->grad,
+                       x->data, w->data, (int)x->shape[0], (int)x->shape[1], (int)x->shape[2],
+                       (int)x->shape[3], (int)w->shape[0], (int)w->shape[2], n->i[0], n->i[1]);
 }
 tensor *t_conv2d(graph *g, tensor *x, tensor *w, tensor *b, int stride, int pad) {
     int B = x->shape[0], Cin = x->shape[1], H = x->shape[2], W = x->shape[3];
     int Cout = w->shape[0], K = w->shape[2];
     int Ho = (H + 2 * pad - K) / stride + 1, Wo = (W + 2 * pad - K) / stride + 1;
     tensor *y = graph_new4(g, B, Cout, Ho, Wo);
-    conv2d_forward(y->data, x->data, w->data, b ? b->data : NULL, B, Cin, H, W, Cout, K,
-                   stride, pad);
+    conv2d_forward_mp(g->precision, y->data, x->data, w->data, b ? b->data : NULL, B, Cin, H, W,
+                      Cout, K, stride, pad);
     node *n = record(g, conv2d_bw, y, x, w, b, NULL);
     if (n) {
         n->i[0] = stride;
@@ -212,16 +222,16 @@ static int64_t rows_of(const tensor *x) { return x->numel / x->shape[x->ndim - 1
 
 static void linear_bw(graph *g, node *n) {
     tensor *x = n->in[0], *w = n->in[1];
-    linear_backward(gin(g, n, 0), gin(g, n, 1), gin(g, n, 2), n->out->grad, x->data, w->data,
-                    rows_of(x), (int)w->shape[1], (int)w->shape[0]);
+    linear_backward_mp(g->precision, gin(g, n, 0), gin(g, n, 1), gin(g, n, 2), n->out->grad,
+                       x->data, w->data, rows_of(x), (int)w->shape[1], (int)w->shape[0]);
 }
 tensor *t_linear(graph *g, tensor *x, tensor *w, tensor *b) {
     int64_t shape[TENSOR_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
     shape[x->ndim - 1] = w->shape[0];
     tensor *y = graph_new(g, x->ndim, shape);
-    linear_forward(y->data, x->data, w->data, b ? b->data : NULL, rows_of(x), (int)w->shape[1],
-                   (int)w->shape[0]);
+    linear_forward_mp(g->precision, y->data, x->data, w->data, b ? b->data : NULL, rows_of(x),
+                      (int)w->shape[1], (int)w->shape[0]);
     record(g, linear_bw, y, x, w, b, NULL);
     return y;
 }
@@ -422,5 +432,69 @@ tensor *t_timestep_embedding(graph *g, const float *t, int64_t N, int dim, int f
                              double shift) {
     tensor *y = graph_new2(g, N, dim);
     timestep_embedding_forward(y->data, t, N, dim, flip, shift);
+    return y;
+}
+
+/* ------------------------------------------------------------------ checkpointing */
+static void sub_graph(graph *sg, const graph *g, int grad_enabled) {
+    graph_init(sg, grad_enabled);
+    sg->precision = g->precision;
+}
+
+/* the segment's transient memory counts in the outer graph's peak */
+static void fold_peak(graph *g, const graph *sg) {
+    if (g->bytes_live + sg->bytes_peak > g->bytes_peak) g->bytes_peak = g->bytes_live + sg->bytes_peak;
+}
+
+static void checkpoint_bw(graph *g, node *n) {
+    graph sg;
+    sub_graph(&sg, g, 1);
+    tensor *in[4] = {0};
+    for (int k = 0; k < n->i[0]; k++) {
+        tensor *t = n->in[k];
+        /* borrowed data; the gradient is the outer graph's, so it accumulates there in order */
+        in[k] = graph_input(&sg, t->data, t->ndim, t->shape);
+        if (t->requires_grad) {
+            in[k]->grad = graph_grad(g, t);
+            in[k]->requires_grad = 1;
+        }
+    }
+    tensor *y = n->seg(&sg, n->ctx, in);
+    memcpy(graph_grad(&sg, y), n->out->grad, y->numel * sizeof(float));
+    graph_backward(&sg, y);
+    fold_peak(g, &sg);
+    graph_free(&sg);
+}
+
+tensor *t_checkpoint(graph *g, segment_fn fn, const void *ctx, size_t ctx_size, tensor *const *in,
+                     int n_in) {
+    if (!g->grad_enabled || !g->checkpointing) return fn(g, ctx, in);
+    graph sg;
+    sub_graph(&sg, g, 0);
+    tensor *vin[4] = {0};
+    int need = 0;
+    for (int k = 0; k < n_in; k++) {
+        vin[k] = graph_input(&sg, in[k]->data, in[k]->ndim, in[k]->shape);
+        need |= in[k]->requires_grad;
+    }
+    tensor *r = fn(&sg, ctx, vin);
+    need |= sg.saw_trainable;
+    /* the output moves into g; everything else the segment made is already freed */
+    tensor *y = xcalloc(1, sizeof *y);
+    set_shape(y, r->ndim, r->shape);
+    y->data = r->data;
+    r->data = NULL;
+    account(&sg, -(int64_t)(y->numel * sizeof(float)));
+    account(g, y->numel * sizeof(float));
+    track(g, y);
+    fold_peak(g, &sg);
+    graph_free(&sg);
+    if (!need) return y;
+    node *n = new_node(g, checkpoint_bw, y, n_in > 0 ? in[0] : NULL, n_in > 1 ? in[1] : NULL,
+                       n_in > 2 ? in[2] : NULL, n_in > 3 ? in[3] : NULL);
+    n->i[0] = n_in;
+    n->seg = fn;
+    n->ctx = save_buf(g, (int64_t)((ctx_size + sizeof(float) - 1) / sizeof(float)));
+    memcpy(n->ctx, ctx, ctx_size);
     return y;
 }

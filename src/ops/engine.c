@@ -1,31 +1,419 @@
-/* engine.c -- the mixed-precision convolutions and matrix products of ops.h (MAPO_F32 / MAPO_BF16).
- * MAPO_F32 calls the float kernels of kernels.c, unchanged. MAPO_BF16 is being built. */
+/* engine.c -- the mixed-precision convolutions and matrix products of ops.h, on oneDNN.
+ *
+ * MAPO_F32 calls the float kernels of kernels.c, unchanged (bit for bit what mapo computed
+ * before mixed precision existed). MAPO_BF16 works as torch.autocast(bfloat16): operands are
+ * rounded to bf16 by oneDNN reorders (round to nearest even), the primitive multiplies bf16 x
+ * bf16 and accumulates in float32 (AVX512-BF16 vdpbf16ps), results are float32.
+ *
+ *   conv forward         y  = conv(bf16 x, bf16 w) + b          (oneDNN convolution)
+ *   conv backward data   dx += conv_bwd_data(bf16 dy, bf16 w)   (reorder with a sum post-op)
+ *   conv backward weights dw += conv_bwd_weights(bf16 x, bf16 dy)
+ *   linear               y  = bf16 x @ bf16 w^T + b             (oneDNN matmul)
+ *   linear backward      dx += bf16 dy @ bf16 w, dw += bf16 dy^T @ bf16 x (matmul, sum post-op)
+ *   bias gradients       db += sum(dy) in float32 (kernels.c, exact as in the float path)
+ *
+ * Each distinct problem (kind, shapes) builds its primitive and the reorders between mapo's
+ * plain float32 layouts (NCHW, OIHW, row-major) and the blocked bf16 layouts the primitive
+ * chose once, and keeps them in a small cache: building a oneDNN primitive costs milliseconds.
+ * Temporaries (the bf16 copies) are allocated per call and freed at its end. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <oneapi/dnnl/dnnl.h>
+
+#include "mapo/common.h"
 #include "mapo/ops.h"
 
+#define MAX_IN 2
+
+static void fatal(dnnl_status_t s, const char *what) {
+    fprintf(stderr, "mapo: error: oneDNN failed (%s, status %d)\n", what, (int)s);
+    exit(2);
+}
+#define DN(call)                                                                           \
+    do {                                                                                   \
+        dnnl_status_t s_ = (call);                                                         \
+        if (s_ != dnnl_success) fatal(s_, #call);                                          \
+    } while (0)
+
+static dnnl_engine_t g_eng;
+static dnnl_stream_t g_strm;
+
+static void engine_init(void) {
+    if (g_eng) return;
+    DN(dnnl_engine_create(&g_eng, dnnl_cpu, 0));
+    DN(dnnl_stream_create(&g_strm, g_eng, dnnl_stream_default_flags));
+}
+
+/* ------------------------------------------------------------------ one cached problem */
+typedef struct {
+    dnnl_memory_t user, prim;  /* prim == user when no reorder is needed */
+    dnnl_primitive_t reorder;  /* user -> prim (inputs) or prim -> user (output), or NULL */
+    size_t prim_bytes;
+    int arg;
+} io;
+
+typedef struct {
+    int64_t key[12];
+    dnnl_primitive_t prim;
+    io in[MAX_IN], out;
+    int nin;
+    int bias_arg; /* 0: none */
+    dnnl_memory_t bias;
+} op;
+
+static op *g_ops;
+static int g_nops, g_capops;
+
+static op *op_find(const int64_t key[12]) {
+    for (int i = 0; i < g_nops; i++)
+        if (!memcmp(g_ops[i].key, key, sizeof g_ops[i].key)) return &g_ops[i];
+    return NULL;
+}
+
+static op *op_new(const int64_t key[12]) {
+    if (g_nops == g_capops) {
+        g_capops = g_capops ? 2 * g_capops : 64;
+        g_ops = xrealloc(g_ops, g_capops * sizeof *g_ops);
+    }
+    op *o = &g_ops[g_nops++];
+    memset(o, 0, sizeof *o);
+    memcpy(o->key, key, sizeof o->key);
+    return o;
+}
+
+static dnnl_primitive_t reorder_new(const dnnl_memory_desc_t *from,
+                                    const dnnl_memory_desc_t *to, int accumulate) {
+    dnnl_primitive_attr_t attr = NULL;
+    if (accumulate) {
+        dnnl_post_ops_t po;
+        DN(dnnl_primitive_attr_create(&attr));
+        DN(dnnl_post_ops_create(&po));
+        DN(dnnl_post_ops_append_sum(po, 1.0f));
+        DN(dnnl_primitive_attr_set_post_ops(attr, po));
+        dnnl_post_ops_destroy(po);
+    }
+    dnnl_primitive_desc_t pd;
+    DN(dnnl_reorder_primitive_desc_create(&pd, from, g_eng, to, g_eng, attr));
+    dnnl_primitive_t p;
+    DN(dnnl_primitive_create(&p, pd));
+    dnnl_primitive_desc_destroy(pd);
+    if (attr) dnnl_primitive_attr_destroy(attr);
+    return p;
+}
+
+/* Wire argument `arg` of the primitive (descriptor pd) to a user buffer described by umd.
+   Inputs are reordered user -> primitive layout when they differ; the output always goes
+   through a reorder when `accumulate` (+= into the user buffer) or the layouts differ. */
+static void io_init(io *x, const_dnnl_primitive_desc_t pd, int arg,
+                    const dnnl_memory_desc_t *umd, int is_out, int accumulate) {
+    const dnnl_memory_desc_t *pmd = dnnl_primitive_desc_query_md(pd, dnnl_query_exec_arg_md,
+                                                                 arg);
+    x->arg = arg;
+    DN(dnnl_memory_create(&x->user, umd, g_eng, DNNL_MEMORY_NONE));
+    if (!accumulate && dnnl_memory_desc_equal(umd, pmd)) {
+        x->prim = x->user;
+        return;
+    }
+    DN(dnnl_memory_create(&x->prim, pmd, g_eng, DNNL_MEMORY_NONE));
+    x->prim_bytes = dnnl_memory_desc_get_size(pmd);
+    x->reorder = is_out ? reorder_new(pmd, umd, accumulate) : reorder_new(umd, pmd, 0);
+}
+
+static void op_finish(op *o, dnnl_primitive_desc_t pd, int nin, const int *in_args,
+                      const dnnl_memory_desc_t *in_umd, int out_arg,
+                      const dnnl_memory_desc_t *out_umd, int accumulate_out, int bias_arg,
+                      const dnnl_memory_desc_t *bias_md) {
+    o->nin = nin;
+    for (int i = 0; i < nin; i++) io_init(&o->in[i], pd, in_args[i], &in_umd[i], 0, 0);
+    io_init(&o->out, pd, out_arg, out_umd, 1, accumulate_out);
+    o->bias_arg = bias_arg;
+    if (bias_arg) DN(dnnl_memory_create(&o->bias, bias_md, g_eng, DNNL_MEMORY_NONE));
+    DN(dnnl_primitive_create(&o->prim, pd));
+    dnnl_primitive_desc_destroy(pd);
+}
+
+static void exec2(dnnl_primitive_t p, dnnl_memory_t src, dnnl_memory_t dst) {
+    dnnl_exec_arg_t a[2] = {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, dst}};
+    DN(dnnl_primitive_execute(p, g_strm, 2, a));
+}
+
+/* Run o on user buffers: in[] (float32, plain), out (float32, plain), bias (or NULL). */
+static void op_run(op *o, const void *const *in, void *out, const float *bias) {
+    void *tmp[MAX_IN + 1] = {0};
+    dnnl_exec_arg_t args[MAX_IN + 2];
+    int na = 0;
+    for (int i = 0; i < o->nin; i++) {
+        io *x = &o->in[i];
+        DN(dnnl_memory_set_data_handle(x->user, (void *)in[i]));
+        if (x->reorder) {
+            tmp[i] = xmalloc(x->prim_bytes);
+            DN(dnnl_memory_set_data_handle(x->prim, tmp[i]));
+            exec2(x->reorder, x->user, x->prim);
+        }
+        args[na++] = (dnnl_exec_arg_t){x->arg, x->prim};
+    }
+    io *y = &o->out;
+    DN(dnnl_memory_set_data_handle(y->user, out));
+    if (y->reorder) {
+        tmp[MAX_IN] = xmalloc(y->prim_bytes);
+        DN(dnnl_memory_set_data_handle(y->prim, tmp[MAX_IN]));
+    }
+    args[na++] = (dnnl_exec_arg_t){y->arg, y->prim};
+    if (o->bias_arg && bias) {
+        DN(dnnl_memory_set_data_handle(o->bias, (void *)bias));
+        args[na++] = (dnnl_exec_arg_t){o->bias_arg, o->bias};
+    }
+    DN(dnnl_primitive_execute(o->prim, g_strm, na, args));
+    if (y->reorder) exec2(y->reorder, y->prim, y->user);
+    DN(dnnl_stream_wait(g_strm));
+    for (int i = 0; i <= MAX_IN; i++) free(tmp[i]);
+}
+
+/* ------------------------------------------------------------------ descriptors */
+static dnnl_memory_desc_t md_tag(int nd, const int64_t *dims, dnnl_data_type_t dt,
+                                 dnnl_format_tag_t tag) {
+    dnnl_memory_desc_t m;
+    dnnl_dims_t d = {0}; /* the API reads a whole dnnl_dims_t */
+    memcpy(d, dims, nd * sizeof *dims);
+    DN(dnnl_memory_desc_init_by_tag(&m, nd, d, dt, tag));
+    return m;
+}
+static dnnl_memory_desc_t md_strides(int nd, const int64_t *dims, dnnl_data_type_t dt,
+                                     const int64_t *strides) {
+    dnnl_memory_desc_t m;
+    dnnl_dims_t d = {0}, s = {0};
+    memcpy(d, dims, nd * sizeof *dims);
+    memcpy(s, strides, nd * sizeof *strides);
+    DN(dnnl_memory_desc_init_by_strides(&m, nd, d, dt, s));
+    return m;
+}
+
+enum { K_CONV_FWD = 1, K_CONV_BWD_DATA, K_CONV_BWD_W, K_MM_FWD, K_MM_DX, K_MM_DW, K_PROBE };
+
+/* conv geometry: user descriptors and the forward descriptor every conv kind starts from */
+typedef struct {
+    dnnl_memory_desc_t x, w, y, b;          /* user: f32 nchw, oihw, nchw, x */
+    dnnl_memory_desc_t xa, wa, ya, ya_f32;  /* primitive side: bf16 any (y f32 any) */
+    dnnl_dims_t st, pl;
+} conv_geo;
+
+static void conv_geo_init(conv_geo *g, int B, int Cin, int H, int W, int Cout, int K,
+                          int stride, int pad) {
+    const int Ho = (H + 2 * pad - K) / stride + 1, Wo = (W + 2 * pad - K) / stride + 1;
+    const int64_t xd[4] = {B, Cin, H, W}, wd[4] = {Cout, Cin, K, K}, yd[4] = {B, Cout, Ho, Wo};
+    const int64_t bd[1] = {Cout};
+    g->x = md_tag(4, xd, dnnl_f32, dnnl_nchw);
+    g->w = md_tag(4, wd, dnnl_f32, dnnl_oihw);
+    g->y = md_tag(4, yd, dnnl_f32, dnnl_nchw);
+    g->b = md_tag(1, bd, dnnl_f32, dnnl_x);
+    g->xa = md_tag(4, xd, dnnl_bf16, dnnl_format_tag_any);
+    g->wa = md_tag(4, wd, dnnl_bf16, dnnl_format_tag_any);
+    g->ya = md_tag(4, yd, dnnl_bf16, dnnl_format_tag_any);
+    g->ya_f32 = md_tag(4, yd, dnnl_f32, dnnl_format_tag_any);
+    g->st[0] = g->st[1] = stride;
+    g->pl[0] = g->pl[1] = pad;
+}
+
+static dnnl_primitive_desc_t conv_fwd_pd(const conv_geo *g, int with_bias) {
+    dnnl_convolution_desc_t cd;
+    DN(dnnl_convolution_forward_desc_init(&cd, dnnl_forward_training, dnnl_convolution_direct,
+                                          &g->xa, &g->wa, with_bias ? &g->b : NULL,
+                                          &g->ya_f32, g->st, g->pl, g->pl));
+    dnnl_primitive_desc_t pd;
+    DN(dnnl_primitive_desc_create(&pd, &cd, NULL, g_eng, NULL));
+    return pd;
+}
+
+static op *conv_op(int kind, int B, int Cin, int H, int W, int Cout, int K, int stride,
+                   int pad, int with_bias) {
+    const int64_t key[12] = {kind, B, Cin, H, W, Cout, K, stride, pad, with_bias};
+    op *o = op_find(key);
+    if (o) return o;
+    engine_init();
+    conv_geo g;
+    conv_geo_init(&g, B, Cin, H, W, Cout, K, stride, pad);
+    o = op_new(key);
+    dnnl_primitive_desc_t fwd = conv_fwd_pd(&g, with_bias), pd;
+    if (kind == K_CONV_FWD) {
+        const int a[2] = {DNNL_ARG_SRC, DNNL_ARG_WEIGHTS};
+        const dnnl_memory_desc_t u[2] = {g.x, g.w};
+        op_finish(o, fwd, 2, a, u, DNNL_ARG_DST, &g.y, 0, with_bias ? DNNL_ARG_BIAS : 0, &g.b);
+        return o;
+    }
+    dnnl_convolution_desc_t cd;
+    if (kind == K_CONV_BWD_DATA) {
+        dnnl_memory_desc_t xa = md_tag(4, g.x.dims, dnnl_f32, dnnl_format_tag_any);
+        DN(dnnl_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &xa, &g.wa,
+                                                    &g.ya, g.st, g.pl, g.pl));
+        DN(dnnl_primitive_desc_create(&pd, &cd, NULL, g_eng, fwd));
+        const int a[2] = {DNNL_ARG_DIFF_DST, DNNL_ARG_WEIGHTS};
+        const dnnl_memory_desc_t u[2] = {g.y, g.w};
+        op_finish(o, pd, 2, a, u, DNNL_ARG_DIFF_SRC, &g.x, 1, 0, NULL);
+    } else {
+        dnnl_memory_desc_t wa = md_tag(4, g.w.dims, dnnl_f32, dnnl_format_tag_any);
+        DN(dnnl_convolution_backward_weights_desc_init(&cd, dnnl_convolution_direct, &g.xa, &wa,
+                                                       NULL, &g.ya, g.st, g.pl, g.pl));
+        DN(dnnl_primitive_desc_create(&pd, &cd, NULL, g_eng, fwd));
+        const int a[2] = {DNNL_ARG_SRC, DNNL_ARG_DIFF_DST};
+        const dnnl_memory_desc_t u[2] = {g.x, g.y};
+        op_finish(o, pd, 2, a, u, DNNL_ARG_DIFF_WEIGHTS, &g.w, 1, 0, NULL);
+    }
+    dnnl_primitive_desc_destroy(fwd);
+    return o;
+}
+
+/* C[M,N] (+)= A[M,K] @ B[K,N], A and B float32 with the given strides (transposes are views),
+   computed with bf16 operands (p == MAPO_BF16) or float32; C float32 row-major. */
+static op *matmul_op(int kind, mapo_precision p, int64_t M, int64_t K, int64_t N,
+                     const int64_t as[2], const int64_t bs[2], int with_bias, int accumulate) {
+    const int64_t key[12] = {kind, p, M, K, N, as[0], as[1], bs[0], bs[1], with_bias,
+                             accumulate};
+    op *o = op_find(key);
+    if (o) return o;
+    engine_init();
+    o = op_new(key);
+    const dnnl_data_type_t dt = p == MAPO_BF16 ? dnnl_bf16 : dnnl_f32;
+    const int64_t ad[2] = {M, K}, bd[2] = {K, N}, cd_[2] = {M, N}, biasd[2] = {1, N};
+    dnnl_memory_desc_t au = md_strides(2, ad, dnnl_f32, as), bu = md_strides(2, bd, dnnl_f32, bs);
+    dnnl_memory_desc_t ap = md_tag(2, ad, dt, dnnl_ab);
+    dnnl_memory_desc_t bp = md_tag(2, bd, dt, dnnl_format_tag_any);
+    dnnl_memory_desc_t c = md_tag(2, cd_, dnnl_f32, dnnl_ab);
+    dnnl_memory_desc_t bias = md_tag(2, biasd, dnnl_f32, dnnl_ab);
+    dnnl_matmul_desc_t md;
+    DN(dnnl_matmul_desc_init(&md, &ap, &bp, with_bias ? &bias : NULL, &c));
+    dnnl_primitive_attr_t attr = NULL;
+    if (accumulate) {
+        dnnl_post_ops_t po;
+        DN(dnnl_primitive_attr_create(&attr));
+        DN(dnnl_post_ops_create(&po));
+        DN(dnnl_post_ops_append_sum(po, 1.0f));
+        DN(dnnl_primitive_attr_set_post_ops(attr, po));
+        dnnl_post_ops_destroy(po);
+    }
+    dnnl_primitive_desc_t pd;
+    DN(dnnl_primitive_desc_create(&pd, &md, attr, g_eng, NULL));
+    if (attr) dnnl_primitive_attr_destroy(attr);
+    const int a[2] = {DNNL_ARG_SRC, DNNL_ARG_WEIGHTS};
+    const dnnl_memory_desc_t u[2] = {au, bu};
+    /* accumulation is the matmul's own sum post-op: the output is bound directly */
+    op_finish(o, pd, 2, a, u, DNNL_ARG_DST, &c, 0, with_bias ? DNNL_ARG_BIAS : 0, &bias);
+    return o;
+}
+
+/* ------------------------------------------------------------------ ops.h entry points */
 void conv2d_forward_mp(mapo_precision p, float *y, const float *x, const float *w,
                        const float *b, int B, int Cin, int H, int W, int Cout, int K, int stride,
                        int pad) {
-    (void)p;
-    conv2d_forward(y, x, w, b, B, Cin, H, W, Cout, K, stride, pad);
+    if (p == MAPO_F32) {
+        conv2d_forward(y, x, w, b, B, Cin, H, W, Cout, K, stride, pad);
+        return;
+    }
+    op *o = conv_op(K_CONV_FWD, B, Cin, H, W, Cout, K, stride, pad, b != NULL);
+    const void *in[2] = {x, w};
+    op_run(o, in, y, b);
 }
+
 void conv2d_backward_mp(mapo_precision p, float *dx, float *dw, float *db, const float *dy,
                         const float *x, const float *w, int B, int Cin, int H, int W, int Cout,
                         int K, int stride, int pad) {
-    (void)p;
-    conv2d_backward(dx, dw, db, dy, x, w, B, Cin, H, W, Cout, K, stride, pad);
+    if (p == MAPO_F32) {
+        conv2d_backward(dx, dw, db, dy, x, w, B, Cin, H, W, Cout, K, stride, pad);
+        return;
+    }
+    if (dx) {
+        op *o = conv_op(K_CONV_BWD_DATA, B, Cin, H, W, Cout, K, stride, pad, 0);
+        const void *in[2] = {dy, w};
+        op_run(o, in, dx, NULL);
+    }
+    if (dw) {
+        op *o = conv_op(K_CONV_BWD_W, B, Cin, H, W, Cout, K, stride, pad, 0);
+        const void *in[2] = {x, dy};
+        op_run(o, in, dw, NULL);
+    }
+    if (db) conv2d_backward(NULL, NULL, db, dy, x, w, B, Cin, H, W, Cout, K, stride, pad);
 }
+
 void linear_forward_mp(mapo_precision p, float *y, const float *x, const float *w,
                        const float *b, int64_t N, int in, int out) {
-    (void)p;
-    linear_forward(y, x, w, b, N, in, out);
+    if (p == MAPO_F32) {
+        linear_forward(y, x, w, b, N, in, out);
+        return;
+    }
+    /* y[N,out] = x[N,in] @ (w[out,in])^T: w^T is the strided view {in,out} : {1,in} */
+    const int64_t xs[2] = {in, 1}, ws[2] = {1, in};
+    op *o = matmul_op(K_MM_FWD, p, N, in, out, xs, ws, b != NULL, 0);
+    const void *a[2] = {x, w};
+    op_run(o, a, y, b);
 }
+
 void linear_backward_mp(mapo_precision p, float *dx, float *dw, float *db, const float *dy,
                         const float *x, const float *w, int64_t N, int in, int out) {
-    (void)p;
-    linear_backward(dx, dw, db, dy, x, w, N, in, out);
+    if (p == MAPO_F32) {
+        linear_backward(dx, dw, db, dy, x, w, N, in, out);
+        return;
+    }
+    if (dx) { /* dx[N,in] += dy[N,out] @ w[out,in] */
+        const int64_t ds[2] = {out, 1}, ws[2] = {in, 1};
+        op *o = matmul_op(K_MM_DX, p, N, out, in, ds, ws, 0, 1);
+        const void *a[2] = {dy, w};
+        op_run(o, a, dx, NULL);
+    }
+    if (dw) { /* dw[out,in] += dy^T[out,N] @ x[N,in] */
+        const int64_t ds[2] = {1, out}, xs[2] = {in, 1};
+        op *o = matmul_op(K_MM_DW, p, out, N, in, ds, xs, 0, 1);
+        const void *a[2] = {dy, x};
+        op_run(o, a, dw, NULL);
+    }
+    if (db) linear_backward(NULL, NULL, db, dy, x, w, N, in, out);
 }
-int mapo_precision_native(mapo_precision p) { return p == MAPO_F32; }
+
+int mapo_precision_native(mapo_precision p) {
+    if (p == MAPO_F32) return 1;
+    const dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa();
+    return ((unsigned)isa & (unsigned)dnnl_cpu_isa_avx512_core_bf16) ==
+           (unsigned)dnnl_cpu_isa_avx512_core_bf16;
+}
+
+/* Timed: the primitive alone, its operands already bf16 (or float32) in the layouts it chose,
+   so the figure is the engine's matrix-product ceiling, not that of mapo's conversions. */
 double mapo_gemm_ceiling_gflops(mapo_precision p, int n, int reps) {
-    (void)p; (void)n; (void)reps;
-    return 0;
+    const int64_t s[2] = {n, 1};
+    op *o = matmul_op(K_PROBE, p, n, n, n, s, s, 0, 0);
+    const size_t bytes = (size_t)n * n * sizeof(float);
+    float *a = xmalloc(bytes), *b = xmalloc(bytes), *c = xmalloc(bytes);
+    for (int64_t i = 0; i < (int64_t)n * n; i++) {
+        a[i] = (float)((i * 7919) % 1000) / 1000.0f - 0.5f;
+        b[i] = (float)((i * 104729) % 1000) / 1000.0f - 0.5f;
+    }
+    void *tmp[2] = {0};
+    dnnl_exec_arg_t args[3];
+    const float *user[2] = {a, b};
+    for (int i = 0; i < 2; i++) {
+        io *x = &o->in[i];
+        DN(dnnl_memory_set_data_handle(x->user, (void *)user[i]));
+        if (x->reorder) {
+            tmp[i] = xmalloc(x->prim_bytes);
+            DN(dnnl_memory_set_data_handle(x->prim, tmp[i]));
+            exec2(x->reorder, x->user, x->prim);
+        }
+        args[i] = (dnnl_exec_arg_t){x->arg, x->prim};
+    }
+    DN(dnnl_memory_set_data_handle(o->out.user, c));
+    args[2] = (dnnl_exec_arg_t){o->out.arg, o->out.prim};
+    double best = 1e30;
+    for (int r = 0; r < reps + 1; r++) { /* the first run warms up */
+        double t0 = mapo_now();
+        DN(dnnl_primitive_execute(o->prim, g_strm, 3, args));
+        DN(dnnl_stream_wait(g_strm));
+        double dt = mapo_now() - t0;
+        if (r && dt < best) best = dt;
+    }
+    free(tmp[0]);
+    free(tmp[1]);
+    free(a);
+    free(b);
+    free(c);
+    return 2.0 * n * (double)n * n / best / 1e9;
 }

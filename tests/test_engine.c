@@ -1,0 +1,206 @@
+/* test_engine.c -- the mixed-precision ops of ops.h (src/ops/engine.c, oneDNN) against the
+ * float64 kernels.
+ *
+ * Bound, element by element. MAPO_BF16 rounds both operands of every product to bfloat16
+ * (8 significant bits: relative rounding error <= u = 2^-8 each, round to nearest) and sums the
+ * exact bf16 x bf16 products in float32 over a reduction of length K. So for y = sum_i a_i b_i
+ *     |y_mp - y| <= ((1+u)^2 - 1 + K 2^-24) * sum_i |a_i| |b_i|   (+ the float32 bias add)
+ * where the right-hand side's sum is the same op in float64 on |a| and |b| (the f64 kernels,
+ * tested against naive loops in test_ops). We allow 1.25x that bound (the f64 evaluation of the
+ * abs-sum and float32 rounding of the result itself). A wrong layout, a transposed weight, a
+ * missing accumulation or a float16 instead of bf16 breaks it by orders of magnitude.
+ * The test also proves bf16 is in effect: the result must differ from the float32 path by
+ * more than float32 rounding (relative 1e-5). And MAPO_F32 must be the float kernels bit for
+ * bit. Backward ops accumulate: every gradient starts from non-zero values. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mapo/ops.h"
+#include "testutil.h"
+
+static const double U_BF16 = 1.0 / 256.0, U_F32 = 1.0 / 16777216.0;
+
+static uint64_t g_rng = 88172645463325252ull;
+static double urand(void) { /* xorshift64*, in [-1, 1) */
+    g_rng ^= g_rng >> 12;
+    g_rng ^= g_rng << 25;
+    g_rng ^= g_rng >> 27;
+    return (double)((g_rng * 2685821657736338717ull) >> 11) / 4503599627370496.0 - 1.0;
+}
+static float *rnd(int64_t n, double scale) {
+    float *p = malloc(n * sizeof(float));
+    for (int64_t i = 0; i < n; i++) p[i] = (float)(scale * urand());
+    return p;
+}
+static double *to64(const float *p, int64_t n, int absval) {
+    double *q = malloc(n * sizeof(double));
+    for (int64_t i = 0; i < n; i++) q[i] = absval ? fabs((double)p[i]) : (double)p[i];
+    return q;
+}
+static float *copyf(const float *p, int64_t n) {
+    float *q = malloc(n * sizeof(float));
+    memcpy(q, p, n * sizeof(float));
+    return q;
+}
+
+/* |got - start - ref| <= 1.25 * ((1+u)^2 - 1 + K 2^-24) * abs + 4 * 2^-24 * |ref + start|
+   per element (start: the gradient's value before accumulation). Returns the worst ratio. */
+static double check_bound(const char *what, const float *got, const float *start,
+                          const double *ref, const double *abs, int64_t n, int64_t K) {
+    const double c = (1 + U_BF16) * (1 + U_BF16) - 1 + (double)K * U_F32;
+    double worst = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const double s = start ? (double)start[i] : 0;
+        const double want = ref[i] + s;
+        const double lim = 1.25 * c * abs[i] + 4 * U_F32 * (fabs(want) + fabs(s)) + 1e-30;
+        const double r = fabs((double)got[i] - want) / lim;
+        if (!(r <= 1.0))
+            fail_msg("%s[%lld]: %.9g, want %.9g (bound %.3g)", what, (long long)i, got[i], want,
+                     lim);
+        if (r > worst) worst = r;
+    }
+    return worst;
+}
+
+/* bf16 in effect: relative difference to the float32 path well above float32 rounding */
+static void check_not_f32(const char *what, const float *mp, const float *f32, int64_t n) {
+    const double e = rel_err_f32(mp, f32, n);
+    if (!(e > 1e-5)) fail_msg("%s: bf16 result equals float32's (rel. diff %.3g)", what, e);
+}
+
+static void conv_case(int B, int Cin, int H, int W, int Cout, int K, int stride, int pad) {
+    const int Ho = (H + 2 * pad - K) / stride + 1, Wo = (W + 2 * pad - K) / stride + 1;
+    const int64_t nx = (int64_t)B * Cin * H * W, nw = (int64_t)Cout * Cin * K * K;
+    const int64_t ny = (int64_t)B * Cout * Ho * Wo;
+    float *x = rnd(nx, 1.0), *w = rnd(nw, 0.3), *b = rnd(Cout, 0.5), *dy = rnd(ny, 1.0);
+    double *x64 = to64(x, nx, 0), *w64 = to64(w, nw, 0), *b64 = to64(b, Cout, 0);
+    double *dy64 = to64(dy, ny, 0), *xa = to64(x, nx, 1), *wa = to64(w, nw, 1);
+    double *dya = to64(dy, ny, 1);
+    /* forward */
+    float *y = malloc(ny * 4), *yf = malloc(ny * 4);
+    double *yr = malloc(ny * 8), *ya = malloc(ny * 8);
+    conv2d_forward_mp(MAPO_BF16, y, x, w, b, B, Cin, H, W, Cout, K, stride, pad);
+    conv2d_forward(yf, x, w, b, B, Cin, H, W, Cout, K, stride, pad);
+    conv2d_forward_f64(yr, x64, w64, b64, B, Cin, H, W, Cout, K, stride, pad);
+    conv2d_forward_f64(ya, xa, wa, NULL, B, Cin, H, W, Cout, K, stride, pad);
+    char what[96];
+    snprintf(what, sizeof what, "conv %dx%d s%d p%d Cin %d Cout %d y", K, K, stride, pad, Cin,
+             Cout);
+    check_bound(what, y, NULL, yr, ya, ny, (int64_t)Cin * K * K);
+    check_not_f32(what, y, yf, ny);
+    /* MAPO_F32 is the float kernel, bit for bit */
+    float *y32 = malloc(ny * 4);
+    conv2d_forward_mp(MAPO_F32, y32, x, w, b, B, Cin, H, W, Cout, K, stride, pad);
+    assert_memory_equal(y32, yf, ny * 4);
+    /* backward, accumulating into non-zero gradients */
+    float *dx0 = rnd(nx, 0.1), *dw0 = rnd(nw, 0.1), *db0 = rnd(Cout, 0.1);
+    float *dx = copyf(dx0, nx), *dw = copyf(dw0, nw), *db = copyf(db0, Cout);
+    float *dxf = copyf(dx0, nx), *dwf = copyf(dw0, nw), *dbf = copyf(db0, Cout);
+    double *dxr = calloc(nx, 8), *dwr = calloc(nw, 8), *dbr = calloc(Cout, 8);
+    double *dxa = calloc(nx, 8), *dwa = calloc(nw, 8);
+    conv2d_backward_mp(MAPO_BF16, dx, dw, db, dy, x, w, B, Cin, H, W, Cout, K, stride, pad);
+    conv2d_backward(dxf, dwf, dbf, dy, x, w, B, Cin, H, W, Cout, K, stride, pad);
+    conv2d_backward_f64(dxr, dwr, dbr, dy64, x64, w64, B, Cin, H, W, Cout, K, stride, pad);
+    conv2d_backward_f64(dxa, dwa, NULL, dya, xa, wa, B, Cin, H, W, Cout, K, stride, pad);
+    snprintf(what, sizeof what, "conv %dx%d s%d p%d Cin %d Cout %d dx", K, K, stride, pad, Cin,
+             Cout);
+    check_bound(what, dx, dx0, dxr, dxa, nx, (int64_t)Cout * K * K);
+    what[strlen(what) - 2] = 0;
+    strcat(what, "dw");
+    check_bound(what, dw, dw0, dwr, dwa, nw, (int64_t)B * Ho * Wo);
+    /* the bias gradient stays float32 (the float kernel's sum): equal bit for bit */
+    assert_memory_equal(db, dbf, Cout * 4);
+    /* dx / dw alone (the other NULL) and F32 backward = the float kernel */
+    float *dx2 = copyf(dx0, nx);
+    conv2d_backward_mp(MAPO_BF16, dx2, NULL, NULL, dy, x, w, B, Cin, H, W, Cout, K, stride, pad);
+    assert_memory_equal(dx2, dx, nx * 4);
+    float *dw32 = copyf(dw0, nw), *dwf2 = copyf(dw0, nw);
+    conv2d_backward_mp(MAPO_F32, NULL, dw32, NULL, dy, x, w, B, Cin, H, W, Cout, K, stride, pad);
+    conv2d_backward(NULL, dwf2, NULL, dy, x, w, B, Cin, H, W, Cout, K, stride, pad);
+    assert_memory_equal(dw32, dwf2, nw * 4);
+    float *bufs[] = {x, w, b, dy, y, yf, y32, dx0, dw0, db0, dx, dw, db, dxf, dwf, dbf, dx2,
+                     dw32, dwf2};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
+    double *dbufs[] = {x64, w64, b64, dy64, xa, wa, dya, yr, ya, dxr, dwr, dbr, dxa, dwa};
+    for (size_t i = 0; i < sizeof dbufs / sizeof *dbufs; i++) free(dbufs[i]);
+}
+
+static void test_conv_bf16(void **st) {
+    (void)st;
+    conv_case(2, 8, 9, 7, 16, 3, 1, 1);   /* odd sizes, channel counts not multiples of 16 */
+    conv_case(2, 32, 8, 8, 32, 3, 2, 1);  /* downsampler */
+    conv_case(1, 24, 6, 10, 40, 1, 1, 0); /* shortcut / proj 1x1 */
+    conv_case(3, 4, 16, 16, 32, 3, 1, 1); /* conv_in: 4 channels */
+    conv_case(2, 32, 5, 5, 4, 3, 1, 1);   /* conv_out */
+    conv_case(2, 8, 9, 7, 16, 3, 1, 1);   /* again: the cached primitive */
+}
+
+static void linear_case(int64_t N, int in, int out, int bias) {
+    float *x = rnd(N * in, 1.0), *w = rnd((int64_t)out * in, 0.3), *b = bias ? rnd(out, 0.5) : NULL;
+    float *dy = rnd(N * out, 1.0);
+    double *x64 = to64(x, N * in, 0), *w64 = to64(w, (int64_t)out * in, 0);
+    double *b64 = b ? to64(b, out, 0) : NULL, *dy64 = to64(dy, N * out, 0);
+    double *xa = to64(x, N * in, 1), *wa = to64(w, (int64_t)out * in, 1), *dya = to64(dy, N * out, 1);
+    float *y = malloc(N * out * 4), *yf = malloc(N * out * 4), *y32 = malloc(N * out * 4);
+    double *yr = malloc(N * out * 8), *ya = malloc(N * out * 8);
+    linear_forward_mp(MAPO_BF16, y, x, w, b, N, in, out);
+    linear_forward(yf, x, w, b, N, in, out);
+    linear_forward_mp(MAPO_F32, y32, x, w, b, N, in, out);
+    linear_forward_f64(yr, x64, w64, b64, N, in, out);
+    linear_forward_f64(ya, xa, wa, NULL, N, in, out);
+    char what[96];
+    snprintf(what, sizeof what, "linear N %lld in %d out %d y", (long long)N, in, out);
+    check_bound(what, y, NULL, yr, ya, N * out, in);
+    check_not_f32(what, y, yf, N * out);
+    assert_memory_equal(y32, yf, N * out * 4);
+    const int64_t nw = (int64_t)out * in;
+    float *dx0 = rnd(N * in, 0.1), *dw0 = rnd(nw, 0.1), *db0 = rnd(out, 0.1);
+    float *dx = copyf(dx0, N * in), *dw = copyf(dw0, nw), *db = copyf(db0, out);
+    float *dbf = copyf(db0, out);
+    double *dxr = calloc(N * in, 8), *dwr = calloc(nw, 8), *dxa = calloc(N * in, 8);
+    double *dwa = calloc(nw, 8);
+    linear_backward_mp(MAPO_BF16, dx, dw, bias ? db : NULL, dy, x, w, N, in, out);
+    linear_backward(NULL, NULL, bias ? dbf : NULL, dy, x, w, N, in, out);
+    linear_backward_f64(dxr, dwr, NULL, dy64, x64, w64, N, in, out);
+    linear_backward_f64(dxa, dwa, NULL, dya, xa, wa, N, in, out);
+    what[strlen(what) - 1] = 0;
+    strcat(what, "dx");
+    check_bound(what, dx, dx0, dxr, dxa, N * in, out);
+    what[strlen(what) - 2] = 0;
+    strcat(what, "dw");
+    check_bound(what, dw, dw0, dwr, dwa, nw, N);
+    assert_memory_equal(db, dbf, out * 4);
+    float *bufs[] = {x, w, b, dy, y, yf, y32, dx0, dw0, db0, dx, dw, db, dbf};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
+    double *dbufs[] = {x64, w64, b64, dy64, xa, wa, dya, yr, ya, dxr, dwr, dxa, dwa};
+    for (size_t i = 0; i < sizeof dbufs / sizeof *dbufs; i++) free(dbufs[i]);
+}
+
+static void test_linear_bf16(void **st) {
+    (void)st;
+    linear_case(77, 40, 24, 1);   /* odd sizes */
+    linear_case(256, 64, 512, 1); /* GEGLU projection shape */
+    linear_case(4, 128, 64, 1);   /* time embedding: few rows */
+    linear_case(130, 96, 32, 0);  /* attention projection, no bias */
+    linear_case(1000, 16, 8, 1);  /* a long reduction in dw */
+}
+
+static void test_probe(void **st) {
+    (void)st;
+    /* the utilisation probe returns a finite positive rate for both precisions */
+    const double b = mapo_gemm_ceiling_gflops(MAPO_BF16, 128, 2);
+    const double f = mapo_gemm_ceiling_gflops(MAPO_F32, 128, 2);
+    assert_true(b > 0 && isfinite(b));
+    assert_true(f > 0 && isfinite(f));
+    assert_true(mapo_precision_native(MAPO_F32));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_conv_bf16),
+        cmocka_unit_test(test_linear_bf16),
+        cmocka_unit_test(test_probe),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
