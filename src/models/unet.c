@@ -226,6 +226,19 @@ static tensor *resnet_forward(unet *u, graph *g, const unet_resnet *r, tensor *x
     return y;
 }
 
+/* gradient checkpointing segments: one per resnet and per transformer block, as diffusers
+   checkpoints them (graph.h, t_checkpoint) */
+typedef struct { unet *u; const unet_resnet *r; } resnet_seg_ctx;
+static tensor *resnet_seg(graph *g, const void *ctx, tensor *const *in) {
+    const resnet_seg_ctx *c = ctx;
+    return resnet_forward(c->u, g, c->r, in[0], in[1]);
+}
+static tensor *resnet_ckpt(unet *u, graph *g, const unet_resnet *r, tensor *x, tensor *temb) {
+    const resnet_seg_ctx c = {u, r};
+    tensor *in[2] = {x, temb};
+    return t_checkpoint(g, resnet_seg, &c, sizeof c, in, 2);
+}
+
 /* W x + b, plus B (A x) when a LoRA adapter {A, B} is present and switched on */
 static tensor *lora_linear(unet *u, graph *g, tensor *x, int w, int b, const int ab[2]) {
     tensor *y = t_linear(g, x, PV(w), PV(b));
@@ -280,6 +293,12 @@ static tensor *tblock_forward(unet *u, graph *g, const unet_tblock *b, tensor *x
     return residual(g, x, f);
 }
 
+typedef struct { unet *u; const unet_tblock *b; int heads; } tblock_seg_ctx;
+static tensor *tblock_seg(graph *g, const void *ctx, tensor *const *in) {
+    const tblock_seg_ctx *c = ctx;
+    return tblock_forward(c->u, g, c->b, in[0], in[1], c->heads);
+}
+
 static tensor *xformer_forward(unet *u, graph *g, const unet_xformer *x, tensor *in,
                                tensor *ehs) {
     const unet_config *c = &u->cfg;
@@ -292,7 +311,13 @@ static tensor *xformer_forward(unet *u, graph *g, const unet_xformer *x, tensor 
     graph_release(g, h);
     tensor *p = t_linear(g, tk, PV(x->piw), PV(x->pib));
     graph_release(g, tk);
-    for (int l = 0; l < x->n_tb; l++) p = tblock_forward(u, g, &x->tb[l], p, ehs, x->heads);
+    for (int l = 0; l < x->n_tb; l++) {
+        const tblock_seg_ctx sc = {u, &x->tb[l], x->heads};
+        tensor *si[2] = {p, ehs};
+        tensor *q = t_checkpoint(g, tblock_seg, &sc, sizeof sc, si, 2);
+        graph_release(g, p); /* tblock_forward releases its input; a checkpoint keeps it */
+        p = q;
+    }
     tensor *o = t_linear(g, p, PV(x->pow_), PV(x->pob));
     graph_release(g, p);
     h = t_nhwc_to_nchw(g, o, H, W);
@@ -357,6 +382,8 @@ static tensor *embedding_mlp(unet *u, graph *g, tensor *x, int w1, int b1, int w
 tensor *unet_forward(unet *u, graph *g, const unet_inputs *in) {
     const unet_config *c = &u->cfg;
     const int B = in->B, n = c->n_blocks;
+    g->precision = u->precision;
+    g->checkpointing = u->grad_ckpt;
     /* time embedding */
     tensor *tp = t_timestep_embedding(g, in->timesteps, B, c->block_out[0], c->flip_sin_to_cos,
                                       c->freq_shift);
@@ -393,7 +420,7 @@ tensor *unet_forward(unet *u, graph *g, const unet_inputs *in) {
     for (int i = 0; i < n; i++) {
         unet_block *b = &u->down[i];
         for (int j = 0; j < b->n_res; j++) {
-            h = resnet_forward(u, g, &b->res[j], h, temb);
+            h = resnet_ckpt(u, g, &b->res[j], h, temb);
             if (b->cross) {
                 tensor *t2 = xformer_forward(u, g, &b->attn[j], h, ehs);
                 graph_release(g, h);
@@ -409,10 +436,10 @@ tensor *unet_forward(unet *u, graph *g, const unet_inputs *in) {
     /* mid */
     {
         unet_block *b = &u->mid;
-        tensor *m = resnet_forward(u, g, &b->res[0], h, temb);
+        tensor *m = resnet_ckpt(u, g, &b->res[0], h, temb);
         tensor *t2 = xformer_forward(u, g, &b->attn[0], m, ehs);
         graph_release(g, m);
-        h = resnet_forward(u, g, &b->res[1], t2, temb);
+        h = resnet_ckpt(u, g, &b->res[1], t2, temb);
         graph_release(g, t2);
     }
     /* up */
@@ -423,7 +450,7 @@ tensor *unet_forward(unet *u, graph *g, const unet_inputs *in) {
             tensor *cat = t_concat_channels(g, h, skip);
             graph_release(g, h);
             graph_release(g, skip);
-            h = resnet_forward(u, g, &b->res[j], cat, temb);
+            h = resnet_ckpt(u, g, &b->res[j], cat, temb);
             graph_release(g, cat);
             if (b->cross) {
                 tensor *t2 = xformer_forward(u, g, &b->attn[j], h, ehs);
