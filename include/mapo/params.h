@@ -37,7 +37,8 @@ int params_add(param_table *t, int ndim, const int64_t *shape, const char *fmt, 
 #define PARAMS_MAX ((int64_t)1 << 34)
 /* Before params_alloc: 0, or -1 + mapo_error naming `what` (the config) and the declared
  * count when the table holds more than PARAMS_MAX parameters, or, when weights names an
- * existing file, more than that file can hold at 2 bytes (F16 / BF16) a parameter. */
+ * existing file, more than that file (or, for a sharded checkpoint's index, its shards
+ * together) can hold at 2 bytes (F16 / BF16) a parameter. */
 int params_check_size(const param_table *t, const char *what, const char *weights);
 /* Allocate data (zeroed) and, if with_grad, gradients; build tensor views. */
 void params_alloc(param_table *t, int with_grad);
@@ -50,7 +51,8 @@ static inline tensor *params_view(param_table *t, int idx) {
 void params_init_random(param_table *t, uint64_t seed);
 /* Load every parameter from a safetensors file: every name must be present with the
  * right shape (F32/F16/BF16/F64 accepted); extra tensors are an error unless
- * allow_extra. prefix is prepended to names in the file (e.g. "" or "unet."). */
+ * allow_extra. prefix is prepended to names in the file (e.g. "" or "unet."). path may be a
+ * sharded checkpoint's index (st_is_index: *.safetensors.index.json and its shards). */
 int params_load(param_table *t, const char *path, const char *prefix, int allow_extra);
 /* Save all parameters (F32) atomically. */
 int params_save(const param_table *t, const char *path);

@@ -52,6 +52,14 @@ const char *st_meta(const st_file *f, const char *key);
 /* Exact scalar conversions: IEEE binary16 and bfloat16 bit patterns to float32. */
 float st_half_to_float(uint16_t h);
 float st_bf16_to_float(uint16_t h);
+/* float32 -> IEEE binary16 / bfloat16 bit patterns, round to nearest even, as torch's .half()
+ * and .bfloat16(): F16 values from 65520 up (in magnitude) become +-inf, BF16 values past
+ * FLT_MAX's rounding neighbourhood too; NaN stays NaN (F16 0x7e00 with the sign, BF16 0x7fc0). */
+uint16_t st_float_to_half(float x);
+uint16_t st_float_to_bf16(float x);
+/* n float32 values into dst (2 bytes each) as F16 or BF16; returns how many finite values
+ * became infinite (F16 overflow). */
+int64_t st_from_f32(st_dtype d, const float *src, void *dst, int64_t n);
 /* Convert any floating dtype (F32, F16, BF16, F64) to float32 into dst (numel floats).
  * -1 for non-float dtypes. */
 int st_to_f32(const st_tensor *t, float *dst);
@@ -62,6 +70,40 @@ int st_to_f64(const st_tensor *t, double *dst);
 int st_read_f32_shape(const st_file *f, const char *name, float *dst, int ndim,
                       const int64_t *shape);
 
+/* Precision flags (--save_precision, --cache_precision): "float32" -> ST_F32, "fp16" ->
+ * ST_F16, "bf16" -> ST_BF16; else -1 + mapo_error naming the flag. st_precision_name is the
+ * inverse (the word recorded in metadata). */
+int st_precision_parse(const char *s, const char *flag, st_dtype *d);
+const char *st_precision_name(st_dtype d);
+
+/* Sharded checkpoints (save_pretrained(max_shard_size=...)): an index JSON
+ * {"metadata": {...}, "weight_map": {"tensor": "shard file", ...}} next to its shards.
+ * st_index_open refuses (one message naming the index file): bad JSON, no weight_map object,
+ * a value that is not a plain file name of this folder (empty, a '/', a "..", not ending in
+ * .safetensors), an unreadable or invalid shard, a tensor missing from the shard the map names.
+ * Shards stay mapped until st_index_close; st_index_find looks through the map. */
+typedef struct {
+    char *path;        /* the index file */
+    int n_shards;
+    st_file *shards;
+    int n;             /* tensors in weight_map, sorted by name */
+    char **names;
+    const st_tensor **tensors;
+} st_index;
+int st_index_open(st_index *x, const char *index_path);
+void st_index_close(st_index *x);
+const st_tensor *st_index_find(const st_index *x, const char *name);
+/* 1 when path names an index ("*.index.json" or "*.index.<variant>.json"). */
+int st_is_index(const char *path);
+/* The bytes of the shards an index names (0 when it cannot be read: the loader reports that). */
+uint64_t st_index_shard_bytes(const char *index_path);
+/* The weights of a model folder: the --variant file (mapo_weights_variant) as one file
+ * (<stem>.<v>.safetensors) or sharded (<file>.index.<v>.json, or the older
+ * <stem>.<v>.safetensors.index.json), then the plain file, then plain sharded
+ * (<file>.index.json). 0 with buf set to what exists; -1 (no error set) with buf = dir/file when
+ * none does. */
+int st_weights_find(char *buf, size_t n, const char *dir, const char *file);
+
 /* Writing: collect entries, then write atomically (temp file in the same folder,
  * fsync, rename). Data is copied at write time only; pointers must stay valid until
  * st_writer_write returns. */
@@ -70,6 +112,16 @@ st_writer *st_writer_new(void);
 void st_writer_add(st_writer *w, const char *name, st_dtype dtype, int ndim,
                    const int64_t *shape, const void *data);
 void st_writer_meta(st_writer *w, const char *key, const char *value);
+/* A float32 source stored as `store` (F32, F16 or BF16; converted in chunks at write time). */
+void st_writer_add_f32_as(st_writer *w, const char *name, st_dtype store, int ndim,
+                          const int64_t *shape, const float *data);
+/* Process-wide, for outputs written through other modules' savers (mapo train --save_precision:
+ * the final UNet / LoRA): while d is F16 or BF16, st_writer_add of an F32 tensor (not the
+ * streaming st_writer_add_empty) stores it as d. Returns the previous setting; set ST_F32 back
+ * right after the save. st_f32_overflows: finite values that became inf in such conversions
+ * since the last call with reset = 1. */
+st_dtype st_set_f32_store(st_dtype d);
+int64_t st_f32_overflows(int reset);
 int st_writer_write(st_writer *w, const char *path);
 void st_writer_free(st_writer *w);
 /* Streaming, for files larger than memory: declare tensors without data (st_writer_add_empty),

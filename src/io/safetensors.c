@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -415,6 +416,250 @@ int st_to_f64(const st_tensor *t, double *dst) {
     }
 }
 
+static uint32_t f32_bits(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    return u;
+}
+
+/* binary32 -> binary16, round to nearest even (c10's fp16_ieee_from_fp32_value, in integers) */
+uint16_t st_float_to_half(float f) {
+    uint32_t x = f32_bits(f);
+    const uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+    x &= 0x7fffffffu;
+    if (x > 0x7f800000u) return sign | 0x7e00u;     /* NaN */
+    if (x >= 0x477ff000u) return sign | 0x7c00u;    /* >= 65520 (the tie above 65504): inf */
+    if (x >= 0x38800000u) {                         /* a normal half (>= 2^-14) */
+        x += 0xfffu + ((x >> 13) & 1u);             /* round the 13 dropped bits to even */
+        return sign | (uint16_t)((x - 0x38000000u) >> 13); /* rebias 127 -> 15 */
+    }
+    if (x < 0x33000000u) return sign;               /* below 2^-25: rounds to (signed) zero */
+    /* a subnormal half k * 2^-24: value = m * 2^(e - 150), k = m / 2^(126 - e) rounded */
+    const uint32_t e = x >> 23, m = (x & 0x7fffffu) | 0x800000u, sh = 126u - e; /* 14..24 */
+    uint32_t k = m >> sh;
+    const uint32_t rem = m & ((1u << sh) - 1u), half = 1u << (sh - 1u);
+    if (rem > half || (rem == half && (k & 1u))) k++; /* k = 0x400 is the smallest normal */
+    return sign | (uint16_t)k;
+}
+
+/* binary32 -> bfloat16, round to nearest even (c10's round_to_nearest_even) */
+uint16_t st_float_to_bf16(float f) {
+    uint32_t x = f32_bits(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return 0x7fc0u;
+    x += 0x7fffu + ((x >> 16) & 1u);
+    return (uint16_t)(x >> 16);
+}
+
+int64_t st_from_f32(st_dtype d, const float *src, void *dst, int64_t n) {
+    uint16_t *o = dst;
+    int64_t inf = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const uint16_t h = d == ST_BF16 ? st_float_to_bf16(src[i]) : st_float_to_half(src[i]);
+        const uint16_t mag = h & 0x7fffu;
+        if ((d == ST_BF16 ? mag == 0x7f80u : mag == 0x7c00u) && isfinite(src[i])) inf++;
+        o[i] = h;
+    }
+    return inf;
+}
+
+int st_precision_parse(const char *s, const char *flag, st_dtype *d) {
+    if (s && !strcmp(s, "float32")) *d = ST_F32;
+    else if (s && !strcmp(s, "fp16")) *d = ST_F16;
+    else if (s && !strcmp(s, "bf16")) *d = ST_BF16;
+    else
+        return mapo_error("%s %s: expected float32, fp16 or bf16", flag, s ? s : "(none)");
+    return 0;
+}
+
+const char *st_precision_name(st_dtype d) {
+    return d == ST_F16 ? "fp16" : d == ST_BF16 ? "bf16" : d == ST_F32 ? "float32" : "?";
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Sharded checkpoints                                                                  */
+/* ------------------------------------------------------------------------------------ */
+
+static int ends_with(const char *s, const char *suf) {
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && !strcmp(s + a - b, suf);
+}
+
+int st_is_index(const char *path) {
+    if (ends_with(path, ".index.json")) return 1;
+    const char *b = strrchr(path, '/');
+    b = b ? b + 1 : path;
+    const char *k = strstr(b, ".index.");
+    return k && ends_with(k, ".json") && !strchr(k + 7, '/'); /* <file>.index.<variant>.json */
+}
+
+/* the folder of an index path (with its trailing '/'), into buf */
+static void folder_of(const char *path, char *buf, size_t n) {
+    const char *b = strrchr(path, '/');
+    snprintf(buf, n, "%.*s", b ? (int)(b - path + 1) : 0, path);
+}
+
+/* a shard name as the index gives it: a plain file name of the index's folder */
+static const char *bad_shard_name(const char *s) {
+    if (!*s) return "is empty";
+    if (strchr(s, '/') || strchr(s, '\\')) return "is not a plain file name (it has a '/')";
+    if (strstr(s, "..")) return "contains '..'";
+    if (!ends_with(s, ".safetensors")) return "does not end in .safetensors";
+    return NULL;
+}
+
+/* the weight_map of an index, validated; NULL + mapo_error naming the file */
+static json_t *index_load(const char *path) {
+    json_error_t je;
+    json_t *js = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+    if (!js) {
+        mapo_error("%s: not a valid index JSON (line %d: %s)", path, je.line, je.text);
+        return NULL;
+    }
+    json_t *m = json_object_get(js, "weight_map");
+    if (!json_is_object(js) || !json_is_object(m) || !json_object_size(m)) {
+        json_decref(js);
+        mapo_error("%s: a sharded checkpoint's index needs a non-empty \"weight_map\" object "
+                   "{tensor name: shard file}", path);
+        return NULL;
+    }
+    const char *k;
+    json_t *v;
+    json_object_foreach(m, k, v) {
+        const char *bad = json_is_string(v) ? bad_shard_name(json_string_value(v))
+                                            : "is not a string";
+        if (bad) {
+            mapo_error("%s: the shard of '%s' (%s) %s: shards must be files of the index's "
+                       "folder", path, k, json_is_string(v) ? json_string_value(v) : "?", bad);
+            json_decref(js);
+            return NULL;
+        }
+    }
+    json_incref(m);
+    json_decref(js);
+    return m;
+}
+
+uint64_t st_index_shard_bytes(const char *index_path) {
+    json_t *m = index_load(index_path);
+    if (!m) return 0; /* the message recorded is only printed if the load fails, as it will */
+    char dir[4096], p[4400];
+    folder_of(index_path, dir, sizeof dir);
+    json_t *seen = json_object();
+    uint64_t total = 0;
+    const char *k;
+    json_t *v;
+    json_object_foreach(m, k, v) {
+        const char *s = json_string_value(v);
+        if (json_object_get(seen, s)) continue;
+        json_object_set_new(seen, s, json_true());
+        snprintf(p, sizeof p, "%s%s", dir, s);
+        struct stat st;
+        if (stat(p, &st) == 0 && S_ISREG(st.st_mode)) total += (uint64_t)st.st_size;
+    }
+    json_decref(seen);
+    json_decref(m);
+    return total;
+}
+
+static int cmp_cstr(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int st_index_open(st_index *x, const char *path) {
+    memset(x, 0, sizeof *x);
+    x->path = xstrdup(path);
+    json_t *m = index_load(path);
+    if (!m) {
+        st_index_close(x);
+        return -1;
+    }
+    char dir[4096], p[4400];
+    folder_of(path, dir, sizeof dir);
+    /* the distinct shards, in order of first appearance; each tensor's shard index */
+    const size_t nt = json_object_size(m);
+    char **shard_names = xcalloc(nt, sizeof *shard_names);
+    x->shards = xcalloc(nt, sizeof *x->shards);
+    x->names = xcalloc(nt, sizeof *x->names);
+    x->tensors = xcalloc(nt, sizeof *x->tensors);
+    int rc = 0;
+    const char *k;
+    json_t *v;
+    json_object_foreach(m, k, v) x->names[x->n++] = xstrdup(k);
+    qsort(x->names, (size_t)x->n, sizeof *x->names, cmp_cstr);
+    for (int i = 0; i < x->n && !rc; i++) {
+        const char *s = json_string_value(json_object_get(m, x->names[i]));
+        int j = 0;
+        while (j < x->n_shards && strcmp(shard_names[j], s)) j++;
+        if (j == x->n_shards) {
+            snprintf(p, sizeof p, "%s%s", dir, s);
+            if (!mapo_is_file(p)) {
+                rc = mapo_error("%s: shard %s (of tensor '%s') is missing", path, s, x->names[i]);
+                break;
+            }
+            if (st_open(&x->shards[j], p)) {
+                rc = mapo_error_prefix("%s: shard %s", path, s);
+                break;
+            }
+            shard_names[x->n_shards++] = xstrdup(s);
+        }
+        x->tensors[i] = st_find(&x->shards[j], x->names[i]);
+        if (!x->tensors[i])
+            rc = mapo_error("%s: tensor '%s' is not in its shard %s", path, x->names[i], s);
+    }
+    for (int j = 0; j < x->n_shards; j++) free(shard_names[j]);
+    free(shard_names);
+    json_decref(m);
+    if (rc) st_index_close(x);
+    return rc;
+}
+
+void st_index_close(st_index *x) {
+    for (int j = 0; j < x->n_shards; j++) st_close(&x->shards[j]);
+    for (int i = 0; i < x->n; i++) free(x->names[i]);
+    free(x->shards);
+    free(x->names);
+    free(x->tensors);
+    free(x->path);
+    memset(x, 0, sizeof *x);
+}
+
+const st_tensor *st_index_find(const st_index *x, const char *name) {
+    int lo = 0, hi = x->n - 1;
+    while (lo <= hi) {
+        int mid = lo + (hi - lo) / 2, c = strcmp(name, x->names[mid]);
+        if (!c) return x->tensors[mid];
+        if (c < 0) hi = mid - 1;
+        else lo = mid + 1;
+    }
+    return NULL;
+}
+
+int st_weights_find(char *buf, size_t n, const char *dir, const char *file) {
+    const char *v = mapo_weights_variant();
+    const size_t fl = strlen(file), ext = strlen(".safetensors");
+    const int st = fl > ext && ends_with(file, ".safetensors");
+    if (v && st) {
+        const int stem = (int)(fl - ext);
+        snprintf(buf, n, "%s/%.*s.%s.safetensors", dir, stem, file, v);
+        if (mapo_is_file(buf)) return 0;
+        snprintf(buf, n, "%s/%s.index.%s.json", dir, file, v); /* diffusers >= 0.27 */
+        if (mapo_is_file(buf)) return 0;
+        snprintf(buf, n, "%s/%.*s.%s.safetensors.index.json", dir, stem, file, v); /* older */
+        if (mapo_is_file(buf)) return 0;
+    }
+    mapo_weights_path(buf, n, dir, file); /* the plain file (one note when a variant was asked) */
+    if (mapo_is_file(buf)) return 0;
+    snprintf(buf, n, "%s/%s.index.json", dir, file);
+    if (mapo_is_file(buf)) {
+        if (v && st)
+            mapo_log(1, "note: no %s variant of %s/%s: using the plain sharded weights (as "
+                        "diffusers falls back)\n", v, dir, file);
+        return 0;
+    }
+    snprintf(buf, n, "%s/%s", dir, file);
+    return -1;
+}
+
 int st_read_f32_shape(const st_file *f, const char *name, float *dst, int ndim,
                       const int64_t *shape) {
     const st_tensor *t = st_find(f, name);
@@ -572,6 +817,7 @@ typedef struct {
     int64_t shape[ST_MAX_DIMS];
     size_t nbytes;
     const void *data;
+    int from_f32; /* data is float32, stored as dtype (F16 / BF16) */
 } w_entry;
 
 struct st_writer {
@@ -613,8 +859,44 @@ static const char *check_add(const st_writer *w, const char *name, st_dtype dtyp
     return NULL;
 }
 
+static st_dtype g_f32_store = ST_F32;
+static int64_t g_f32_overflows;
+
+st_dtype st_set_f32_store(st_dtype d) {
+    st_dtype was = g_f32_store;
+    g_f32_store = d == ST_F16 || d == ST_BF16 ? d : ST_F32;
+    return was;
+}
+
+int64_t st_f32_overflows(int reset) {
+    int64_t n = g_f32_overflows;
+    if (reset) g_f32_overflows = 0;
+    return n;
+}
+
+void st_writer_add_f32_as(st_writer *w, const char *name, st_dtype store, int ndim,
+                          const int64_t *shape, const float *data) {
+    if (store != ST_F16 && store != ST_BF16) {
+        const st_dtype was = g_f32_store;
+        g_f32_store = ST_F32;
+        st_writer_add(w, name, ST_F32, ndim, shape, data);
+        g_f32_store = was;
+        return;
+    }
+    const int n0 = w->n;
+    const st_dtype was = g_f32_store;
+    g_f32_store = ST_F32;
+    st_writer_add(w, name, store, ndim, shape, data);
+    g_f32_store = was;
+    if (w->n > n0) w->e[w->n - 1].from_f32 = 1;
+}
+
 void st_writer_add(st_writer *w, const char *name, st_dtype dtype, int ndim,
                    const int64_t *shape, const void *data) {
+    if (dtype == ST_F32 && g_f32_store != ST_F32 && !w->streaming) {
+        st_writer_add_f32_as(w, name, g_f32_store, ndim, shape, data);
+        return;
+    }
     size_t nbytes = 0;
     const char *bad = check_add(w, name, dtype, ndim, shape, data, &nbytes);
     if (bad) {
@@ -776,8 +1058,25 @@ int st_writer_write(st_writer *w, const char *path) {
     atomic_file a;
     int rc = atomic_open(&a, path);
     if (!rc) rc = atomic_write(&a, hdr, hl);
-    for (int i = 0; !rc && i < w->n; i++)
-        if (w->e[i].nbytes) rc = atomic_write(&a, w->e[i].data, w->e[i].nbytes);
+    enum { CHUNK = 1 << 16 };
+    uint16_t *conv = NULL;
+    for (int i = 0; !rc && i < w->n; i++) {
+        const w_entry *e = &w->e[i];
+        if (!e->nbytes) continue;
+        if (!e->from_f32) {
+            rc = atomic_write(&a, e->data, e->nbytes);
+            continue;
+        }
+        /* float32 -> F16 / BF16 in chunks: no second copy of a large model */
+        if (!conv) conv = xmalloc(CHUNK * sizeof *conv);
+        const int64_t n = (int64_t)(e->nbytes / 2);
+        for (int64_t k = 0; k < n && !rc; k += CHUNK) {
+            const int64_t m = n - k < CHUNK ? n - k : CHUNK;
+            g_f32_overflows += st_from_f32(e->dtype, (const float *)e->data + k, conv, m);
+            rc = atomic_write(&a, conv, (size_t)m * 2);
+        }
+    }
+    free(conv);
     free(hdr);
     if (rc) {
         if (a.tmp) atomic_abort(&a);

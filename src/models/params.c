@@ -53,11 +53,15 @@ int params_check_size(const param_table *t, const char *what, const char *weight
                           "float32), more than the limit of %lld", what, t->total, gib,
                           (long long)PARAMS_MAX);
     struct stat st;
-    if (weights && stat(weights, &st) == 0 && S_ISREG(st.st_mode) &&
-        (uint64_t)st.st_size / 2 < (uint64_t)t->total)
-        return mapo_error("%s: the config declares %zu parameters but %s holds only %lld bytes "
+    if (!weights || stat(weights, &st) || !S_ISREG(st.st_mode)) return 0;
+    /* a sharded checkpoint: what its shards hold together */
+    const uint64_t bytes = st_is_index(weights) ? st_index_shard_bytes(weights)
+                                                : (uint64_t)st.st_size;
+    if (st_is_index(weights) && !bytes) return 0; /* unreadable index: the load says why */
+    if (bytes / 2 < (uint64_t)t->total)
+        return mapo_error("%s: the config declares %zu parameters but %s holds only %llu bytes "
                           "(at least 2 a parameter)", what, t->total, weights,
-                          (long long)st.st_size);
+                          (unsigned long long)bytes);
     return 0;
 }
 
@@ -122,15 +126,43 @@ static void shape_str(char *buf, size_t n, int ndim, const int64_t *s) {
     if (k < n) snprintf(buf + k, n - k, "]");
 }
 
-int params_load(param_table *t, const char *path, const char *prefix, int allow_extra) {
+/* one safetensors file, or a sharded checkpoint's index and shards */
+typedef struct {
+    int sharded;
     st_file f;
-    if (st_open(&f, path)) return -1;
+    st_index x;
+} weights_src;
+
+static int src_open(weights_src *w, const char *path) {
+    memset(w, 0, sizeof *w);
+    w->sharded = st_is_index(path);
+    return w->sharded ? st_index_open(&w->x, path) : st_open(&w->f, path);
+}
+
+static void src_close(weights_src *w) {
+    if (w->sharded) st_index_close(&w->x);
+    else st_close(&w->f);
+}
+
+static const st_tensor *src_find(const weights_src *w, const char *name) {
+    return w->sharded ? st_index_find(&w->x, name) : st_find(&w->f, name);
+}
+
+static int src_count(const weights_src *w) { return w->sharded ? w->x.n : w->f.n; }
+
+static const char *src_name(const weights_src *w, int i) {
+    return w->sharded ? w->x.names[i] : w->f.tensors[i].name;
+}
+
+int params_load(param_table *t, const char *path, const char *prefix, int allow_extra) {
+    weights_src f;
+    if (src_open(&f, path)) return -1;
     int rc = 0;
     char name[640];
     for (int i = 0; i < t->n && !rc; i++) {
         param_info *p = &t->p[i];
         snprintf(name, sizeof name, "%s%s", prefix, p->name);
-        const st_tensor *s = st_find(&f, name);
+        const st_tensor *s = src_find(&f, name);
         if (!s) {
             rc = mapo_error("%s: parameter '%s' is missing (the model config expects it; "
                             "is this the right config.json for these weights?)", path, name);
@@ -160,8 +192,8 @@ int params_load(param_table *t, const char *path, const char *prefix, int allow_
     }
     if (!rc && !allow_extra) {
         size_t pl = strlen(prefix);
-        for (int i = 0; i < f.n; i++) {
-            const char *nm = f.tensors[i].name;
+        for (int i = 0; i < src_count(&f); i++) {
+            const char *nm = src_name(&f, i);
             if (strncmp(nm, prefix, pl)) continue;
             if (params_find(t, nm + pl) < 0) {
                 rc = mapo_error("%s: tensor '%s' is not a parameter of this model "
@@ -170,7 +202,7 @@ int params_load(param_table *t, const char *path, const char *prefix, int allow_
             }
         }
     }
-    st_close(&f);
+    src_close(&f);
     return rc;
 }
 
