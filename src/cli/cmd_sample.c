@@ -54,6 +54,7 @@ int cmd_sample(int argc, char **argv) {
     int64_t steps = 30, seed = 0, height = 0, width = 0, rows = 0, tiled = -1, batch = 1;
     double guidance = -1;
     int quiet = 0;
+    const char *mixed = NULL;
     const char *variant = NULL;
     opt_def o[] = {
         {"variant", OPT_STR, &variant,
@@ -83,6 +84,8 @@ int cmd_sample(int argc, char **argv) {
         {"grid_rows", OPT_INT, &rows, "rows of the grid (default: about square)", 0},
         {"batch", OPT_INT, &batch, "images denoised together (1)", 0},
         {"quiet", OPT_FLAG, &quiet, "no progress", 0},
+        {"mixed_precision", OPT_STR, &mixed, "no | bf16 | fp16: the UNet's convolutions and "
+                                             "matrix products in bf16 (no; fp16 runs as bf16)", 0},
     };
     int r = args_parse(o, (int)(sizeof o / sizeof *o), argc, argv, 2,
                        "usage: mapo sample --model PIPELINE_DIR --prompt TEXT --out FILE.png "
@@ -90,6 +93,8 @@ int cmd_sample(int argc, char **argv) {
     mapo_set_weights_variant(variant);
     if (r) return r > 0 ? 0 : -1;
     if (!model || !out) return mapo_error("sample needs --model and --out");
+    int precision;
+    if (mixed_precision_parse(mixed, &precision)) return -1;
     if (!!prompt == !!prompts_file) return mapo_error("give exactly one of --prompt and --prompts_file");
     if (height < 0 || width < 0 || height > IMAGE_MAX_SIDE || width > IMAGE_MAX_SIDE)
         return mapo_error("--height and --width must be in 1..%d", IMAGE_MAX_SIDE);
@@ -120,6 +125,7 @@ int cmd_sample(int argc, char **argv) {
         rc = -1;
         goto done_p;
     }
+    p.unet.precision = precision;
     gen_config g;
     gen_config_default(&g);
     g.sampler = sampler;

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Mixed precision and gradient checkpointing through the CLI (docs/PRECISION.md):
+#  - --mixed_precision no is the float32 run bit for bit; fp16 says so once and runs as bf16;
+#  - --gradient_checkpointing gives bit-identical gradients (debug-step on the three parity
+#    models, MaPO and Diffusion-DPO) and bit-identical trained weights (mapo train), in float32
+#    and in bf16, and the memory plan shows the smaller activation figure;
+#  - a bf16 training run resumes bit-identically after a stop;
+#  - mapo sample and mapo bench run in bf16.
+source tests/cli/common.bash
+M=tests/fixtures/unet/sd15/model
+P=tests/fixtures/pipeline/sd15
+$MAPO make-pairs --model $M --out $TMP/p.safetensors --n 6 --res 8 --seq 7 >/dev/null || bad "make-pairs"
+tr=(--pretrained_model_name_or_path $M --dataset_name $TMP/p.safetensors --train_batch_size 2
+    --learning_rate 1e-3 --seed 3 --max_train_steps 3 --checkpointing_steps 0 --quiet)
+W=unet/diffusion_pytorch_model.safetensors
+same() { cmp -s "$1" "$2"; }
+
+# ---- gradients with and without checkpointing, bit for bit
+f0=$fails
+for c in sd15 sdxl mixed; do
+  F=tests/fixtures/unet/$c
+  for mp in no bf16; do
+    for loss in mapo dpo; do
+      $MAPO debug-step --model $F/model --ref $F/ref --loss $loss --batch $F/batch.safetensors \
+        --mixed_precision $mp --out $TMP/a.st >/dev/null 2>&1 || bad "debug-step $c $mp $loss"
+      $MAPO debug-step --model $F/model --ref $F/ref --loss $loss --batch $F/batch.safetensors \
+        --mixed_precision $mp --gradient_checkpointing --out $TMP/b.st >/dev/null 2>&1 \
+        || bad "debug-step $c $mp $loss --gradient_checkpointing"
+      same $TMP/a.st $TMP/b.st || bad "$c $mp $loss: gradients differ with --gradient_checkpointing"
+    done
+  done
+done
+[ $fails -eq $f0 ] && ok "checkpointed gradients bit-identical (3 models x float32 / bf16 x MaPO / Diffusion-DPO)"
+
+# ---- training: no = default; checkpointing identical; fp16 = bf16 with a note
+$MAPO train "${tr[@]}" --output_dir $TMP/f32 2>/dev/null || bad "float32 run"
+$MAPO train "${tr[@]}" --output_dir $TMP/no --mixed_precision no 2>/dev/null || bad "--mixed_precision no"
+same $TMP/f32/$W $TMP/no/$W && ok "--mixed_precision no is the float32 run bit for bit" || bad "no != default"
+$MAPO train "${tr[@]}" --output_dir $TMP/ck --gradient_checkpointing 2>$TMP/ck.log || bad "checkpointed run"
+same $TMP/f32/$W $TMP/ck/$W && ok "--gradient_checkpointing trains bit-identically (float32)" \
+  || bad "checkpointed training differs"
+$MAPO train "${tr[@]}" --output_dir $TMP/bf --mixed_precision bf16 2>/dev/null || bad "bf16 run"
+$MAPO train "${tr[@]}" --output_dir $TMP/bfck --mixed_precision bf16 --gradient_checkpointing 2>/dev/null \
+  || bad "bf16 checkpointed run"
+same $TMP/bf/$W $TMP/bfck/$W && ok "--gradient_checkpointing trains bit-identically (bf16)" \
+  || bad "bf16 checkpointed training differs"
+same $TMP/bf/$W $TMP/f32/$W && bad "bf16 run equals the float32 run: bf16 not in effect"
+$MAPO diff $TMP/bf/$W $TMP/f32/$W --tol 0.05 --quiet >/dev/null && ok "bf16 weights within 5% of float32's" \
+  || bad "bf16 weights far from float32: $($MAPO diff $TMP/bf/$W $TMP/f32/$W --tol 0.05 --quiet)"
+$MAPO train "${tr[@]}" --output_dir $TMP/fp16 --mixed_precision fp16 2>$TMP/fp16.log || bad "fp16 run"
+[ "$(grep -c 'note: --mixed_precision fp16' $TMP/fp16.log)" -eq 1 ] && same $TMP/fp16/$W $TMP/bf/$W \
+  && ok "fp16 notes once and runs as bf16" || bad "fp16: $(cat $TMP/fp16.log)"
+
+# ---- memory plan: checkpointing keeps fewer activations
+act() { sed -n 's/.*activations \([0-9]*\) MiB.*/\1/p' "$1" | head -1; }
+$MAPO train "${tr[@]}" --output_dir $TMP/plan 2>$TMP/plan.log >/dev/null || bad "plan run"
+grep -q "activations" $TMP/plan.log && grep -q "activations" $TMP/ck.log || bad "no memory plan line"
+a=$(act $TMP/plan.log); b=$(act $TMP/ck.log)
+[ -n "$a" ] && [ -n "$b" ] && [ "$b" -lt "$a" ] && ok "memory plan: activations $a MiB -> $b MiB with checkpointing" \
+  || bad "memory plan activations: $a vs $b MiB"
+
+# ---- bf16 resume: stop after 1 step, resume to 3 = uninterrupted
+$MAPO train "${tr[@]}" --output_dir $TMP/rs --mixed_precision bf16 --checkpointing_steps 1 \
+  --stop_after_steps 1 2>/dev/null
+$MAPO train "${tr[@]}" --output_dir $TMP/rs --mixed_precision bf16 --checkpointing_steps 1 \
+  --resume_from_checkpoint latest 2>/dev/null || bad "bf16 resume"
+same $TMP/rs/$W $TMP/bf/$W && ok "a bf16 run resumes bit-identically" || bad "bf16 resume not exact"
+
+# ---- sample and bench in bf16
+$MAPO sample --model $P --prompt "a red square" --num_inference_steps 2 --mixed_precision bf16 \
+  --out $TMP/s.png --quiet 2>/dev/null && [ -s $TMP/s.png ] && ok "mapo sample --mixed_precision bf16" \
+  || bad "sample bf16"
+$MAPO bench --config $M/config.json --res 8 --seq 7 --steps 1 --warmup 0 --mixed_precision bf16 \
+  --gradient_checkpointing --gemm_probe 0 >$TMP/bench.json 2>/dev/null \
+  && grep -q '"precision":"bf16","gradient_checkpointing":1' $TMP/bench.json \
+  && ok "mapo bench --mixed_precision bf16 --gradient_checkpointing" || bad "bench: $(cat $TMP/bench.json)"
+
+expect_error "unknown --mixed_precision" "--mixed_precision must be no, bf16 or fp16" \
+  $MAPO train "${tr[@]}" --output_dir $TMP/x --mixed_precision fp8
+expect_error "unknown --mixed_precision (bench)" "--mixed_precision must be" \
+  $MAPO bench --config $M/config.json --mixed_precision half
+finish
