@@ -34,11 +34,20 @@
  * Diffusion-DPO reference errors: with ref_unet set, the cache also stores ref_errors
  * [epochs, N, 2] (float64): the reference UNet's per-sample errors on exactly the noise and
  * timesteps `mapo train --seed S` will draw for pair i in epoch e. DPO then trains without a
- * reference model in memory. */
+ * reference model in memory.
+ *
+ * Precision (--cache_precision fp16 | bf16): latents (or pixel-space images), encoder_hidden_states
+ * and text_embeds are stored as F16 / BF16 (round to nearest even, as torch's .half() /
+ * .bfloat16()): about half the file. The reader (pairs.h) converts them to float32 once when the
+ * file is opened. fp16 refuses a value beyond its range (65504) naming the tensor and the pair;
+ * bf16 has float32's range. A cache is reused only at the precision asked (cache_matches; a
+ * precision_any config, mapo train without the flag, reuses any with a note). */
 #ifndef MAPO_CACHE_H
 #define MAPO_CACHE_H
 #include <stddef.h>
 #include <stdint.h>
+
+#include "mapo/safetensors.h"
 
 typedef struct {
     const char *model_dir;  /* pipeline folder */
@@ -66,10 +75,26 @@ typedef struct {
     int ref_if_paired;      /* single images: no reference errors instead of a refusal (KTO
                                trains on them with the reference UNet in memory); they must
                                then carry labels */
+    st_dtype precision;     /* --cache_precision: F32, F16 or BF16 for the latents / images,
+                               encoder_hidden_states and text_embeds (time_ids, labels stay F32;
+                               ref_errors F64); recorded as metadata "cache_precision" */
+    int precision_any;      /* cache_matches accepts a cache of any precision (with a note):
+                               mapo train without --cache_precision reuses what it built */
     int quiet;
 } cache_config;
 
+/* Zeroes c; precision and precision_any = the process default (cache_set_default_precision;
+   F32, exact, unless set). */
 void cache_config_default(cache_config *c);
+/* mapo train --cache_precision: the precision of the caches it builds (its trainer fills a
+   cache_config from cache_config_default); asked = 0 (no flag): F32 for a new cache, and an
+   existing cache of another precision is reused with a note instead of rebuilt. */
+void cache_set_default_precision(st_dtype d, int asked);
+/* mapo train --cache_precision P with --dataset_name a ready .safetensors cache / pair file:
+   0 when it holds P (metadata "cache_precision", else the dtype of 'chosen') or is not a
+   .safetensors file (or unreadable: training reports that); else -1 + mapo_error (the flag
+   applies when a dataset is encoded). */
+int cache_check_given(const char *dataset, st_dtype want);
 int cache_build(const cache_config *c);
 
 /* 0 when the cache at path carries the metadata a cache built with c would (same models, data

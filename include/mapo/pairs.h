@@ -8,6 +8,8 @@
  *   desirable [N] (1 / 0: Diffusion-KTO's unpaired data).
  *   Without 'rejected' the file holds single captioned images (chosen only): what plain
  *   denoising training (pretraining, SFT) reads; preference losses refuse it. Float dtypes F32/F16/BF16/F64; F32 is used in place (mmap).
+ *   F16 / BF16 (mapo cache --cache_precision) are converted to float32 once, when the file is
+ *   opened: half the disk, not half the memory (the consumers index float32 rows in place).
  * Debug batch (safetensors): sample [2B,C,H,W], timestep [2B] (int or float),
  *   encoder_hidden_states [2B,S,D], target [2B,C,H,W], optional text_embeds, time_ids. */
 #ifndef MAPO_PAIRS_H

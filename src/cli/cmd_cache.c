@@ -16,7 +16,7 @@ int cmd_cache(int argc, char **argv) {
     int64_t res = 0, vbatch = 8;
     const char *bad = "skip", *latents = "sample", *config_dir = NULL;
     static char model_buf[4096], ref_buf[4096];
-    const char *variant = NULL;
+    const char *variant = NULL, *prec = "float32";
     opt_def o[] = {
         {"variant", OPT_STR, &variant,
          "read <name>.<variant>.safetensors weights (e.g. fp16) where the folders have them", 0},
@@ -52,6 +52,9 @@ int cmd_cache(int argc, char **argv) {
         {"ref_model", OPT_STR, &c.ref_unet,
          "also store Diffusion-DPO reference errors of this UNet (folder or pipeline)", 0},
         {"ref_epochs", OPT_INT, &c.ref_epochs, "epochs of reference errors to store (1)", 0},
+        {"cache_precision", OPT_STR, &prec,
+         "float32 | fp16 | bf16: dtype of the latents (or images) and text embeddings; fp16 / "
+         "bf16 halve the file and are read back as float32 (float32)", 0},
         {"quiet", OPT_FLAG, &c.quiet, "no progress", 0},
     };
     int r = args_parse(o, (int)(sizeof o / sizeof *o), argc, argv, 2,
@@ -62,6 +65,7 @@ int cmd_cache(int argc, char **argv) {
     c.vae_batch = (int)vbatch;
     if (r) return r > 0 ? 0 : -1;
     if ((c.on_bad_image = pref_parse_on_bad_image(bad)) < 0) return -1;
+    if (st_precision_parse(prec, "--cache_precision", &c.precision)) return -1;
     if (!strcmp(latents, "mean")) c.latents_mean = 1;
     else if (strcmp(latents, "sample")) return mapo_error("--vae_latents must be sample or mean");
     if (res < 0 || res > 8192) return mapo_error("--resolution must be in 1..8192");

@@ -23,9 +23,43 @@
 enum { STREAM_VAE_NOISE = 0xcac4e, STREAM_SUBSET = 0x5b5e7 };
 #define CACHE_VERSION "1"
 
+static st_dtype g_default_precision = ST_F32;
+static int g_default_any;
+
+void cache_set_default_precision(st_dtype d, int asked) {
+    g_default_precision = d == ST_F16 || d == ST_BF16 ? d : ST_F32;
+    g_default_any = !asked;
+}
+
 void cache_config_default(cache_config *c) {
     memset(c, 0, sizeof *c);
     c->on_bad_image = ON_BAD_IMAGE_SKIP;
+    c->precision = g_default_precision;
+    c->precision_any = g_default_any;
+}
+
+/* the precision of a cache: its metadata, or (pair files of other makers) the dtype of 'chosen' */
+static const char *precision_of(const st_file *f) {
+    const char *m = st_meta(f, "cache_precision");
+    if (m) return m;
+    const st_tensor *t = st_find(f, "chosen");
+    return st_precision_name(t ? t->dtype : ST_F32);
+}
+
+int cache_check_given(const char *dataset, st_dtype want) {
+    const size_t dl = dataset ? strlen(dataset) : 0;
+    if (dl < 12 || strcmp(dataset + dl - 12, ".safetensors")) return 0;
+    st_file f;
+    if (st_open(&f, dataset)) return 0; /* training says what is wrong with it */
+    const char *have = precision_of(&f);
+    int rc = 0;
+    if (strcmp(have, st_precision_name(want)))
+        rc = mapo_error("%s holds %s latents and embeddings, --cache_precision asks %s: the flag "
+                        "applies when a dataset is encoded (rebuild it with mapo cache "
+                        "--cache_precision %s, or leave the flag out to train from it as it is)",
+                        dataset, have, st_precision_name(want), st_precision_name(want));
+    st_close(&f);
+    return rc;
 }
 
 /* ------------------------------------------------------------------ fingerprints */
@@ -137,12 +171,13 @@ static json_t *meta_of(const cache_config *c, int resolution, int pixel_ch) {
     snprintf(mp, sizeof mp, "%lld%s", (long long)c->max_pairs,
              c->max_pairs > 0 && c->sample_pairs ? " (seeded subset)" : "");
     const char *latents = pixel_ch ? "none (pixel space)" : c->latents_mean ? "mean" : "sample";
-    json_t *m = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "mapo_cache",
+    json_t *m = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "mapo_cache",
                           CACHE_VERSION, "model_fingerprint", mf, "dataset_fingerprint", df,
                           "resolution", res, "crop", c->random_crop ? "random" : "center",
                           "hflip", c->no_hflip ? "no" : "p=0.5", "latents", latents, "seed",
                           seed, "max_pairs", mp, "on_bad_image",
-                          c->on_bad_image == ON_BAD_IMAGE_FAIL ? "fail" : "skip");
+                          c->on_bad_image == ON_BAD_IMAGE_FAIL ? "fail" : "skip",
+                          "cache_precision", st_precision_name(c->precision));
     if (m && pixel_ch)
         json_object_set_new(m, "pixel_channels",
                             json_string(pixel_ch == 1 ? PIXEL_GRAY : PIXEL_RGB));
@@ -172,16 +207,25 @@ int cache_matches(const char *path, const cache_config *c) {
         return -1;
     }
     int rc = 0;
-    const char *k;
+    const char *k, *kept = NULL;
     json_t *v;
     json_object_foreach(w, k, v) {
         const char *have = st_meta(&f, k);
+        /* caches made before the key existed are float32 */
+        if (!have && !strcmp(k, "cache_precision")) have = "float32";
+        if (c->precision_any && !strcmp(k, "cache_precision")) {
+            if (strcmp(have, json_string_value(v))) kept = have;
+            continue;
+        }
         if (!have || strcmp(have, json_string_value(v))) {
             rc = mapo_error("%s: cache made with %s = %s, this run needs %s", path, k,
                             have ? have : "(none)", json_string_value(v));
             break;
         }
     }
+    if (!rc && kept)
+        mapo_log(1, "note: %s holds %s latents and embeddings (no --cache_precision given: "
+                    "kept as it is)\n", path, kept);
     st_close(&f);
     json_decref(w);
     return rc;
@@ -260,6 +304,20 @@ static uint8_t *subset_mask(int64_t n, int64_t k, uint64_t seed) {
     for (int64_t i = 0; i < k; i++) m[perm[i]] = 1;
     free(perm);
     return m;
+}
+
+/* row j (n values) of tensor t, stored as dt: float32 as it is, F16 / BF16 converted through
+   conv (n entries); an fp16 overflow is refused (the reader refuses non-finite values) */
+static int put_rows(st_writer *w, int t, const char *name, st_dtype dt, int64_t j,
+                    const float *x, int64_t n, uint16_t *conv) {
+    if (dt == ST_F32) return st_writer_put(w, t, (size_t)(j * n) * 4, x, (size_t)n * 4);
+    if (st_from_f32(dt, x, conv, n)) {
+        float mx = 0;
+        for (int64_t i = 0; i < n; i++) mx = fabsf(x[i]) > mx ? fabsf(x[i]) : mx;
+        return mapo_error("%s holds a value of magnitude %g, beyond fp16's range (65504): use "
+                          "--cache_precision bf16 (float32's range) or float32", name, (double)mx);
+    }
+    return st_writer_put(w, t, (size_t)(j * n) * 2, conv, (size_t)n * 2);
 }
 
 int cache_build(const cache_config *c) {
@@ -349,6 +407,9 @@ int cache_build(const cache_config *c) {
     if (!rc && !paired && c->ref_if_paired && !labelled)
         rc = mapo_error("%s holds single images without labels: --loss kto needs each image "
                         "labelled desirable or not (a manifest's \"label\": 1 / 0)", c->dataset);
+    /* --cache_precision: the images / latents and the prompt embeddings as F16 / BF16 */
+    const st_dtype dt = c->precision == ST_F16 || c->precision == ST_BF16 ? c->precision : ST_F32;
+    const size_t es = st_dtype_size(dt);
     st_writer *w = st_writer_new();
     if (!rc) {
         const char *k;
@@ -359,16 +420,16 @@ int cache_build(const cache_config *c) {
         st_writer_meta(w, "pairs", nbuf);
         const int64_t ishape[4] = {N, L, h, h};
         t_img[0] = nt++;
-        st_writer_add_empty(w, "chosen", ST_F32, 4, ishape);
+        st_writer_add_empty(w, "chosen", dt, 4, ishape);
         if (paired) {
             t_img[1] = nt++;
-            st_writer_add_empty(w, "rejected", ST_F32, 4, ishape);
+            st_writer_add_empty(w, "rejected", dt, 4, ishape);
         }
         t_ehs = nt++;
-        st_writer_add_empty(w, "encoder_hidden_states", ST_F32, 3, (int64_t[]){N, S, D});
+        st_writer_add_empty(w, "encoder_hidden_states", dt, 3, (int64_t[]){N, S, D});
         if (P) {
             t_te = nt++;
-            st_writer_add_empty(w, "text_embeds", ST_F32, 2, (int64_t[]){N, P});
+            st_writer_add_empty(w, "text_embeds", dt, 2, (int64_t[]){N, P});
             t_tid = nt++;
             st_writer_add_empty(w, "time_ids", ST_F32, 2, (int64_t[]){N, 6});
         }
@@ -378,18 +439,20 @@ int cache_build(const cache_config *c) {
         }
         if (flips) {
             t_img[per] = nt++;
-            st_writer_add_empty(w, "chosen_hflip", ST_F32, 4, ishape);
+            st_writer_add_empty(w, "chosen_hflip", dt, 4, ishape);
             if (paired) {
                 t_img[3] = nt++;
-                st_writer_add_empty(w, "rejected_hflip", ST_F32, 4, ishape);
+                st_writer_add_empty(w, "rejected_hflip", dt, 4, ishape);
             }
         }
-        double gib = (double)N * (nimg * lat + (int64_t)S * D + P + 6) * 4 / 1073741824.0;
+        double gib = (double)N * ((nimg * lat + (int64_t)S * D + P) * (double)es + 6 * 4) /
+                     1073741824.0;
         if (!c->quiet)
-            mapo_log(1, "mapo cache: %lld %s at %dx%d%s -> %s (%.2f GiB)\n", (long long)N, unit,
-                     res, res,
+            mapo_log(1, "mapo cache: %lld %s at %dx%d%s -> %s (%.2f GiB%s%s)\n", (long long)N,
+                     unit, res, res,
                      !p.pixel ? "" : pixel_ch == 1 ? " (pixel space, gray)" : " (pixel space, RGB)",
-                     c->out, gib);
+                     c->out, gib, dt != ST_F32 ? ", " : "",
+                     dt != ST_F32 ? st_precision_name(dt) : "");
         /* one live writer per folder (a no-op when mapo train already holds it) */
         rc = mapo_lock_parent(c->out);
         if (!rc) rc = st_writer_begin(w, c->out);
@@ -397,6 +460,11 @@ int cache_build(const cache_config *c) {
     float *z = xmalloc(nimg * lat * sizeof(float));
     float *noise = p.pixel ? NULL : xmalloc(nimg * lat * sizeof(float));
     float *ehs = xmalloc((size_t)S * D * sizeof(float)), *pooled = xmalloc((P ? P : 1) * sizeof(float));
+    int64_t cmax = (int64_t)S * D > nimg * lat ? (int64_t)S * D : nimg * lat;
+    if (P > cmax) cmax = P;
+    uint16_t *conv = dt != ST_F32 ? xmalloc((size_t)cmax * sizeof(uint16_t)) : NULL;
+    const char *img_names[4] = {"chosen", paired ? "rejected" : "chosen_hflip", "chosen_hflip",
+                                "rejected_hflip"};
     const double t0 = mapo_now();
     for (int64_t j = 0; j < N && !rc; j++) {
         char *cap = NULL;
@@ -433,8 +501,8 @@ int cache_build(const cache_config *c) {
         if (!rc) rc = pipeline_encode_prompts(&p, &cp, 1, ehs, P ? pooled : NULL);
         free(cap);
         for (int k = 0; k < nimg && !rc; k++)
-            rc = st_writer_put(w, t_img[k], j * lat * 4, z + k * lat, lat * 4);
-        if (!rc) rc = st_writer_put(w, t_ehs, j * (size_t)S * D * 4, ehs, (size_t)S * D * 4);
+            rc = put_rows(w, t_img[k], img_names[k], dt, j, z + k * lat, lat, conv);
+        if (!rc) rc = put_rows(w, t_ehs, "encoder_hidden_states", dt, j, ehs, (int64_t)S * D, conv);
         if (!rc && labelled) {
             const float lab = (float)pref_dataset_label(ds, keep[j]);
             rc = st_writer_put(w, t_lab, j * sizeof(float), &lab, sizeof(float));
@@ -442,7 +510,7 @@ int cache_build(const cache_config *c) {
         if (!rc && P) {
             float tid[6];
             pipeline_time_ids(tid, orig[0], orig[1], crop[0], crop[1], res, res);
-            rc = st_writer_put(w, t_te, j * (size_t)P * 4, pooled, (size_t)P * 4);
+            rc = put_rows(w, t_te, "text_embeds", dt, j, pooled, P, conv);
             if (!rc) rc = st_writer_put(w, t_tid, j * 24, tid, 24);
         }
         if (rc)
@@ -450,6 +518,7 @@ int cache_build(const cache_config *c) {
                                    (long long)keep[j]);
         progress(c, paired ? "encoding pairs" : "encoding images", j + 1, N, t0);
     }
+    free(conv);
     free(z);
     free(noise);
     free(ehs);
@@ -485,10 +554,18 @@ int cache_build(const cache_config *c) {
     cache_config cr = *c;
     if (cr.ref_epochs < 1) cr.ref_epochs = (c->ref_pair_visits + pf.N - 1) / pf.N;
     c = &cr;
+    /* the reference's fingerprint first: a UNet folder it cannot fingerprint (sharded weights)
+       gets no cached errors (training then keeps the reference UNet in memory) */
+    char rf[32], ep[32];
+    if (unet_dir_fingerprint(c->ref_unet, rf, sizeof rf)) {
+        mapo_log(1, "note: reference errors not cached (%s); training will run the reference "
+                    "UNet\n", mapo_last_error());
+        pair_file_close(&pf);
+        json_decref(meta);
+        return 0;
+    }
     double *ref = xmalloc((size_t)c->ref_epochs * pf.N * 2 * sizeof(double));
     rc = reference_errors(c, &pf, ref);
-    char rf[32], ep[32];
-    if (!rc) rc = unet_dir_fingerprint(c->ref_unet, rf, sizeof rf);
     if (!rc) {
         w = st_writer_new();
         for (int i = 0; i < pf.f.n_meta; i++) st_writer_meta(w, pf.f.meta_keys[i], pf.f.meta_values[i]);

@@ -11,6 +11,7 @@
 #include "mapo/checkpoint.h"
 #include "mapo/common.h"
 #include "mapo/interrupt.h"
+#include "mapo/safetensors.h"
 
 int watchers_step(watcher **ws, int n, const run_view *r, const step_report *s) {
     for (int i = 0; i < n; i++)
@@ -141,11 +142,24 @@ watcher *watch_checkpoints(void) {
 static int final_end(watcher *w, const run_view *r, int64_t step, run_end how) {
     (void)w;
     if (how != RUN_DONE) return 0;
-    if (ckpt_save_final(r->u, r->c->output_dir, r->c->lora_format)) return -1;
-    mapo_log(1, "saved %s/%s (%lld steps; peak RSS %.1f MiB)\n", r->c->output_dir,
-             !r->u->lora.n ? "unet" : r->c->lora_format == 2 ? "lora_kohya.safetensors"
-             : "pytorch_lora_weights.safetensors", (long long)step,
-             mapo_peak_rss() / 1048576.0);
+    /* --save_precision: the final weights' float32 tensors stored as F16 / BF16 by the writer
+       (round to nearest even as torch's .half() / .bfloat16()); checkpoints stay float32 */
+    const st_dtype sp = r->c->save_precision;
+    st_f32_overflows(1);
+    const st_dtype was = st_set_f32_store(sp);
+    const int rc = ckpt_save_final(r->u, r->c->output_dir, r->c->lora_format);
+    st_set_f32_store(was);
+    const int64_t n_inf = st_f32_overflows(1);
+    if (rc) return -1;
+    const char *what = !r->u->lora.n ? "unet" : r->c->lora_format == 2 ? "lora_kohya.safetensors"
+                       : "pytorch_lora_weights.safetensors";
+    mapo_log(1, "saved %s/%s%s%s (%lld steps; peak RSS %.1f MiB)\n", r->c->output_dir, what,
+             sp != ST_F32 ? " as " : "", sp != ST_F32 ? st_precision_name(sp) : "",
+             (long long)step, mapo_peak_rss() / 1048576.0);
+    if (n_inf)
+        mapo_log(1, "warning: %lld weight value(s) of %s/%s are beyond fp16's range (65504) and "
+                    "became inf, as torch's .half() does (mapo refuses to load non-finite weights; "
+                    "bf16 or float32 keeps them)\n", (long long)n_inf, r->c->output_dir, what);
     return 0;
 }
 
