@@ -390,8 +390,14 @@ def main():
         for k in ("mapo", "dpo", "sft"):
             if s[k]["missing_grads"]:
                 print(f"  WARNING {name}/{k}: no gradient for {s[k]['missing_grads']}", file=sys.stderr)
-    with open(os.path.join(a.out, "README.md"), "w") as f:
-        f.write(README)
+    # keep the sections other scripts own (from "## autocast_bf16", make_bf16_fixtures.py's)
+    readme, tail = os.path.join(a.out, "README.md"), ""
+    if os.path.exists(readme):
+        old = open(readme).read()
+        k = old.find("\n## autocast_bf16")
+        tail = old[k:] if k >= 0 else ""
+    with open(readme, "w") as f:
+        f.write(README.rstrip("\n") + "\n" + tail if tail else README)
     total = 0
     for root, _, files in os.walk(a.out):
         for fn in files:
