@@ -47,6 +47,8 @@ int mapo_is_file(const char *path);
 void mapo_set_weights_variant(const char *variant);
 /* dir/file (file = "<name>.safetensors") resolved for the variant. */
 void mapo_weights_path(char *buf, size_t n, const char *dir, const char *file);
+/* The --variant set by mapo_set_weights_variant, or NULL. */
+const char *mapo_weights_variant(void);
 
 /* Wall clock seconds (monotonic). */
 double mapo_now(void);

@@ -6,6 +6,7 @@
 
 #include "args.h"
 #include "cmds.h"
+#include "mapo/cache.h"
 #include "mapo/common.h"
 #include "mapo/curves.h"
 #include "mapo/dataset.h"
@@ -39,6 +40,7 @@ int cmd_train(int argc, char **argv) {
     const char *loss = "mapo", *sched = "constant", *report_to = "tensorboard";
     const char *variant = NULL;
     const char *logging_dir = "logs", *tracker = "mapo", *mixed = NULL, *lora_fmt = "diffusers";
+    const char *save_prec = "float32", *cache_prec = NULL;
     int64_t lora_rank = 0, res = 0;
     double label_noise = -1;
     const char *bad = "skip", *config_dir = NULL;
@@ -145,6 +147,13 @@ int cmd_train(int argc, char **argv) {
         {"mixed_precision", OPT_STR, &mixed,
          "no | bf16 | fp16: bf16 runs convolutions and matrix products in bfloat16 with "
          "float32 accumulation and float32 master weights; fp16 runs as bf16 on a CPU (no)", 0},
+        {"save_precision", OPT_STR, &save_prec,
+         "float32 | fp16 | bf16: dtype of the final unet/ or LoRA weights (round to nearest "
+         "even; checkpoints stay float32) (float32) [mapo]", 0},
+        {"cache_precision", OPT_STR, &cache_prec,
+         "float32 | fp16 | bf16: dtype of the latents and text embeddings when the image "
+         "dataset is cached (half the disk; read back as float32); without it a new cache is "
+         "float32 and an existing one is kept as it is [mapo]", 0},
         {"gradient_checkpointing", OPT_FLAG, &grad_ckpt,
          "recompute each block's activations in backward instead of keeping them", 0},
         {"no_memory_check", OPT_FLAG, &c.no_memory_check,
@@ -198,6 +207,12 @@ int cmd_train(int argc, char **argv) {
     }
     if (mixed_precision_parse(mixed, &c.precision)) return -1;
     c.gradient_checkpointing = grad_ckpt;
+    if (st_precision_parse(save_prec, "--save_precision", &c.save_precision) ||
+        st_precision_parse(cache_prec ? cache_prec : "float32", "--cache_precision",
+                           &c.cache_precision) ||
+        (cache_prec && cache_check_given(c.dataset, c.cache_precision)))
+        return -1;
+    cache_set_default_precision(c.cache_precision, cache_prec != NULL); /* for run_data */
     if (scale_lr) c.learning_rate *= (double)c.train_batch_size * (double)c.grad_accum;
     if (!run_validation) c.validation_steps = 0;
     else if (c.validation_steps < 1) return mapo_error("--validation_steps must be >= 1");

@@ -105,6 +105,8 @@ void mapo_set_weights_variant(const char *variant) {
     g_variant = variant && *variant ? variant : NULL;
 }
 
+const char *mapo_weights_variant(void) { return g_variant; }
+
 void mapo_weights_path(char *buf, size_t n, const char *dir, const char *file) {
     const size_t fl = strlen(file), ext = strlen(".safetensors");
     if (g_variant && fl > ext && !strcmp(file + fl - ext, ".safetensors")) {

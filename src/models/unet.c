@@ -553,14 +553,16 @@ int unet_load_dir(unet *u, const char *dir, int with_grad) {
     memset(u, 0, sizeof *u);
     if (resolve_dir(dir, d, sizeof d)) return -1;
     char w[4200];
-    mapo_weights_path(w, sizeof w, d, "diffusion_pytorch_model.safetensors"); /* --variant */
+    /* --variant, one file or sharded (an index and its shards) */
+    const int found = !st_weights_find(w, sizeof w, d, "diffusion_pytorch_model.safetensors");
     snprintf(p, sizeof p, "%s/config.json", d);
     if (load_config(u, p, w, with_grad)) return -1;
     snprintf(p, sizeof p, "%s", w);
-    if (!mapo_is_file(p)) {
+    if (!found) {
         unet_free(u);
-        return mapo_error("%s: no diffusion_pytorch_model.safetensors (sharded or .bin "
-                          "checkpoints are not supported; re-save with safe_serialization)", d);
+        return mapo_error("%s: no diffusion_pytorch_model.safetensors (nor a sharded "
+                          "diffusion_pytorch_model.safetensors.index.json; .bin checkpoints are "
+                          "not supported: re-save with safe_serialization)", d);
     }
     if (params_load(&u->params, p, "", 0)) {
         unet_free(u);
