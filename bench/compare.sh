@@ -21,6 +21,7 @@
 #   --torch_precisions LIST         the PyTorch runs, comma-separated from no,bf16 (overrides the above)
 #   --no_mapo                       PyTorch only (e.g. float32 against bf16 autocast)
 #   --raw FILE                      also write every program's JSON line, "label<TAB>json", to FILE
+# environment: MAPO (the binary, ./mapo), PYTHON (python3)
 #
 # e.g.  bash bench/compare.sh bench/bench_unet_dh64.json mapo 3 --mixed_precision bf16 --gradient_checkpointing
 #       bash bench/compare.sh bench/bench_unet_dh64.json mapo 3 --no_mapo --torch_precisions no,bf16
@@ -45,7 +46,7 @@ while [ $# -gt 0 ]; do
     --torch_precisions) need "$@"; torch_list=$2; shift 2 ;;
     --no_mapo) run_mapo=0; shift ;;
     --raw) need "$@"; raw=$2; shift 2 ;;
-    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "compare.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -78,11 +79,11 @@ run() {  # label command...
 }
 for i in $(seq "$rounds"); do
   if [ $run_mapo = 1 ]; then
-    run mapo env OMP_NUM_THREADS="$threads" ./mapo "${mapo_args[@]}"
+    run mapo env OMP_NUM_THREADS="$threads" "${MAPO:-./mapo}" "${mapo_args[@]}"
   fi
   for p in "${tps[@]}"; do
     label=torch_f32; [ "$p" = bf16 ] && label=torch_bf16
-    run "$label" python3 tools/bench_torch.py --config "$cfg" --loss "$loss" --threads "$threads" \
+    run "$label" "${PYTHON:-python3}" tools/bench_torch.py --config "$cfg" --loss "$loss" --threads "$threads" \
         --mixed_precision "$p" "${common[@]}"
   done
   echo "round $i/$rounds done" >&2
@@ -150,8 +151,8 @@ if "torch_f32" in P and "torch_bf16" in P:
         "train_mem": ratio(P["torch_bf16"]["train_mem_mb"], P["torch_f32"]["train_mem_mb"]),
         "peak_rss": ratio(P["torch_bf16"]["peak_rss_mb"], P["torch_f32"]["peak_rss_mb"])}
 
-def f(v, fmt):
-    return "n/a" if v is None else format(v, fmt)
+def f(v, fmt, unit=""):
+    return "n/a" if v is None else format(v, fmt) + unit
 
 print(f"{cfg} {loss}, medians of {rounds} interleaved round(s); flags: {flags}"
       + ("" if mp == "default" else f" --mixed_precision {mp}"))
@@ -165,9 +166,9 @@ for label, s in P.items():
           f"{f(s['gemm_ceiling_gflops'], '.0f'):>8} {f(s['utilisation'], '.1%'):>6}")
     print(f"  {'':<11} step_s per round: {' '.join(f(x, '.3f') for x in s['step_s_rounds'])}")
 for name, r in summary["ratios"].items():
-    extra = (f" (median of per-round ratios {f(r['speed_median_of_rounds'], '.2f')}x)"
+    extra = (f" (median of per-round ratios {f(r['speed_median_of_rounds'], '.2f', 'x')})"
              if "speed_median_of_rounds" in r else "")
-    print(f"  {name}: speed {f(r['speed'], '.2f')}x{extra}, training memory {f(r['train_mem'], '.2f')}x, "
-          f"peak RSS {f(r['peak_rss'], '.2f')}x")
+    print(f"  {name}: speed {f(r['speed'], '.2f', 'x')}{extra}, training memory "
+          f"{f(r['train_mem'], '.2f', 'x')}, peak RSS {f(r['peak_rss'], '.2f', 'x')}")
 print(json.dumps(summary))
 PY

@@ -26,7 +26,9 @@
 # --check: before timing, one batch through the same weights in float32 and under bf16 autocast;
 #   prints the relative differences of the losses, of the per-sample errors and of the UNet
 #   predictions to stderr (the errors average ~4k squared differences each, so their bf16 noise
-#   mostly cancels: the loss differs by ~1e-4..1e-3 while the prediction differs by ~1e-2).
+#   mostly cancels: the loss differs by ~1e-4..1e-3 while the prediction differs by ~1e-2). With
+#   --loss dpo the check says 0 for the loss: before any step the policy is the reference, both
+#   run in the same precision, and the loss is exactly log 2.
 #
 # Memory: rss_base_mb = VmRSS after importing torch + diffusers (+ peft), before anything is built;
 # peak_rss_mb = the process's high-water mark (ru_maxrss) right after the timed steps (before the
