@@ -30,6 +30,11 @@ typedef struct {
        flips each (epoch, pair) with p = 0.5 */
     const float *chosen_hflip, *rejected_hflip;
     float *owned[7]; /* converted copies for non-F32 inputs */
+    /* F16 / BF16 tensors (a --cache_precision fp16 / bf16 cache), in the order of owned[]:
+       chosen, rejected, ehs, text_embeds, time_ids, chosen_hflip, rejected_hflip. They stay in
+       the mapping (their float pointer above is NULL) and pair_file_rows converts the rows a
+       batch needs, so a half cache costs half the memory as well as half the disk. */
+    const st_tensor *half[7];
     const double *ref_errors; /* [ref_epochs, N, 2] cached Diffusion-DPO reference errors, or NULL */
     int64_t ref_epochs;
     double *ref_owned;
@@ -40,8 +45,16 @@ typedef struct {
 /* Open and validate against the model (channels, cross_attention_dim, text_time). */
 int pair_file_open(pair_file *p, const char *path, const unet_config *c);
 void pair_file_close(pair_file *p);
-/* encoder_hidden_states [S,D] of pair idx */
-const float *pair_file_ehs(const pair_file *p, int64_t idx);
+/* The tensors of a pair file, in the order of owned[] / half[] */
+enum { PF_CHOSEN, PF_REJECTED, PF_EHS, PF_TEXT_EMBEDS, PF_TIME_IDS, PF_CHOSEN_HFLIP,
+       PF_REJECTED_HFLIP };
+/* 1 when the file holds tensor k (PF_*) */
+int pair_file_has(const pair_file *p, int k);
+/* Row `row` of tensor k (row = one pair's latent [C,H,W], one prompt's [S,D], one pair's
+   text_embeds [P] or time_ids [6]) as float32 into dst. */
+void pair_file_row(const pair_file *p, int k, int64_t row, float *dst);
+/* encoder_hidden_states [S,D] of pair idx into dst */
+void pair_file_ehs(const pair_file *p, int64_t idx, float *dst);
 
 typedef struct {
     int n; /* 2B */

@@ -9,8 +9,35 @@
 
 /* Tensor `name` as float32: in place when F32 and aligned, else converted into *owned.
    Checks ndim and, where want[k] >= 0, each dimension. */
+/* A half tensor kept in the mapping: every value must be finite (checked here, nothing kept) */
+static int keep_half(const st_file *f, const char *name, const st_tensor *t,
+                     const st_tensor **half) {
+    const uint16_t *h = t->data;
+    for (int64_t i = 0; i < t->numel; i++) {
+        uint16_t v;
+        memcpy(&v, h + i, 2); /* the mapping may be unaligned */
+        const float x = t->dtype == ST_F16 ? st_half_to_float(v) : st_bf16_to_float(v);
+        if (!isfinite(x))
+            return mapo_error("%s: tensor '%s' holds a non-finite value (index %lld)", f->path,
+                              name, (long long)i);
+    }
+    *half = t;
+    return 0;
+}
+
+/* As get_f32; with half != NULL an F16 / BF16 tensor is kept in the mapping (*out NULL). */
+static int get_f32_or_half(const st_file *f, const char *name, int ndim, const int64_t *want,
+                           const float **out, float **owned, const st_tensor **half,
+                           int optional);
+
 static int get_f32(const st_file *f, const char *name, int ndim, const int64_t *want,
                    const float **out, float **owned, int optional) {
+    return get_f32_or_half(f, name, ndim, want, out, owned, NULL, optional);
+}
+
+static int get_f32_or_half(const st_file *f, const char *name, int ndim, const int64_t *want,
+                           const float **out, float **owned, const st_tensor **half,
+                           int optional) {
     const st_tensor *t = st_find(f, name);
     *out = NULL;
     if (!t) {
@@ -24,6 +51,7 @@ static int get_f32(const st_file *f, const char *name, int ndim, const int64_t *
         if (want[k] >= 0 && t->shape[k] != want[k])
             return mapo_error("%s: tensor '%s' dimension %d is %lld, expected %lld", f->path,
                               name, k, (long long)t->shape[k], (long long)want[k]);
+    if (half && (t->dtype == ST_F16 || t->dtype == ST_BF16)) return keep_half(f, name, t, half);
     if (t->dtype == ST_F32 && ((uintptr_t)t->data % sizeof(float)) == 0) {
         *out = t->data;
     } else {
@@ -88,9 +116,9 @@ int pair_file_open(pair_file *p, const char *path, const unet_config *c) {
                         "%d", path, p->D, c->cross_dim);
     p->n_prompts = table ? eh->shape[0] : p->N;
     int64_t img[4] = {p->N, p->C, p->H, p->W}, e[3] = {p->n_prompts, p->S, p->D};
-    if (!rc) rc = get_f32(&p->f, "chosen", 4, img, &p->chosen, &p->owned[0], 0);
-    if (!rc) rc = get_f32(&p->f, "rejected", 4, img, &p->rejected, &p->owned[1], 1);
-    if (!rc) rc = get_f32(&p->f, eh_name, 3, e, &p->ehs, &p->owned[2], 0);
+    if (!rc) rc = get_f32_or_half(&p->f, "chosen", 4, img, &p->chosen, &p->owned[0], &p->half[0], 0);
+    if (!rc) rc = get_f32_or_half(&p->f, "rejected", 4, img, &p->rejected, &p->owned[1], &p->half[1], 1);
+    if (!rc) rc = get_f32_or_half(&p->f, eh_name, 3, e, &p->ehs, &p->owned[2], &p->half[2], 0);
     if (!rc && p->n_prompts < 1) rc = mapo_error("%s: prompt_embeds holds no prompt", path);
     if (!rc && table) {
         const float *pi;
@@ -112,8 +140,8 @@ int pair_file_open(pair_file *p, const char *path, const unet_config *c) {
     }
     if (!rc && c->text_time) {
         int64_t te[2] = {p->N, -1}, ti[2] = {p->N, 6};
-        rc = get_f32(&p->f, "text_embeds", 2, te, &p->text_embeds, &p->owned[3], 0);
-        if (!rc) rc = get_f32(&p->f, "time_ids", 2, ti, &p->time_ids, &p->owned[4], 0);
+        rc = get_f32_or_half(&p->f, "text_embeds", 2, te, &p->text_embeds, &p->owned[3], &p->half[3], 0);
+        if (!rc) rc = get_f32_or_half(&p->f, "time_ids", 2, ti, &p->time_ids, &p->owned[4], &p->half[4], 0);
         if (!rc) p->P = (int)st_find(&p->f, "text_embeds")->shape[1];
         if (!rc && p->P + 6 * c->add_time_dim != c->proj_class_dim)
             rc = mapo_error("%s: text_embeds width %d does not fit the model "
@@ -121,8 +149,8 @@ int pair_file_open(pair_file *p, const char *path, const unet_config *c) {
                             c->proj_class_dim, c->add_time_dim);
     }
     if (!rc && (st_find(&p->f, "chosen_hflip") || st_find(&p->f, "rejected_hflip"))) {
-        rc = get_f32(&p->f, "chosen_hflip", 4, img, &p->chosen_hflip, &p->owned[5], 0);
-        if (!rc) rc = get_f32(&p->f, "rejected_hflip", 4, img, &p->rejected_hflip, &p->owned[6],
+        rc = get_f32_or_half(&p->f, "chosen_hflip", 4, img, &p->chosen_hflip, &p->owned[5], &p->half[5], 0);
+        if (!rc) rc = get_f32_or_half(&p->f, "rejected_hflip", 4, img, &p->rejected_hflip, &p->owned[6], &p->half[6],
                               !p->rejected);
     }
     const st_tensor *re = st_find(&p->f, "ref_errors");
@@ -162,12 +190,13 @@ int pair_file_open(pair_file *p, const char *path, const unet_config *c) {
         free(lv);
     }
     int64_t n_img = p->N * p->C * p->H * p->W;
-    if (!rc) rc = check_finite(path, "chosen", p->chosen, n_img);
+    /* (half tensors were checked when kept) */
+    if (!rc && p->chosen) rc = check_finite(path, "chosen", p->chosen, n_img);
     if (!rc && p->rejected) rc = check_finite(path, "rejected", p->rejected, n_img);
     if (!rc && p->chosen_hflip) rc = check_finite(path, "chosen_hflip", p->chosen_hflip, n_img);
     if (!rc && p->rejected_hflip)
         rc = check_finite(path, "rejected_hflip", p->rejected_hflip, n_img);
-    if (!rc) rc = check_finite(path, eh_name, p->ehs, p->n_prompts * p->S * p->D);
+    if (!rc && p->ehs) rc = check_finite(path, eh_name, p->ehs, p->n_prompts * p->S * p->D);
     if (rc) pair_file_close(p);
     return rc;
 }
@@ -181,9 +210,34 @@ void pair_file_close(pair_file *p) {
     memset(p, 0, sizeof *p);
 }
 
-const float *pair_file_ehs(const pair_file *p, int64_t idx) {
-    int64_t row = p->prompt_index ? p->prompt_index[idx] : idx;
-    return p->ehs + row * (int64_t)p->S * p->D;
+static const float *pf_data(const pair_file *p, int k) {
+    const float *d[7] = {p->chosen, p->rejected, p->ehs, p->text_embeds, p->time_ids,
+                         p->chosen_hflip, p->rejected_hflip};
+    return d[k];
+}
+
+int pair_file_has(const pair_file *p, int k) { return pf_data(p, k) || p->half[k]; }
+
+void pair_file_row(const pair_file *p, int k, int64_t row, float *dst) {
+    const int64_t n = k == PF_EHS           ? (int64_t)p->S * p->D
+                      : k == PF_TEXT_EMBEDS ? p->P
+                      : k == PF_TIME_IDS    ? 6
+                                            : (int64_t)p->C * p->H * p->W;
+    const st_tensor *t = p->half[k];
+    if (!t) {
+        memcpy(dst, pf_data(p, k) + row * n, (size_t)n * sizeof(float));
+        return;
+    }
+    const uint16_t *h = (const uint16_t *)t->data + row * n;
+    for (int64_t i = 0; i < n; i++) {
+        uint16_t v;
+        memcpy(&v, h + i, 2);
+        dst[i] = t->dtype == ST_F16 ? st_half_to_float(v) : st_bf16_to_float(v);
+    }
+}
+
+void pair_file_ehs(const pair_file *p, int64_t idx, float *dst) {
+    pair_file_row(p, PF_EHS, p->prompt_index ? p->prompt_index[idx] : idx, dst);
 }
 
 static float *copy_out(const float *src, float *owned, int64_t n) {

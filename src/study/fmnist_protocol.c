@@ -38,11 +38,12 @@ int fm_preference_accuracy(unet *u, const char *model_dir, const char *pairs_pat
         return -1;
     }
     int rc = 0;
-    if (!pf.rejected) rc = mapo_error("%s holds no rejected images", pairs_path);
+    if (!pair_file_has(&pf, PF_REJECTED)) rc = mapo_error("%s holds no rejected images", pairs_path);
     const int64_t chw = (int64_t)pf.C * pf.H * pf.W, sd = (int64_t)pf.S * pf.D, NB = 32;
     float *x = xmalloc((size_t)2 * NB * chw * sizeof(float));
     float *tg = xmalloc((size_t)2 * NB * chw * sizeof(float));
     float *eps = xmalloc((size_t)chw * sizeof(float)), *ts = xmalloc(2 * NB * sizeof(float));
+    float *x0 = xmalloc((size_t)chw * sizeof(float));
     float *ehs = xmalloc((size_t)2 * NB * sd * sizeof(float));
     double *err = xmalloc(2 * NB * sizeof(double));
     int64_t wins = 0, total = pf.N * draws;
@@ -56,11 +57,11 @@ int fm_preference_accuracy(unet *u, const char *model_dir, const char *pairs_pat
             philox_fill_normal(&r, eps, chw);
             for (int h = 0; h < 2; h++) {
                 const int s = j + h * nb;
-                const float *x0 = (h ? pf.rejected : pf.chosen) + idx * chw;
+                pair_file_row(&pf, h ? PF_REJECTED : PF_CHOSEN, idx, x0);
                 ddpm_add_noise(&sch, x + s * chw, x0, eps, chw, t);
                 ddpm_target(&sch, tg + s * chw, x0, eps, chw, t);
                 ts[s] = (float)t;
-                memcpy(ehs + s * sd, pair_file_ehs(&pf, idx), sd * sizeof(float));
+                pair_file_ehs(&pf, idx, ehs + s * sd);
             }
         }
         unet_inputs in = {2 * nb, pf.H, pf.W, x, ts, ehs, pf.S, NULL, 0, NULL};
@@ -71,7 +72,7 @@ int fm_preference_accuracy(unet *u, const char *model_dir, const char *pairs_pat
         *acc = (double)wins / (double)total;
         *n_pairs = pf.N;
     }
-    free(x), free(tg), free(eps), free(ts), free(ehs), free(err);
+    free(x), free(x0), free(tg), free(eps), free(ts), free(ehs), free(err);
     pair_file_close(&pf);
     ddpm_free(&sch);
     return rc;

@@ -57,19 +57,20 @@ void pair_fill(pair_slots *b, const pair_file *pf, const ddpm_schedule *sch, uin
     const int Bp = b->Bp;
     const int64_t chw = b->chw, sd = (int64_t)pf->S * pf->D;
     int t = pair_noise(seed, epoch, idx, sch->num_train_timesteps, b->eps, chw);
-    const int fl = pf->chosen_hflip && pair_flip(seed, epoch, idx);
-    for (int half = 0; half < (pf->rejected ? 2 : 1); half++) {
-        const float *x0 = (half ? (fl ? pf->rejected_hflip : pf->rejected)
-                                : (fl ? pf->chosen_hflip : pf->chosen)) + idx * chw;
+    const int fl = pair_file_has(pf, PF_CHOSEN_HFLIP) && pair_flip(seed, epoch, idx);
+    float *x0 = xmalloc((size_t)chw * sizeof(float));
+    for (int half = 0; half < (pair_file_has(pf, PF_REJECTED) ? 2 : 1); half++) {
+        pair_file_row(pf, half ? (fl ? PF_REJECTED_HFLIP : PF_REJECTED)
+                               : (fl ? PF_CHOSEN_HFLIP : PF_CHOSEN), idx, x0);
         int s = j + half * Bp;
         ddpm_add_noise(sch, b->sample + s * chw, x0, b->eps, chw, t);
         ddpm_target(sch, b->target + s * chw, x0, b->eps, chw, t);
         b->timestep[s] = (float)t;
-        memcpy(b->ehs + s * sd, pair_file_ehs(pf, idx), sd * sizeof(float));
-        if (pf->text_embeds) {
-            memcpy(b->text_embeds + (int64_t)s * pf->P, pf->text_embeds + idx * pf->P,
-                   pf->P * sizeof(float));
-            memcpy(b->time_ids + s * 6, pf->time_ids + idx * 6, 6 * sizeof(float));
+        pair_file_ehs(pf, idx, b->ehs + s * sd);
+        if (pair_file_has(pf, PF_TEXT_EMBEDS)) {
+            pair_file_row(pf, PF_TEXT_EMBEDS, idx, b->text_embeds + (int64_t)s * pf->P);
+            pair_file_row(pf, PF_TIME_IDS, idx, b->time_ids + s * 6);
         }
     }
+    free(x0);
 }

@@ -104,7 +104,7 @@ static void fill_batch(batch_buf *b, const pair_file *pf, const ddpm_schedule *s
         }
         /* --label_noise_prob: this visit of the pair trains the other preference (the two
            halves share noise, timestep and conditioning, so swapping the rows is enough) */
-        if (pf->rejected && pair_label_flip(seed, e, idx, label_noise)) {
+        if (pair_file_has(pf, PF_REJECTED) && pair_label_flip(seed, e, idx, label_noise)) {
             swap_rows(b->s.sample + j * chw, b->s.sample + (j + Bp) * chw, chw);
             swap_rows(b->s.target + j * chw, b->s.target + (j + Bp) * chw, chw);
             if (b->ref_cached) {
@@ -349,7 +349,7 @@ static void run_buffers(run *r) {
     b->s.timestep = xmalloc(n * sizeof(float));
     /* zeroed: the memory-plan probe runs the model on these rows before the first batch */
     b->s.ehs = xcalloc((size_t)n * pf->S * pf->D, sizeof(float));
-    if (pf->text_embeds) {
+    if (pair_file_has(pf, PF_TEXT_EMBEDS)) {
         b->s.text_embeds = xcalloc((size_t)n * pf->P, sizeof(float));
         b->s.time_ids = xcalloc((size_t)n * 6, sizeof(float));
     }
@@ -377,7 +377,7 @@ static int run_open(run *r, const char *pairs_path) {
     r->have_pf = 1;
     r->tcfg = *c;
     r->tcfg.obj.num_train_timesteps = r->sch.num_train_timesteps;
-    r->tcfg.obj.unpaired = r->pf.rejected == NULL;
+    r->tcfg.obj.unpaired = !pair_file_has(&r->pf, PF_REJECTED);
     if (r->tcfg.obj.unpaired && c->obj.kind == OBJ_KTO && !r->pf.labels)
         return mapo_error("%s holds single images without labels: --loss kto needs each image "
                           "labelled desirable or not (a manifest's \"label\": 1 / 0)", pairs_path);
@@ -391,8 +391,10 @@ static int run_open(run *r, const char *pairs_path) {
     in->W = r->pf.W;
     in->S = r->pf.S;
     in->P = r->pf.P;
-    in->text_embeds = r->pf.text_embeds; /* for the shape check only; the batch buffers follow */
-    in->time_ids = r->pf.time_ids;
+    /* for the shape check, which asks only whether they are given; the batch buffers follow */
+    static const float given = 0;
+    in->text_embeds = pair_file_has(&r->pf, PF_TEXT_EMBEDS) ? &given : NULL;
+    in->time_ids = pair_file_has(&r->pf, PF_TIME_IDS) ? &given : NULL;
     if (unet_check_inputs(&r->u, in)) return mapo_error_prefix("%s", c->dataset);
     if (run_reference(r, pairs_path)) return -1;
     run_buffers(r);
