@@ -11,7 +11,8 @@
  * missing accumulation or a float16 instead of bf16 breaks it by orders of magnitude.
  * The test also proves bf16 is in effect: the result must differ from the float32 path by
  * more than float32 rounding (relative 1e-5). And MAPO_F32 must be the float kernels bit for
- * bit. Backward ops accumulate: every gradient starts from non-zero values. */
+ * bit. Backward ops accumulate: every gradient starts from non-zero values. The attention's
+ * bound is in test_attention_bf16. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -186,6 +187,64 @@ static void test_linear_bf16(void **st) {
     linear_case(1000, 16, 8, 1);  /* a long reduction in dw */
 }
 
+/* Attention in bf16: q, k, v, dout, P and dS rounded to bf16 (u = 2^-8 each), scores, softmax
+   and outputs float32. Each output is a sum of products whose factors carry at most a few
+   roundings of relative size u; the softmax turns a score error ds (<= 2u |s|, |s| <= 2 here)
+   into a relative error of p of about ds, so every output and gradient should land within a
+   few u of the float64 result in relative L2 (measured: 0.6u). We allow 4u = 0.016 per
+   tensor; a wrong scale, a transposed operand or a lost accumulation gives errors of order 1
+   (dropping dK's product: error 1). The tile sizes of the
+   engine are exercised with Nq = 200 rows against Nk = 77 and 300 keys (whole and split query
+   tiles, a partial last tile). */
+static void attention_case(int B, int H, int Nq, int Nk, int Dh) {
+    const int ld = H * Dh;
+    const int64_t nq = (int64_t)B * Nq * ld, nk = (int64_t)B * Nk * ld;
+    const double scale = 1.0 / sqrt((double)Dh);
+    float *q = rnd(nq, 1.0), *k = rnd(nk, 1.0), *v = rnd(nk, 1.0), *g = rnd(nq, 1.0);
+    double *q64 = to64(q, nq, 0), *k64 = to64(k, nk, 0), *v64 = to64(v, nk, 0);
+    double *g64 = to64(g, nq, 0);
+    float *o = malloc(nq * 4), *of = malloc(nq * 4), *l = malloc((size_t)B * H * Nq * 4);
+    float *lf = malloc((size_t)B * H * Nq * 4);
+    double *o64 = malloc(nq * 8), *l64 = malloc((size_t)B * H * Nq * 8);
+    attention_forward_mp(MAPO_BF16, o, l, q, k, v, B, H, Nq, Nk, Dh, scale);
+    attention_forward(of, lf, q, k, v, B, H, Nq, Nk, Dh, scale);
+    attention_forward_f64(o64, l64, q64, k64, v64, B, H, Nq, Nk, Dh, scale);
+    float *dq0 = rnd(nq, 0.1), *dk0 = rnd(nk, 0.1), *dv0 = rnd(nk, 0.1);
+    float *dq = copyf(dq0, nq), *dk = copyf(dk0, nk), *dv = copyf(dv0, nk);
+    double *dq64 = calloc(nq, 8), *dk64 = calloc(nk, 8), *dv64 = calloc(nk, 8);
+    attention_backward_mp(MAPO_BF16, dq, dk, dv, g, o, l, q, k, v, B, H, Nq, Nk, Dh, scale);
+    attention_backward_f64(dq64, dk64, dv64, g64, o64, l64, q64, k64, v64, B, H, Nq, Nk, Dh,
+                           scale);
+    /* compare the accumulated part: got - start against the float64 gradient */
+    for (int64_t i = 0; i < nq; i++) dq[i] -= dq0[i];
+    for (int64_t i = 0; i < nk; i++) dk[i] -= dk0[i], dv[i] -= dv0[i];
+    float *ref = malloc((nq > nk ? nq : nk) * 4);
+    const struct { const char *name; const float *got; const double *want; int64_t n; } c[] = {
+        {"out", o, o64, nq}, {"dq", dq, dq64, nq}, {"dk", dk, dk64, nk}, {"dv", dv, dv64, nk}};
+    for (int j = 0; j < 4; j++) {
+        for (int64_t i = 0; i < c[j].n; i++) ref[i] = (float)c[j].want[i];
+        const double e = rel_err_f32(c[j].got, ref, c[j].n);
+        if (!(e <= 4 * U_BF16))
+            fail_msg("attention B%d H%d Nq %d Nk %d Dh %d %s: relative error %.3g > 4u", B, H,
+                     Nq, Nk, Dh, c[j].name, e);
+    }
+    char what[96];
+    snprintf(what, sizeof what, "attention Nq %d Nk %d out", Nq, Nk);
+    check_not_f32(what, o, of, nq);
+    float *bufs[] = {q, k, v, g, o, of, l, lf, dq0, dk0, dv0, dq, dk, dv, ref};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
+    double *dbufs[] = {q64, k64, v64, g64, o64, l64, dq64, dk64, dv64};
+    for (size_t i = 0; i < sizeof dbufs / sizeof *dbufs; i++) free(dbufs[i]);
+}
+
+static void test_attention_bf16(void **st) {
+    (void)st;
+    attention_case(2, 2, 200, 300, 32); /* split query tiles and a partial last one */
+    attention_case(2, 3, 200, 77, 16);  /* cross-attention: 77 text tokens, whole tile */
+    attention_case(1, 1, 64, 64, 64);   /* head dim 64 */
+    attention_case(2, 2, 200, 300, 32); /* again: the cached products */
+}
+
 static void test_probe(void **st) {
     (void)st;
     /* the utilisation probe returns a finite positive rate for both precisions */
@@ -200,6 +259,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_conv_bf16),
         cmocka_unit_test(test_linear_bf16),
+        cmocka_unit_test(test_attention_bf16),
         cmocka_unit_test(test_probe),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

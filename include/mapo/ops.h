@@ -100,6 +100,16 @@ void linear_forward_mp(mapo_precision p, float *y, const float *x, const float *
                        const float *b, int64_t N, int in, int out);
 void linear_backward_mp(mapo_precision p, float *dx, float *dw, float *db, const float *dy,
                         const float *x, const float *w, int64_t N, int in, int out);
+/* The memory-efficient attention above with bf16 operands for its products (the softmax and
+   every output / gradient float32). */
+void attention_forward_mp(mapo_precision p, float *out, float *lse, const float *q,
+                          const float *k, const float *v, int B, int H, int Nq, int Nk, int Dh,
+                          double scale);
+void attention_backward_mp(mapo_precision p, float *dq, float *dk, float *dv, const float *dout,
+                           const float *out, const float *lse, const float *q, const float *k,
+                           const float *v, int B, int H, int Nq, int Nk, int Dh, double scale);
+/* exp in place over a row (the vectorised exp of the float kernels; inputs <= 88) */
+void mapo_vexpf(float *x, int n);
 /* 1 when the machine does p natively and fast (bf16: AVX512-BF16 or AMX on the CPU). */
 int mapo_precision_native(mapo_precision p);
 /* The engine's matrix-product ceiling: GFLOP/s of an n x n x n product in precision p, best of

@@ -303,9 +303,9 @@ tensor *t_geglu(graph *g, tensor *x) {
 static void attention_bw(graph *g, node *n) {
     tensor *q = n->in[0], *k = n->in[1];
     int B = q->shape[0], Nq = q->shape[1], Nk = k->shape[1], C = q->shape[2], H = n->i[0];
-    attention_backward(gin(g, n, 0), gin(g, n, 1), gin(g, n, 2), n->out->grad, n->out->data,
-                       n->saved[0], q->data, k->data, n->in[2]->data, B, H, Nq, Nk, C / H,
-                       n->d[0]);
+    attention_backward_mp(g->precision, gin(g, n, 0), gin(g, n, 1), gin(g, n, 2), n->out->grad,
+                          n->out->data, n->saved[0], q->data, k->data, n->in[2]->data, B, H, Nq,
+                          Nk, C / H, n->d[0]);
 }
 tensor *t_attention(graph *g, tensor *q, tensor *k, tensor *v, int heads) {
     int B = q->shape[0], Nq = q->shape[1], Nk = k->shape[1], C = q->shape[2];
@@ -313,7 +313,8 @@ tensor *t_attention(graph *g, tensor *q, tensor *k, tensor *v, int heads) {
     double scale = 1.0 / sqrt((double)Dh);
     tensor *y = graph_new(g, 3, q->shape);
     float *P = save_buf(g, (int64_t)B * heads * Nq); /* row log-sum-exp */
-    attention_forward(y->data, P, q->data, k->data, v->data, B, heads, Nq, Nk, Dh, scale);
+    attention_forward_mp(g->precision, y->data, P, q->data, k->data, v->data, B, heads, Nq, Nk,
+                         Dh, scale);
     node *n = record(g, attention_bw, y, q, k, v, NULL);
     keep_saved(g, n, P, NULL);
     if (n) {

@@ -26,23 +26,18 @@
 
 #include "mapo/common.h"
 #include "mapo/ops.h"
+#include "engine_internal.h"
 
 #define MAX_IN 2
 
-static void fatal(dnnl_status_t s, const char *what) {
+void engine_fatal(dnnl_status_t s, const char *what) {
     fprintf(stderr, "mapo: error: oneDNN failed (%s, status %d)\n", what, (int)s);
     exit(2);
 }
-#define DN(call)                                                                           \
-    do {                                                                                   \
-        dnnl_status_t s_ = (call);                                                         \
-        if (s_ != dnnl_success) fatal(s_, #call);                                          \
-    } while (0)
-
-static dnnl_engine_t g_eng;
+dnnl_engine_t g_eng;
 static dnnl_stream_t g_strm;
 
-static void engine_init(void) {
+void engine_init(void) {
     if (g_eng) return;
     DN(dnnl_engine_create(&g_eng, dnnl_cpu, 0));
     DN(dnnl_stream_create(&g_strm, g_eng, dnnl_stream_default_flags));
@@ -57,7 +52,7 @@ typedef struct {
     size_t scratch_bytes;
 } prim_t;
 
-static dnnl_primitive_attr_t attr_new(int sum) {
+dnnl_primitive_attr_t attr_new(int sum) {
     dnnl_primitive_attr_t attr;
     DN(dnnl_primitive_attr_create(&attr));
     DN(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user));
@@ -82,8 +77,7 @@ static prim_t prim_make(dnnl_primitive_desc_t pd) {
     return r;
 }
 
-static void *workspace(int slot, size_t bytes);
-enum { WS_SCRATCH = 3 };
+#define workspace engine_workspace
 
 /* args must have room for one more entry (the scratchpad) */
 static void prim_exec(const prim_t *p, int na, dnnl_exec_arg_t *args) {
@@ -178,9 +172,9 @@ static void exec2(const prim_t *p, dnnl_memory_t src, dnnl_memory_t dst) {
 /* The primitive-side copies (bf16 operands, blocked outputs) live in one grow-only buffer per
    slot, reused by every call: allocating them per call fragmented the heap (the resident size
    of a bench run grew by 40% over five steps). They hold at most the largest operand seen. */
-static void *g_ws[WS_SCRATCH + 1];
-static size_t g_ws_bytes[WS_SCRATCH + 1];
-static void *workspace(int slot, size_t bytes) {
+static void *g_ws[WS_SLOTS];
+static size_t g_ws_bytes[WS_SLOTS];
+void *engine_workspace(int slot, size_t bytes) {
     if (bytes > g_ws_bytes[slot]) {
         /* mapped apart from the heap, so growing it never leaves a hole between activations */
         if (g_ws[slot]) munmap(g_ws[slot], g_ws_bytes[slot]);
@@ -228,7 +222,7 @@ static void op_run(op *o, const void *const *in, void *out, const float *bias) {
 }
 
 /* ------------------------------------------------------------------ descriptors */
-static dnnl_memory_desc_t md_tag(int nd, const int64_t *dims, dnnl_data_type_t dt,
+dnnl_memory_desc_t md_tag(int nd, const int64_t *dims, dnnl_data_type_t dt,
                                  dnnl_format_tag_t tag) {
     dnnl_memory_desc_t m;
     dnnl_dims_t d = {0}; /* the API reads a whole dnnl_dims_t */
@@ -236,7 +230,7 @@ static dnnl_memory_desc_t md_tag(int nd, const int64_t *dims, dnnl_data_type_t d
     DN(dnnl_memory_desc_init_by_tag(&m, nd, d, dt, tag));
     return m;
 }
-static dnnl_memory_desc_t md_strides(int nd, const int64_t *dims, dnnl_data_type_t dt,
+dnnl_memory_desc_t md_strides(int nd, const int64_t *dims, dnnl_data_type_t dt,
                                      const int64_t *strides) {
     dnnl_memory_desc_t m;
     dnnl_dims_t d = {0}, s = {0};
@@ -375,13 +369,16 @@ static void *build_main(void *p) {
                                  (int)a[9], (int)a[10]);
     return NULL;
 }
-static op *build_apart(build_req *r) {
+void engine_run_apart(void *(*fn)(void *), void *arg) {
     pthread_t t;
-    if (pthread_create(&t, NULL, build_main, r)) {
-        build_main(r); /* no thread to be had: build here */
-        return r->res;
+    if (pthread_create(&t, NULL, fn, arg)) {
+        fn(arg); /* no thread to be had: run here */
+        return;
     }
     pthread_join(t, NULL);
+}
+static op *build_apart(build_req *r) {
+    engine_run_apart(build_main, r);
     return r->res;
 }
 static op *conv_op(int kind, int B, int Cin, int H, int W, int Cout, int K, int stride, int pad,

@@ -32,7 +32,7 @@ static inline float expf_poly(float v) {
     memcpy(&sc, &bits, sizeof sc);
     return p * sc;
 }
-static void vexpf_inplace(float *restrict x, int n) {
+void mapo_vexpf(float *restrict x, int n) {
     int i = 0;
 #ifdef __AVX2__
     const __m256 lo = _mm256_set1_ps(-87.0f), hi = _mm256_set1_ps(88.0f);
@@ -83,7 +83,7 @@ static void normal_cdf_xpdf(const float *restrict x, float *restrict cdf, float 
         poly = _mm256_mul_ps(poly, t);
         float e[8];
         _mm256_storeu_ps(e, _mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(az, az)));
-        vexpf_inplace(e, 8); /* exp(-z^2) = exp(-x^2/2), also the pdf's exponential */
+        mapo_vexpf(e, 8); /* exp(-z^2) = exp(-x^2/2), also the pdf's exponential */
         const __m256 ex = _mm256_loadu_ps(e);
         __m256 erfa = _mm256_sub_ps(one, _mm256_mul_ps(poly, ex)); /* erf(|z|) */
         erfa = _mm256_or_ps(erfa, _mm256_and_ps(z, sign_mask));     /* copy the sign of z */
@@ -108,7 +108,7 @@ static void vexp_inplace_f64(double *x, int n) {
 
 #define REAL float
 #define SFX
-#define VEXP vexpf_inplace
+#define VEXP mapo_vexpf
 #define CDFPDF normal_cdf_xpdf
 #define GEMM cblas_sgemm
 #define EXP expf

@@ -1,0 +1,349 @@
+/* engine_attention.c -- the memory-efficient attention of ops.h in bf16 (MAPO_BF16).
+ *
+ * The algorithm is kernels.inc's, tile for tile: one (batch, head) per OpenMP task, query rows
+ * in tiles of 64, only the row log-sum-exp saved, probabilities recomputed in backward. What
+ * changes is the products: q, k, v (and dout) are rounded to bf16 once per call, the score tile
+ * S = scale Q K^T and the products P V, P^T dO, dO V^T, dS K, dS^T Q are oneDNN matmuls on bf16
+ * operands with float32 accumulation (AMX / AVX512-BF16), P and dS rounded to bf16 before their
+ * products. The softmax (max, exp, sum, lse), dS = P (dP - rowsum(dO o)) and every output and
+ * gradient stay float32, as torch's scaled_dot_product_attention does under autocast.
+ *
+ * The matmuls run inside the parallel region on strided views (no copies): each thread executes
+ * the shared primitives with its own memory objects, stream and scratchpad. */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "engine_internal.h"
+#include "mapo/common.h"
+#include "mapo/ops.h"
+
+#define MAXT 256
+
+typedef uint16_t bf16;
+
+/* float32 -> bf16, round to nearest even (NaN kept a NaN) */
+static inline bf16 to_bf16(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16)((u >> 16) | 0x40);
+    return (bf16)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+static void round_tile(bf16 *dst, const float *src, int64_t n) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++) dst[i] = to_bf16(src[i]);
+}
+
+/* C[M,N] (+)= alpha A[M,K] B[K,N]; A, B bf16 and C float32, each a strided view. */
+typedef struct {
+    int64_t key[12];
+    dnnl_primitive_t p;
+    size_t scratch;
+    int nt;
+    dnnl_memory_t mem[MAXT][4]; /* per thread: A, B, C, scratchpad */
+} amm;
+
+static amm *g_amm;
+static int g_namm, g_capamm;
+static dnnl_stream_t g_streams[MAXT];
+static int g_nstreams;
+
+typedef struct {
+    int64_t M, K, N, as[2], bs[2], cs[2];
+    float alpha;
+    int acc;
+    amm *res;
+} amm_req;
+
+static void *amm_build(void *arg) {
+    amm_req *r = arg;
+    engine_init();
+    const int64_t ad[2] = {r->M, r->K}, bd[2] = {r->K, r->N}, cd[2] = {r->M, r->N};
+    dnnl_memory_desc_t a = md_strides(2, ad, dnnl_bf16, r->as);
+    dnnl_memory_desc_t b = md_strides(2, bd, dnnl_bf16, r->bs);
+    dnnl_memory_desc_t c = md_strides(2, cd, dnnl_f32, r->cs);
+    dnnl_matmul_desc_t md;
+    DN(dnnl_matmul_desc_init(&md, &a, &b, NULL, &c));
+    dnnl_primitive_attr_t attr = attr_new(r->acc);
+    if (r->alpha != 1.0f) DN(dnnl_primitive_attr_set_output_scales(attr, 1, 0, &r->alpha));
+    dnnl_primitive_desc_t pd;
+    DN(dnnl_primitive_desc_create(&pd, &md, attr, g_eng, NULL));
+    dnnl_primitive_attr_destroy(attr);
+    if (g_namm == g_capamm) {
+        g_capamm = g_capamm ? 2 * g_capamm : 32;
+        g_amm = xrealloc(g_amm, g_capamm * sizeof *g_amm);
+    }
+    amm *o = &g_amm[g_namm++];
+    memset(o, 0, sizeof *o);
+    const int64_t key[12] = {r->M, r->K, r->N, r->as[0], r->as[1], r->bs[0], r->bs[1],
+                             r->cs[0], r->cs[1], r->acc, (int64_t)(r->alpha * 1e6f)};
+    memcpy(o->key, key, sizeof key);
+    const dnnl_memory_desc_t *sm = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    o->scratch = sm ? dnnl_memory_desc_get_size(sm) : 0;
+    o->nt = omp_get_max_threads() < MAXT ? omp_get_max_threads() : MAXT;
+    for (int t = 0; t < o->nt; t++) {
+        DN(dnnl_memory_create(&o->mem[t][0], &a, g_eng, DNNL_MEMORY_NONE));
+        DN(dnnl_memory_create(&o->mem[t][1], &b, g_eng, DNNL_MEMORY_NONE));
+        DN(dnnl_memory_create(&o->mem[t][2], &c, g_eng, DNNL_MEMORY_NONE));
+        if (o->scratch) DN(dnnl_memory_create(&o->mem[t][3], sm, g_eng, DNNL_MEMORY_NONE));
+    }
+    DN(dnnl_primitive_create(&o->p, pd));
+    dnnl_primitive_desc_destroy(pd);
+    while (g_nstreams < o->nt) DN(dnnl_stream_create(&g_streams[g_nstreams++], g_eng,
+                                                     dnnl_stream_default_flags));
+    r->res = o;
+    return NULL;
+}
+
+/* The cached product; built (apart, see engine.c) the first time. Call outside parallel
+   regions: the cache may move. Returns its index. */
+static int amm_get(int64_t M, int64_t K, int64_t N, int64_t as0, int64_t as1, int64_t bs0,
+                   int64_t bs1, int64_t cs0, int64_t cs1, float alpha, int acc) {
+    const int64_t key[12] = {M, K, N, as0, as1, bs0, bs1, cs0, cs1, acc,
+                             (int64_t)(alpha * 1e6f)};
+    for (int i = 0; i < g_namm; i++)
+        if (!memcmp(g_amm[i].key, key, sizeof key) &&
+            g_amm[i].nt >= (omp_get_max_threads() < MAXT ? omp_get_max_threads() : MAXT))
+            return i;
+    amm_req r = {M, K, N, {as0, as1}, {bs0, bs1}, {cs0, cs1}, alpha, acc, NULL};
+    engine_run_apart(amm_build, &r);
+    return (int)(r.res - g_amm);
+}
+
+/* run product i on thread t's objects; scratch: that thread's buffer of >= its size */
+static void amm_run(int i, int t, const void *a, const void *b, float *c, void *scratch) {
+    amm *o = &g_amm[i];
+    DN(dnnl_memory_set_data_handle(o->mem[t][0], (void *)a));
+    DN(dnnl_memory_set_data_handle(o->mem[t][1], (void *)b));
+    DN(dnnl_memory_set_data_handle(o->mem[t][2], c));
+    dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, o->mem[t][0]},
+                               {DNNL_ARG_WEIGHTS, o->mem[t][1]},
+                               {DNNL_ARG_DST, o->mem[t][2]}};
+    int na = 3;
+    if (o->scratch) {
+        DN(dnnl_memory_set_data_handle(o->mem[t][3], scratch));
+        args[na++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, o->mem[t][3]};
+    }
+    DN(dnnl_primitive_execute(o->p, g_streams[t], na, args));
+    DN(dnnl_stream_wait(g_streams[t]));
+}
+
+static size_t scratch_max(const int *ids, int n) {
+    size_t m = 64;
+    for (int i = 0; i < n; i++)
+        if (ids[i] >= 0 && g_amm[ids[i]].scratch > m) m = g_amm[ids[i]].scratch;
+    return m;
+}
+
+/* Per-thread tile buffers: grow-only, mapped apart from the heap (allocated per call on the
+   training thread they scattered holes between the activations), one per thread index. */
+static void *g_tbuf[MAXT];
+static size_t g_tbytes[MAXT];
+static char *thread_buffer(int t, size_t bytes) {
+    if (bytes > g_tbytes[t]) {
+        if (g_tbuf[t]) munmap(g_tbuf[t], g_tbytes[t]);
+        bytes = (bytes + 65535) & ~(size_t)65535;
+        g_tbuf[t] = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (g_tbuf[t] == MAP_FAILED) {
+            fprintf(stderr, "mapo: error: out of memory mapping %zu bytes for attention\n", bytes);
+            exit(2);
+        }
+        g_tbytes[t] = bytes;
+    }
+    return g_tbuf[t];
+}
+
+/* Rows of a query tile: the whole query side when the score tile stays within 2^20 floats
+   (4 MiB), else a multiple of 16 rows that does. Fewer, larger products: oneDNN's per-call cost
+   (~10-20 us) dominated 64-row tiles at 32x32 latents. */
+static int tile_rows(int Nq, int Nk) {
+    int64_t t = ((int64_t)1 << 16) / Nk;
+    if (t >= Nq) return Nq;
+    t = t < 64 ? 64 : t & ~(int64_t)15;
+    return (int)(t < Nq ? t : Nq);
+}
+
+/* the products of one tile height tq, every operand dense (packed per (batch, head) below) so
+   oneDNN picks its AMX / AVX512-BF16 brgemm kernels; outputs are strided views of mapo's
+   [B, N, H*Dh] tensors */
+typedef struct { int qk, pv, ptdo, dovt, dsk, dstq; } tile_ops;
+
+static tile_ops tile_ops_get(int tq, int Nk, int Dh, int ld, float scale, int backward) {
+    tile_ops o = {-1, -1, -1, -1, -1, -1};
+    o.qk = amm_get(tq, Dh, Nk, Dh, 1, Nk, 1, Nk, 1, scale, 0);     /* S = s Q Kt */
+    if (!backward) {
+        o.pv = amm_get(tq, Nk, Dh, Nk, 1, Dh, 1, ld, 1, 1.0f, 0);  /* O = P V */
+        return o;
+    }
+    o.ptdo = amm_get(Nk, tq, Dh, tq, 1, Dh, 1, ld, 1, 1.0f, 1);    /* dV += Pt dO */
+    o.dovt = amm_get(tq, Dh, Nk, Dh, 1, Nk, 1, Nk, 1, 1.0f, 0);    /* dP = dO Vt */
+    o.dsk = amm_get(tq, Nk, Dh, Nk, 1, Dh, 1, ld, 1, scale, 1);    /* dQ += s dS K */
+    o.dstq = amm_get(Nk, tq, Dh, tq, 1, Dh, 1, ld, 1, scale, 1);   /* dK += s dSt Q */
+    return o;
+}
+
+/* x [B, N, H*Dh] float32 -> bf16 packed per (b, h): [B*H, N, Dh], or transposed [B*H, Dh, N] */
+static bf16 *pack(int slot, const float *x, int B, int H, int N, int Dh, int transposed) {
+    const int ld = H * Dh;
+    bf16 *p = engine_workspace(slot, (size_t)B * H * N * Dh * sizeof(bf16));
+#pragma omp parallel for schedule(static)
+    for (int bh = 0; bh < B * H; bh++) {
+        const float *src = x + (int64_t)(bh / H) * N * ld + (bh % H) * Dh;
+        bf16 *dst = p + (int64_t)bh * N * Dh;
+        for (int n = 0; n < N; n++)
+            for (int d = 0; d < Dh; d++)
+                dst[transposed ? (int64_t)d * N + n : (int64_t)n * Dh + d] =
+                    to_bf16(src[(int64_t)n * ld + d]);
+    }
+    return p;
+}
+
+/* dst [cols, rows] = src [rows, cols]^T (bf16) */
+static void transpose_tile(bf16 *dst, const bf16 *src, int rows, int cols) {
+    for (int i = 0; i < rows; i++)
+        for (int j = 0; j < cols; j++) dst[(int64_t)j * rows + i] = src[(int64_t)i * cols + j];
+}
+
+/* softmax rows of S [tq, Nk] in place; their log-sum-exp into lse */
+static void softmax_rows(float *S, float *lse, int tq, int Nk) {
+    for (int i = 0; i < tq; i++) {
+        float *s = S + (int64_t)i * Nk, mx = s[0];
+#pragma omp simd reduction(max : mx)
+        for (int j = 1; j < Nk; j++) mx = s[j] > mx ? s[j] : mx;
+#pragma omp simd
+        for (int j = 0; j < Nk; j++) s[j] -= mx;
+        mapo_vexpf(s, Nk);
+        float sum = 0;
+#pragma omp simd reduction(+ : sum)
+        for (int j = 0; j < Nk; j++) sum += s[j];
+        const float inv = 1 / sum;
+#pragma omp simd
+        for (int j = 0; j < Nk; j++) s[j] *= inv;
+        lse[i] = mx + logf(sum);
+    }
+}
+
+static int min_threads(const int *ids, int n) {
+    int nt = MAXT;
+    for (int i = 0; i < n; i++)
+        if (ids[i] >= 0 && g_amm[ids[i]].nt < nt) nt = g_amm[ids[i]].nt;
+    return nt;
+}
+
+void attention_forward_mp(mapo_precision p, float *out, float *lse, const float *q,
+                          const float *k, const float *v, int B, int H, int Nq, int Nk, int Dh,
+                          double scale) {
+    if (p == MAPO_F32) {
+        attention_forward(out, lse, q, k, v, B, H, Nq, Nk, Dh, scale);
+        return;
+    }
+    const int ld = H * Dh, T = tile_rows(Nq, Nk);
+    tile_ops full = tile_ops_get(T, Nk, Dh, ld, (float)scale, 0);
+    tile_ops last = Nq % T ? tile_ops_get(Nq % T, Nk, Dh, ld, (float)scale, 0) : full;
+    const int ids[4] = {full.qk, full.pv, last.qk, last.pv};
+    const size_t scr = scratch_max(ids, 4);
+    const int nt = min_threads(ids, 4);
+    const bf16 *Qp = pack(WS_ATT_Q, q, B, H, Nq, Dh, 0);
+    const bf16 *Kt = pack(WS_ATT_KT, k, B, H, Nk, Dh, 1);
+    const bf16 *Vp = pack(WS_ATT_V, v, B, H, Nk, Dh, 0);
+#pragma omp parallel num_threads(nt)
+    {
+        const int t = omp_get_thread_num();
+        const size_t tile = ((size_t)T * Nk * sizeof(float) + 63) & ~(size_t)63;
+        char *buf = thread_buffer(t, 2 * tile + scr);
+        float *S = (float *)buf;
+        bf16 *P = (bf16 *)(buf + tile);
+        void *scratch = buf + 2 * tile;
+#pragma omp for schedule(static)
+        for (int bh = 0; bh < B * H; bh++) {
+            const int64_t qo = (int64_t)(bh / H) * Nq * ld + (bh % H) * Dh;
+            const int64_t pq = (int64_t)bh * Nq * Dh, pk = (int64_t)bh * Nk * Dh;
+            for (int r0 = 0; r0 < Nq; r0 += T) {
+                const int tq = Nq - r0 < T ? Nq - r0 : T;
+                const tile_ops *op = tq == T ? &full : &last;
+                amm_run(op->qk, t, Qp + pq + (int64_t)r0 * Dh, Kt + pk, S, scratch);
+                softmax_rows(S, lse + (int64_t)bh * Nq + r0, tq, Nk);
+                round_tile(P, S, (int64_t)tq * Nk);
+                amm_run(op->pv, t, P, Vp + pk, out + qo + (int64_t)r0 * ld, scratch);
+            }
+        }
+
+    }
+}
+
+void attention_backward_mp(mapo_precision p, float *dq, float *dk, float *dv, const float *dout,
+                           const float *out, const float *lse, const float *q, const float *k,
+                           const float *v, int B, int H, int Nq, int Nk, int Dh, double scale) {
+    if (p == MAPO_F32) {
+        attention_backward(dq, dk, dv, dout, out, lse, q, k, v, B, H, Nq, Nk, Dh, scale);
+        return;
+    }
+    const int ld = H * Dh, T = tile_rows(Nq, Nk);
+    tile_ops full = tile_ops_get(T, Nk, Dh, ld, (float)scale, 1);
+    tile_ops last = Nq % T ? tile_ops_get(Nq % T, Nk, Dh, ld, (float)scale, 1) : full;
+    const int ids[10] = {full.qk, full.ptdo, full.dovt, full.dsk, full.dstq,
+                         last.qk, last.ptdo, last.dovt, last.dsk, last.dstq};
+    const size_t scr = scratch_max(ids, 10);
+    const int nt = min_threads(ids, 10);
+    const bf16 *Qp = pack(WS_ATT_Q, q, B, H, Nq, Dh, 0);
+    const bf16 *Kp = pack(WS_ATT_K, k, B, H, Nk, Dh, 0);
+    const bf16 *Kt = pack(WS_ATT_KT, k, B, H, Nk, Dh, 1);
+    const bf16 *Vt = pack(WS_ATT_VT, v, B, H, Nk, Dh, 1);
+    const bf16 *Gp = pack(WS_ATT_DO, dout, B, H, Nq, Dh, 0);
+#pragma omp parallel num_threads(nt)
+    {
+        const int t = omp_get_thread_num();
+        const size_t tile = ((size_t)T * Nk * sizeof(float) + 63) & ~(size_t)63;
+        char *buf = thread_buffer(t, 4 * tile + scr);
+        float *S = (float *)buf, *dP = (float *)(buf + tile);
+        bf16 *Pb = (bf16 *)(buf + 2 * tile), *Pt = (bf16 *)(buf + 3 * tile);
+        void *scratch = buf + 4 * tile;
+#pragma omp for schedule(static)
+        for (int bh = 0; bh < B * H; bh++) {
+            const int64_t qo = (int64_t)(bh / H) * Nq * ld + (bh % H) * Dh;
+            const int64_t ko = (int64_t)(bh / H) * Nk * ld + (bh % H) * Dh;
+            const int64_t pq = (int64_t)bh * Nq * Dh, pk = (int64_t)bh * Nk * Dh;
+            for (int r0 = 0; r0 < Nq; r0 += T) {
+                const int tq = Nq - r0 < T ? Nq - r0 : T;
+                const tile_ops *op = tq == T ? &full : &last;
+                const int64_t qt = qo + (int64_t)r0 * ld, pt = pq + (int64_t)r0 * Dh;
+                amm_run(op->qk, t, Qp + pt, Kt + pk, S, scratch);
+                for (int i = 0; i < tq; i++) {
+                    const float l = lse[(int64_t)bh * Nq + r0 + i];
+                    float *s = S + (int64_t)i * Nk;
+#pragma omp simd
+                    for (int j = 0; j < Nk; j++) s[j] -= l;
+                    mapo_vexpf(s, Nk);
+                }
+                if (dv) {
+                    round_tile(Pb, S, (int64_t)tq * Nk);
+                    transpose_tile(Pt, Pb, tq, Nk);
+                    amm_run(op->ptdo, t, Pt, Gp + pt, dv + ko, scratch);
+                }
+                if (!dq && !dk) continue;
+                amm_run(op->dovt, t, Gp + pt, Vt + pk, dP, scratch);
+                for (int i = 0; i < tq; i++) {
+                    const float *o = out + qt + (int64_t)i * ld, *g = dout + qt + (int64_t)i * ld;
+                    double di = 0;
+#pragma omp simd reduction(+ : di)
+                    for (int d = 0; d < Dh; d++) di += (double)o[d] * g[d];
+                    const float *pr = S + (int64_t)i * Nk;
+                    float *dp = dP + (int64_t)i * Nk;
+                    const float dr = (float)di;
+#pragma omp simd
+                    for (int j = 0; j < Nk; j++) dp[j] = pr[j] * (dp[j] - dr);
+                }
+                round_tile(Pb, dP, (int64_t)tq * Nk); /* now dS */
+                if (dq) amm_run(op->dsk, t, Pb, Kp + pk, dq + qt, scratch);
+                if (dk) {
+                    transpose_tile(Pt, Pb, tq, Nk);
+                    amm_run(op->dstq, t, Pt, Qp + pt, dk + ko, scratch);
+                }
+            }
+        }
+
+    }
+}
