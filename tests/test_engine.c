@@ -230,7 +230,8 @@ static void attention_case(int B, int H, int Nq, int Nk, int Dh) {
     }
     char what[96];
     snprintf(what, sizeof what, "attention Nq %d Nk %d out", Nq, Nk);
-    check_not_f32(what, o, of, nq);
+    if (Dh >= 32) check_not_f32(what, o, of, nq);
+    else assert_memory_equal(o, of, nq * 4); /* small heads keep the float32 kernel (engine) */
     float *bufs[] = {q, k, v, g, o, of, l, lf, dq0, dk0, dv0, dq, dk, dv, ref};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     double *dbufs[] = {q64, k64, v64, g64, o64, l64, dq64, dk64, dv64};
@@ -240,7 +241,8 @@ static void attention_case(int B, int H, int Nq, int Nk, int Dh) {
 static void test_attention_bf16(void **st) {
     (void)st;
     attention_case(2, 2, 200, 300, 32); /* split query tiles and a partial last one */
-    attention_case(2, 3, 200, 77, 16);  /* cross-attention: 77 text tokens, whole tile */
+    attention_case(2, 3, 200, 77, 32);  /* cross-attention: 77 text tokens, whole tile */
+    attention_case(2, 3, 50, 77, 16);   /* head dim 16: the float32 kernel, bit for bit */
     attention_case(1, 1, 64, 64, 64);   /* head dim 64 */
     attention_case(2, 2, 200, 300, 32); /* again: the cached products */
 }
