@@ -112,6 +112,8 @@ void attention_backward_mp(mapo_precision p, float *dq, float *dk, float *dv, co
 void mapo_vexpf(float *x, int n);
 /* 1 when the machine does p natively and fast (bf16: AVX512-BF16 or AMX on the CPU). */
 int mapo_precision_native(mapo_precision p);
+/* 1 when the machine can run p at all (bf16: oneDNN emulates it from AVX-512 up). */
+int mapo_precision_available(mapo_precision p);
 /* The engine's matrix-product ceiling: GFLOP/s of an n x n x n product in precision p, best of
    reps runs (the utilisation probe of mapo bench). */
 double mapo_gemm_ceiling_gflops(mapo_precision p, int n, int reps);

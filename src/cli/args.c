@@ -95,6 +95,9 @@ int mixed_precision_parse(const char *s, int *precision) {
     if (!s || !strcmp(s, "no")) return 0;
     if (strcmp(s, "bf16") && strcmp(s, "fp16"))
         return mapo_error("--mixed_precision must be no, bf16 or fp16, got '%s'", s);
+    if (!mapo_precision_available(MAPO_BF16))
+        return mapo_error("--mixed_precision %s: this CPU cannot compute in bf16 (oneDNN needs "
+                          "AVX-512); use --mixed_precision no", s);
     *precision = MAPO_BF16;
     if (!strcmp(s, "fp16"))
         mapo_log(1, "note: --mixed_precision fp16: this CPU has no fast fp16 arithmetic; running "

@@ -467,6 +467,13 @@ void linear_backward_mp(mapo_precision p, float *dx, float *dw, float *db, const
     if (db) linear_backward(NULL, NULL, db, dy, x, w, N, in, out);
 }
 
+int mapo_precision_available(mapo_precision p) {
+    if (p == MAPO_F32) return 1;
+    const dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa();
+    return ((unsigned)isa & (unsigned)dnnl_cpu_isa_avx512_core) ==
+           (unsigned)dnnl_cpu_isa_avx512_core;
+}
+
 int mapo_precision_native(mapo_precision p) {
     if (p == MAPO_F32) return 1;
     const dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa();
