@@ -47,6 +47,11 @@ int st_open(st_file *f, const char *path);
 void st_close(st_file *f);
 /* NULL when absent. */
 const st_tensor *st_find(const st_file *f, const char *name);
+/* Done with t's bytes: the mapped pages wholly inside it leave this process's resident set
+   (they stay in the page cache and fault back in if read again). Loading a model copies every
+   tensor into its float32 arena; without this the file's pages stayed resident until the file
+   was closed, so loading a 10 GB SDXL UNet peaked at twice its size. */
+void st_tensor_release(const st_tensor *t);
 /* Metadata value or NULL. */
 const char *st_meta(const st_file *f, const char *key);
 /* Exact scalar conversions: IEEE binary16 and bfloat16 bit patterns to float32. */

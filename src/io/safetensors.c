@@ -317,6 +317,13 @@ void st_close(st_file *f) {
     memset(f, 0, sizeof *f);
 }
 
+void st_tensor_release(const st_tensor *t) {
+    const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+    const uintptr_t a = ((uintptr_t)t->data + pg - 1) & ~(pg - 1);
+    const uintptr_t b = ((uintptr_t)t->data + t->nbytes) & ~(pg - 1);
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
 const st_tensor *st_find(const st_file *f, const char *name) {
     int lo = 0, hi = f->n - 1;
     while (lo <= hi) {

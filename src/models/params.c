@@ -182,6 +182,7 @@ int params_load(param_table *t, const char *path, const char *prefix, int allow_
             rc = mapo_error_prefix("%s: parameter '%s'", path, name);
             break;
         }
+        st_tensor_release(s);
         float *d = t->data + p->offset;
         for (int64_t k = 0; k < p->numel; k++)
             if (!isfinite(d[k])) {
