@@ -208,8 +208,15 @@ static bf16 *pack(int slot, const float *x, int B, int H, int N, int Dh, int tra
 
 /* dst [cols, rows] = src [rows, cols]^T (bf16) */
 static void transpose_tile(bf16 *dst, const bf16 *src, int rows, int cols) {
-    for (int i = 0; i < rows; i++)
-        for (int j = 0; j < cols; j++) dst[(int64_t)j * rows + i] = src[(int64_t)i * cols + j];
+    enum { BLK = 32 }; /* blocks that stay in L1, both sides' lines used whole */
+    for (int i0 = 0; i0 < rows; i0 += BLK)
+        for (int j0 = 0; j0 < cols; j0 += BLK) {
+            const int i1 = i0 + BLK < rows ? i0 + BLK : rows;
+            const int j1 = j0 + BLK < cols ? j0 + BLK : cols;
+            for (int j = j0; j < j1; j++)
+                for (int i = i0; i < i1; i++)
+                    dst[(int64_t)j * rows + i] = src[(int64_t)i * cols + j];
+        }
 }
 
 /* softmax rows of S [tq, Nk] in place; their log-sum-exp into lse */
