@@ -47,6 +47,7 @@
 #include "mapo/safetensors.h"
 #include "mapo/step.h"
 #include "testutil.h"
+#include "unet_case.h"
 
 #define FACTOR 1.5        /* the bound */
 #define FLOOR 1e-4        /* float32-level tolerance (see above) */
@@ -62,16 +63,6 @@ static int cmp_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-/* the fixture's policy model (with gradients) and its batch (as test_unet_parity.c) */
-static void load_case(const char *cs, char dir[256], unet *u, debug_batch *b, unet_inputs *in) {
-    char p[512];
-    snprintf(dir, 256, "tests/fixtures/unet/%s", cs);
-    snprintf(p, sizeof p, "%s/model", dir);
-    if (unet_load_dir(u, p, 1)) fail_msg("%s", mapo_last_error());
-    snprintf(p, sizeof p, "%s/batch.safetensors", dir);
-    if (debug_batch_load(b, p, &u->cfg)) fail_msg("%s", mapo_last_error());
-    debug_batch_inputs(b, in);
-}
 
 /* one MaPO step at precision p from zeroed gradients: pred, errors, loss, gradients in u */
 static void mapo_step(unet *u, const unet_inputs *in, const debug_batch *b, mapo_precision p,

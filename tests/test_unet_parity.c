@@ -20,6 +20,7 @@
 #include "mapo/safetensors.h"
 #include "mapo/step.h"
 #include "testutil.h"
+#include "unet_case.h"
 
 #define TOL 1e-4
 /* Diffusion-DPO gradients: each pair's weight is (beta/2) * sigmoid(-inside) with
@@ -60,16 +61,6 @@ static double cmp_tensor(const st_file *f, const char *name, const float *x, int
     return cmp_tensor_tol(f, name, x, n, ctx, TOL);
 }
 
-/* the fixture's policy model (with gradients) and its batch */
-static void load_case(const char *cs, char dir[256], unet *u, debug_batch *b, unet_inputs *in) {
-    char p[512];
-    snprintf(dir, 256, "tests/fixtures/unet/%s", cs);
-    snprintf(p, sizeof p, "%s/model", dir);
-    if (unet_load_dir(u, p, 1)) fail_msg("%s", mapo_last_error());
-    snprintf(p, sizeof p, "%s/batch.safetensors", dir);
-    if (debug_batch_load(b, p, &u->cfg)) fail_msg("%s", mapo_last_error());
-    debug_batch_inputs(b, in);
-}
 
 static void run_objective(const char *cs, const char *loss) {
     char dir[256], p[512];

@@ -278,12 +278,12 @@ static dnnl_primitive_desc_t conv_fwd_pd(const conv_geo *g, int with_bias) {
     return pd;
 }
 
+/* Build the cached op of a problem not in the cache yet (conv_op / matmul_op look it up). */
 static op *conv_op_build(int kind, int B, int Cin, int H, int W, int Cout, int K, int stride,
-                   int pad, int with_bias) {
+                         int pad, int with_bias) {
     const int64_t key[12] = {kind, B, Cin, H, W, Cout, K, stride, pad, with_bias};
-    op *o = op_find(key);
-    if (o) return o;
     engine_init();
+    op *o;
     conv_geo g;
     conv_geo_init(&g, B, Cin, H, W, Cout, K, stride, pad);
     o = op_new(key);
@@ -321,13 +321,12 @@ static op *conv_op_build(int kind, int B, int Cin, int H, int W, int Cout, int K
 /* C[M,N] (+)= A[M,K] @ B[K,N], A and B float32 with the given strides (transposes are views),
    computed with bf16 operands (p == MAPO_BF16) or float32; C float32 row-major. */
 static op *matmul_op_build(int kind, mapo_precision p, int64_t M, int64_t K, int64_t N,
-                     const int64_t as[2], const int64_t bs[2], int with_bias, int accumulate) {
+                           const int64_t as[2], const int64_t bs[2], int with_bias,
+                           int accumulate) {
     const int64_t key[12] = {kind, p, M, K, N, as[0], as[1], bs[0], bs[1], with_bias,
                              accumulate};
-    op *o = op_find(key);
-    if (o) return o;
     engine_init();
-    o = op_new(key);
+    op *o = op_new(key);
     const dnnl_data_type_t dt = p == MAPO_BF16 ? dnnl_bf16 : dnnl_f32;
     const int64_t ad[2] = {M, K}, bd[2] = {K, N}, cd_[2] = {M, N}, biasd[2] = {1, N};
     dnnl_memory_desc_t au = md_strides(2, ad, dnnl_f32, as), bu = md_strides(2, bd, dnnl_f32, bs);
