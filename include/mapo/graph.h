@@ -25,6 +25,7 @@ typedef struct tensor {
     int ndim;
     int64_t shape[TENSOR_MAX_DIMS];
     int64_t numel;
+    int32_t readers;       /* recorded backwards that read this tensor's data */
     uint8_t requires_grad; /* gradient flows into this tensor */
     uint8_t is_param;      /* data/grad are borrowed, never freed here */
 } tensor;
@@ -69,7 +70,10 @@ tensor *graph_new4(graph *g, int64_t a, int64_t b, int64_t c, int64_t d);
 tensor *graph_new2(graph *g, int64_t a, int64_t b);
 /* A tensor wrapping caller-owned data (an input, not differentiated). */
 tensor *graph_input(graph *g, float *data, int ndim, const int64_t *shape);
-/* With gradients disabled: free t's data now (no-op when recording). */
+/* The caller's forward is done with t: its data is freed now unless a recorded backward will
+   read it (always, with gradients disabled). Backwards that only need shapes (adds, concat,
+   upsample, permutes) do not keep their inputs, so e.g. a block's last conv output feeding a
+   residual add is freed during the forward pass. */
 void graph_release(graph *g, tensor *t);
 /* The gradient buffer of t, allocated and zeroed on first use. */
 float *graph_grad(graph *g, tensor *t);

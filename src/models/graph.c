@@ -109,7 +109,7 @@ void tensor_param(tensor *t, float *data, float *grad, int ndim, const int64_t *
 }
 
 void graph_release(graph *g, tensor *t) {
-    if (!g->grad_enabled && t && !t->is_param) tensor_free_data(g, t);
+    if (t && !t->is_param && (!g->grad_enabled || t->readers == 0)) tensor_free_data(g, t);
 }
 
 float *graph_grad(graph *g, tensor *t) {
@@ -152,9 +152,16 @@ static node *new_node(graph *g, backward_fn fn, tensor *out, tensor *a, tensor *
     return n;
 }
 
-/* Record a node if gradients are on and any input needs a gradient. */
-static node *record(graph *g, backward_fn fn, tensor *out, tensor *a, tensor *b, tensor *c,
-                    tensor *d) {
+/* the node's backward will read these inputs' data (bit k: input k) */
+static void mark_read(node *n, unsigned reads) {
+    for (int k = 0; k < 4; k++)
+        if ((reads >> k & 1u) && n->in[k] && !n->in[k]->is_param) n->in[k]->readers++;
+}
+
+/* Record a node if gradients are on and any input needs a gradient; its backward reads the
+   data of the inputs in `reads` (bit k: input k). */
+static node *record_r(graph *g, backward_fn fn, tensor *out, tensor *a, tensor *b, tensor *c,
+                      tensor *d, unsigned reads) {
     tensor *const all[4] = {a, b, c, d};
     int need = 0;
     for (int k = 0; k < 4; k++) {
@@ -163,7 +170,14 @@ static node *record(graph *g, backward_fn fn, tensor *out, tensor *a, tensor *b,
         need |= all[k]->requires_grad;
     }
     if (!g->grad_enabled || !need) return NULL;
-    return new_node(g, fn, out, a, b, c, d);
+    node *n = new_node(g, fn, out, a, b, c, d);
+    mark_read(n, reads);
+    return n;
+}
+/* ... reading every input */
+static node *record(graph *g, backward_fn fn, tensor *out, tensor *a, tensor *b, tensor *c,
+                    tensor *d) {
+    return record_r(g, fn, out, a, b, c, d, 0xfu);
 }
 
 /* Hand the buffers saved for backward to node n. Without a node they are not needed: with
@@ -209,7 +223,8 @@ tensor *t_conv2d(graph *g, tensor *x, tensor *w, tensor *b, int stride, int pad)
     tensor *y = graph_new4(g, B, Cout, Ho, Wo);
     conv2d_forward_mp(g->precision, y->data, x->data, w->data, b ? b->data : NULL, B, Cin, H, W,
                       Cout, K, stride, pad);
-    node *n = record(g, conv2d_bw, y, x, w, b, NULL);
+    /* backward reads x only for the weight gradient (frozen weights: x may go) */
+    node *n = record_r(g, conv2d_bw, y, x, w, b, NULL, w->requires_grad ? 0xfu : 0u);
     if (n) {
         n->i[0] = stride;
         n->i[1] = pad;
@@ -232,7 +247,7 @@ tensor *t_linear(graph *g, tensor *x, tensor *w, tensor *b) {
     tensor *y = graph_new(g, x->ndim, shape);
     linear_forward_mp(g->precision, y->data, x->data, w->data, b ? b->data : NULL, rows_of(x),
                       (int)w->shape[1], (int)w->shape[0]);
-    record(g, linear_bw, y, x, w, b, NULL);
+    record_r(g, linear_bw, y, x, w, b, NULL, w->requires_grad ? 0xfu : 0u); /* as conv */
     return y;
 }
 
@@ -316,6 +331,7 @@ tensor *t_attention(graph *g, tensor *q, tensor *k, tensor *v, int heads) {
     attention_forward_mp(g->precision, y->data, P, q->data, k->data, v->data, B, heads, Nq, Nk,
                          Dh, scale);
     node *n = record(g, attention_bw, y, q, k, v, NULL);
+    if (n) y->readers++; /* its backward reads the output as well */
     keep_saved(g, n, P, NULL);
     if (n) {
         n->i[0] = heads;
@@ -334,7 +350,7 @@ tensor *t_upsample2x(graph *g, tensor *x) {
     tensor *y = graph_new4(g, x->shape[0], x->shape[1], 2 * x->shape[2], 2 * x->shape[3]);
     upsample_nearest2x_forward(y->data, x->data, x->shape[0] * x->shape[1], (int)x->shape[2],
                                (int)x->shape[3]);
-    record(g, upsample_bw, y, x, NULL, NULL, NULL);
+    record_r(g, upsample_bw, y, x, NULL, NULL, NULL, 0);
     return y;
 }
 
@@ -357,7 +373,7 @@ tensor *t_add(graph *g, tensor *a, tensor *b) {
     float *py = y->data;
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < m; i++) py[i] = pa[i] + pb[i];
-    record(g, add_bw, y, a, b, NULL, NULL);
+    record_r(g, add_bw, y, a, b, NULL, NULL, 0);
     return y;
 }
 
@@ -374,7 +390,7 @@ tensor *t_add_channel_bias(graph *g, tensor *x, tensor *v) {
     int B = x->shape[0], C = x->shape[1];
     tensor *y = graph_new(g, x->ndim, x->shape);
     add_channel_bias_forward(y->data, x->data, v->data, B, C, x->numel / ((int64_t)B * C));
-    record(g, add_channel_bias_bw, y, x, v, NULL, NULL);
+    record_r(g, add_channel_bias_bw, y, x, v, NULL, NULL, 0);
     return y;
 }
 
@@ -387,7 +403,7 @@ tensor *t_concat_channels(graph *g, tensor *a, tensor *b) {
     tensor *y = graph_new4(g, a->shape[0], a->shape[1] + b->shape[1], a->shape[2], a->shape[3]);
     concat_channels_forward(y->data, a->data, b->data, (int)a->shape[0], (int)a->shape[1],
                             (int)b->shape[1], a->shape[2] * a->shape[3]);
-    record(g, concat_bw, y, a, b, NULL, NULL);
+    record_r(g, concat_bw, y, a, b, NULL, NULL, 0);
     return y;
 }
 
@@ -407,7 +423,7 @@ tensor *t_nchw_to_nhwc(graph *g, tensor *x) {
     int64_t HW = x->shape[2] * x->shape[3];
     tensor *y = graph_new(g, 3, (int64_t[]){B, HW, C});
     nchw_to_nhwc(y->data, x->data, B, C, HW);
-    record(g, to_nhwc_bw, y, x, NULL, NULL, NULL);
+    record_r(g, to_nhwc_bw, y, x, NULL, NULL, NULL, 0);
     return y;
 }
 
@@ -425,7 +441,7 @@ tensor *t_nhwc_to_nchw(graph *g, tensor *x, int64_t H, int64_t W) {
     int B = x->shape[0], C = x->shape[2];
     tensor *y = graph_new4(g, B, C, H, W);
     nhwc_to_nchw(y->data, x->data, B, C, H * W);
-    record(g, to_nchw_bw, y, x, NULL, NULL, NULL);
+    record_r(g, to_nchw_bw, y, x, NULL, NULL, NULL, 0);
     return y;
 }
 
@@ -493,6 +509,7 @@ tensor *t_checkpoint(graph *g, segment_fn fn, const void *ctx, size_t ctx_size, 
     if (!need) return y;
     node *n = new_node(g, checkpoint_bw, y, n_in > 0 ? in[0] : NULL, n_in > 1 ? in[1] : NULL,
                        n_in > 2 ? in[2] : NULL, n_in > 3 ? in[3] : NULL);
+    mark_read(n, 0xfu); /* the recomputation reads them */
     n->i[0] = n_in;
     n->seg = fn;
     n->ctx = save_buf(g, (int64_t)((ctx_size + sizeof(float) - 1) / sizeof(float)));
