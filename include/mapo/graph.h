@@ -26,6 +26,8 @@ typedef struct tensor {
     int64_t shape[TENSOR_MAX_DIMS];
     int64_t numel;
     int32_t readers;       /* recorded backwards that read this tensor's data */
+    uint16_t *bf16;        /* its bf16 copy, kept for the weight gradients of the bf16
+                              convolutions / linears that consume it (graph-owned), or NULL */
     uint8_t requires_grad; /* gradient flows into this tensor */
     uint8_t is_param;      /* data/grad are borrowed, never freed here */
 } tensor;
@@ -43,6 +45,7 @@ struct node {
     double d[2];
     segment_fn seg;  /* t_checkpoint: the segment function and its context (graph-owned) */
     void *ctx;
+    const uint16_t *xb; /* bf16 conv / linear: the input's bf16 copy its weight gradient reads */
 };
 
 typedef struct graph {

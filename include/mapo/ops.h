@@ -108,6 +108,17 @@ void attention_forward_mp(mapo_precision p, float *out, float *lse, const float 
 void attention_backward_mp(mapo_precision p, float *dq, float *dk, float *dv, const float *dout,
                            const float *out, const float *lse, const float *q, const float *k,
                            const float *v, int B, int H, int Nq, int Nk, int Dh, double scale);
+/* The weight gradients of the bf16 convolution / linear from an input already rounded to bf16
+   (x16: bf16 bit patterns, round to nearest even, in x's layout); dx and db as above. The same
+   numbers as conv2d_backward_mp / linear_backward_mp with MAPO_BF16 and the float32 x, while
+   a caller keeps half the bytes for backward. */
+void conv2d_backward_bf16x(float *dx, float *dw, float *db, const float *dy, const uint16_t *x16,
+                           const float *w, int B, int Cin, int H, int W, int Cout, int K,
+                           int stride, int pad);
+void linear_backward_bf16x(float *dx, float *dw, float *db, const float *dy, const uint16_t *x16,
+                           const float *w, int64_t N, int in, int out);
+/* dst = bf16(src), round to nearest even (NaN stays NaN) */
+void mapo_round_bf16(uint16_t *dst, const float *src, int64_t n);
 /* exp in place over a row (the vectorised exp of the float kernels; inputs <= 88) */
 void mapo_vexpf(float *x, int n);
 /* 1 when the machine does p natively and fast (bf16: AVX512-BF16 or AMX on the CPU). */

@@ -26,6 +26,13 @@ static void tensor_free_data(graph *g, tensor *t) {
         account(g, -(int64_t)(t->numel * sizeof(float)));
     }
 }
+static void tensor_free_bf16(graph *g, tensor *t) { /* graph-owned even for inputs */
+    if (t->bf16) {
+        free(t->bf16);
+        t->bf16 = NULL;
+        account(g, -(int64_t)(t->numel * sizeof(uint16_t)));
+    }
+}
 static void tensor_free_grad(graph *g, tensor *t) {
     if (t->is_param) return;
     if (t->grad) {
@@ -40,6 +47,7 @@ void graph_reset(graph *g) {
         tensor *t = g->tensors[i];
         tensor_free_data(g, t);
         tensor_free_grad(g, t);
+        tensor_free_bf16(g, t);
         free(t);
     }
     g->n_tensors = 0;
@@ -206,15 +214,39 @@ void graph_backward(graph *g, tensor *out) {
            (for our ops, whose backward reads inputs only) its data are no longer needed. */
         tensor_free_grad(g, n->out);
         tensor_free_data(g, n->out);
+        tensor_free_bf16(g, n->out);
     }
 }
 
 /* ------------------------------------------------------------------ conv2d */
 static void conv2d_bw(graph *g, node *n) {
     tensor *x = n->in[0], *w = n->in[1];
-    conv2d_backward_mp(g->precision, gin(g, n, 0), gin(g, n, 1), gin(g, n, 2), n->out->grad,
-                       x->data, w->data, (int)x->shape[0], (int)x->shape[1], (int)x->shape[2],
-                       (int)x->shape[3], (int)w->shape[0], (int)w->shape[2], n->i[0], n->i[1]);
+    if (n->xb) /* bf16: the weight gradient reads the input's bf16 copy */
+        conv2d_backward_bf16x(gin(g, n, 0), gin(g, n, 1), gin(g, n, 2), n->out->grad, n->xb,
+                              w->data, (int)x->shape[0], (int)x->shape[1], (int)x->shape[2],
+                              (int)x->shape[3], (int)w->shape[0], (int)w->shape[2], n->i[0],
+                              n->i[1]);
+    else
+        conv2d_backward_mp(g->precision, gin(g, n, 0), gin(g, n, 1), gin(g, n, 2),
+                           n->out->grad, x->data, w->data, (int)x->shape[0], (int)x->shape[1],
+                           (int)x->shape[2], (int)x->shape[3], (int)w->shape[0],
+                           (int)w->shape[2], n->i[0], n->i[1]);
+}
+
+/* What the backward of a conv / linear consuming x reads of x: nothing when its weight is frozen
+   (dx needs only w); in float32 x itself for the weight gradient; in bf16 a bf16 copy of x
+   (made once per tensor, shared by its consumers), so x can leave memory at its release. */
+static unsigned mm_reads(const graph *g, const tensor *w) {
+    return w->requires_grad && g->precision == MAPO_F32 ? 0xfu : 0u;
+}
+static void mm_keep_input(graph *g, node *n, tensor *x, const tensor *w) {
+    if (!n || !w->requires_grad || g->precision == MAPO_F32) return;
+    if (!x->bf16) {
+        x->bf16 = xmalloc((size_t)x->numel * sizeof(uint16_t));
+        mapo_round_bf16(x->bf16, x->data, x->numel);
+        account(g, x->numel * (int64_t)sizeof(uint16_t));
+    }
+    n->xb = x->bf16;
 }
 tensor *t_conv2d(graph *g, tensor *x, tensor *w, tensor *b, int stride, int pad) {
     int B = x->shape[0], Cin = x->shape[1], H = x->shape[2], W = x->shape[3];
@@ -223,8 +255,8 @@ tensor *t_conv2d(graph *g, tensor *x, tensor *w, tensor *b, int stride, int pad)
     tensor *y = graph_new4(g, B, Cout, Ho, Wo);
     conv2d_forward_mp(g->precision, y->data, x->data, w->data, b ? b->data : NULL, B, Cin, H, W,
                       Cout, K, stride, pad);
-    /* backward reads x only for the weight gradient (frozen weights: x may go) */
-    node *n = record_r(g, conv2d_bw, y, x, w, b, NULL, w->requires_grad ? 0xfu : 0u);
+    node *n = record_r(g, conv2d_bw, y, x, w, b, NULL, mm_reads(g, w));
+    mm_keep_input(g, n, x, w);
     if (n) {
         n->i[0] = stride;
         n->i[1] = pad;
@@ -237,8 +269,13 @@ static int64_t rows_of(const tensor *x) { return x->numel / x->shape[x->ndim - 1
 
 static void linear_bw(graph *g, node *n) {
     tensor *x = n->in[0], *w = n->in[1];
-    linear_backward_mp(g->precision, gin(g, n, 0), gin(g, n, 1), gin(g, n, 2), n->out->grad,
-                       x->data, w->data, rows_of(x), (int)w->shape[1], (int)w->shape[0]);
+    if (n->xb)
+        linear_backward_bf16x(gin(g, n, 0), gin(g, n, 1), gin(g, n, 2), n->out->grad, n->xb,
+                              w->data, rows_of(x), (int)w->shape[1], (int)w->shape[0]);
+    else
+        linear_backward_mp(g->precision, gin(g, n, 0), gin(g, n, 1), gin(g, n, 2),
+                           n->out->grad, x->data, w->data, rows_of(x), (int)w->shape[1],
+                           (int)w->shape[0]);
 }
 tensor *t_linear(graph *g, tensor *x, tensor *w, tensor *b) {
     int64_t shape[TENSOR_MAX_DIMS];
@@ -247,7 +284,7 @@ tensor *t_linear(graph *g, tensor *x, tensor *w, tensor *b) {
     tensor *y = graph_new(g, x->ndim, shape);
     linear_forward_mp(g->precision, y->data, x->data, w->data, b ? b->data : NULL, rows_of(x),
                       (int)w->shape[1], (int)w->shape[0]);
-    record_r(g, linear_bw, y, x, w, b, NULL, w->requires_grad ? 0xfu : 0u); /* as conv */
+    mm_keep_input(g, record_r(g, linear_bw, y, x, w, b, NULL, mm_reads(g, w)), x, w);
     return y;
 }
 

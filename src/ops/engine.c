@@ -240,7 +240,9 @@ dnnl_memory_desc_t md_strides(int nd, const int64_t *dims, dnnl_data_type_t dt,
     return m;
 }
 
-enum { K_CONV_FWD = 1, K_CONV_BWD_DATA, K_CONV_BWD_W, K_MM_FWD, K_MM_DX, K_MM_DW, K_PROBE };
+/* ..._W16 / _DW16: the weight gradient reading an input already in bf16 */
+enum { K_CONV_FWD = 1, K_CONV_BWD_DATA, K_CONV_BWD_W, K_MM_FWD, K_MM_DX, K_MM_DW, K_PROBE,
+       K_CONV_BWD_W16, K_MM_DW16 };
 
 /* conv geometry: user descriptors and the forward descriptor every conv kind starts from */
 typedef struct {
@@ -310,7 +312,8 @@ static op *conv_op_build(int kind, int B, int Cin, int H, int W, int Cout, int K
                                                        NULL, &g.ya, g.st, g.pl, g.pl));
         DN(dnnl_primitive_desc_create(&pd, &cd, attr, g_eng, fwd));
         const int a[2] = {DNNL_ARG_SRC, DNNL_ARG_DIFF_DST};
-        const dnnl_memory_desc_t u[2] = {g.x, g.y};
+        const dnnl_memory_desc_t u[2] = {
+            kind == K_CONV_BWD_W16 ? md_tag(4, g.x.dims, dnnl_bf16, dnnl_nchw) : g.x, g.y};
         op_finish(o, pd, 2, a, u, DNNL_ARG_DIFF_WEIGHTS, &g.w, 1, 0, NULL);
     }
     dnnl_primitive_attr_destroy(attr);
@@ -329,7 +332,8 @@ static op *matmul_op_build(int kind, mapo_precision p, int64_t M, int64_t K, int
     op *o = op_new(key);
     const dnnl_data_type_t dt = p == MAPO_BF16 ? dnnl_bf16 : dnnl_f32;
     const int64_t ad[2] = {M, K}, bd[2] = {K, N}, cd_[2] = {M, N}, biasd[2] = {1, N};
-    dnnl_memory_desc_t au = md_strides(2, ad, dnnl_f32, as), bu = md_strides(2, bd, dnnl_f32, bs);
+    dnnl_memory_desc_t au = md_strides(2, ad, dnnl_f32, as);
+    dnnl_memory_desc_t bu = md_strides(2, bd, kind == K_MM_DW16 ? dnnl_bf16 : dnnl_f32, bs);
     dnnl_memory_desc_t ap = md_tag(2, ad, dt, dnnl_ab);
     dnnl_memory_desc_t bp = md_tag(2, bd, dt, dnnl_format_tag_any);
     dnnl_memory_desc_t c = md_tag(2, cd_, dnnl_f32, dnnl_ab);
@@ -464,6 +468,33 @@ void linear_backward_mp(mapo_precision p, float *dx, float *dw, float *db, const
         op_run(o, a, dw, NULL);
     }
     if (db) linear_backward(NULL, NULL, db, dy, x, w, N, in, out);
+}
+
+void conv2d_backward_bf16x(float *dx, float *dw, float *db, const float *dy, const uint16_t *x16,
+                           const float *w, int B, int Cin, int H, int W, int Cout, int K,
+                           int stride, int pad) {
+    conv2d_backward_mp(MAPO_BF16, dx, NULL, db, dy, NULL, w, B, Cin, H, W, Cout, K, stride, pad);
+    if (dw) {
+        op *o = conv_op(K_CONV_BWD_W16, B, Cin, H, W, Cout, K, stride, pad, 0);
+        const void *in[2] = {x16, dy};
+        op_run(o, in, dw, NULL);
+    }
+}
+
+void linear_backward_bf16x(float *dx, float *dw, float *db, const float *dy, const uint16_t *x16,
+                           const float *w, int64_t N, int in, int out) {
+    linear_backward_mp(MAPO_BF16, dx, NULL, db, dy, NULL, w, N, in, out);
+    if (dw) { /* dw[out,in] += dy^T[out,N] @ x[N,in] */
+        const int64_t ds[2] = {1, out}, xs[2] = {in, 1};
+        op *o = matmul_op(K_MM_DW16, MAPO_BF16, out, N, in, ds, xs, 0, 1);
+        const void *a[2] = {dy, x16};
+        op_run(o, a, dw, NULL);
+    }
+}
+
+void mapo_round_bf16(uint16_t *dst, const float *src, int64_t n) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) dst[i] = engine_to_bf16(src[i]);
 }
 
 int mapo_precision_available(mapo_precision p) {

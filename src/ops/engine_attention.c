@@ -30,13 +30,7 @@ typedef uint16_t bf16;
    kernel (0.62 s against 0.50 s), so small heads keep the float32 attention. */
 #define BF16_MIN_DH 32
 
-/* float32 -> bf16, round to nearest even (NaN kept a NaN) */
-static inline bf16 to_bf16(float x) {
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16)((u >> 16) | 0x40);
-    return (bf16)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
+static inline bf16 to_bf16(float x) { return engine_to_bf16(x); }
 static void round_tile(bf16 *dst, const float *src, int64_t n) {
 #pragma omp simd
     for (int64_t i = 0; i < n; i++) dst[i] = to_bf16(src[i]);
