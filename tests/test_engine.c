@@ -112,6 +112,15 @@ static void conv_case(int B, int Cin, int H, int W, int Cout, int K, int stride,
     check_bound(what, dw, dw0, dwr, dwa, nw, (int64_t)B * Ho * Wo);
     /* the bias gradient stays float32 (the float kernel's sum): equal bit for bit */
     assert_memory_equal(db, dbf, Cout * 4);
+    /* from an input kept in bf16: the same numbers bit for bit (the same rounding) */
+    uint16_t *x16 = malloc(nx * 2);
+    mapo_round_bf16(x16, x, nx);
+    float *dx3 = copyf(dx0, nx), *dw3 = copyf(dw0, nw), *db3 = copyf(db0, Cout);
+    conv2d_backward_bf16x(dx3, dw3, db3, dy, x16, w, B, Cin, H, W, Cout, K, stride, pad);
+    assert_memory_equal(dx3, dx, nx * 4);
+    assert_memory_equal(dw3, dw, nw * 4);
+    assert_memory_equal(db3, db, Cout * 4);
+    free(x16), free(dx3), free(dw3), free(db3);
     /* dx / dw alone (the other NULL) and F32 backward = the float kernel */
     float *dx2 = copyf(dx0, nx);
     conv2d_backward_mp(MAPO_BF16, dx2, NULL, NULL, dy, x, w, B, Cin, H, W, Cout, K, stride, pad);
@@ -172,6 +181,14 @@ static void linear_case(int64_t N, int in, int out, int bias) {
     strcat(what, "dw");
     check_bound(what, dw, dw0, dwr, dwa, nw, N);
     assert_memory_equal(db, dbf, out * 4);
+    uint16_t *x16 = malloc(N * in * 2);
+    mapo_round_bf16(x16, x, N * in);
+    float *dx3 = copyf(dx0, N * in), *dw3 = copyf(dw0, nw), *db3 = copyf(db0, out);
+    linear_backward_bf16x(dx3, dw3, bias ? db3 : NULL, dy, x16, w, N, in, out);
+    assert_memory_equal(dx3, dx, N * in * 4);
+    assert_memory_equal(dw3, dw, nw * 4);
+    assert_memory_equal(db3, db, out * 4);
+    free(x16), free(dx3), free(dw3), free(db3);
     float *bufs[] = {x, w, b, dy, y, yf, y32, dx0, dw0, db0, dx, dw, db, dbf};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     double *dbufs[] = {x64, w64, b64, dy64, xa, wa, dya, yr, ya, dxr, dwr, dxa, dwa};
