@@ -15,7 +15,8 @@
  * Each distinct problem (kind, shapes) builds its primitive and the reorders between mapo's
  * plain float32 layouts (NCHW, OIHW, row-major) and the blocked bf16 layouts the primitive
  * chose once, and keeps them in a small cache: building a oneDNN primitive costs milliseconds.
- * Temporaries (the bf16 copies) are allocated per call and freed at its end. */
+ * The primitive-side copies (bf16 operands, blocked outputs) and scratchpads live in grow-only
+ * workspaces mapped apart from the heap (engine_workspace). */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -77,12 +78,11 @@ static prim_t prim_make(dnnl_primitive_desc_t pd) {
     return r;
 }
 
-#define workspace engine_workspace
-
 /* args must have room for one more entry (the scratchpad) */
 static void prim_exec(const prim_t *p, int na, dnnl_exec_arg_t *args) {
     if (p->scratch_bytes) {
-        DN(dnnl_memory_set_data_handle(p->scratch, workspace(WS_SCRATCH, p->scratch_bytes)));
+        DN(dnnl_memory_set_data_handle(p->scratch,
+                                       engine_workspace(WS_SCRATCH, p->scratch_bytes)));
         args[na++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, p->scratch};
     }
     DN(dnnl_primitive_execute(p->p, g_strm, na, args));
@@ -190,27 +190,30 @@ void *engine_workspace(int slot, size_t bytes) {
     return g_ws[slot];
 }
 
-/* Run o on user buffers: in[] (float32, plain), out (float32, plain), bias (or NULL). */
-static void op_run(op *o, const void *const *in, void *out, const float *bias) {
-    void *tmp[MAX_IN + 1] = {0};
-    dnnl_exec_arg_t args[MAX_IN + 3];
-    int na = 0;
+/* Bind o's inputs to the user buffers in[] (reordered into the workspace slot of each input
+   when the primitive wants another layout or type) and fill their exec args; returns their
+   count. */
+static int bind_inputs(op *o, const void *const *in, dnnl_exec_arg_t *args) {
     for (int i = 0; i < o->nin; i++) {
         io *x = &o->in[i];
         DN(dnnl_memory_set_data_handle(x->user, (void *)in[i]));
         if (x->reorder.p) {
-            tmp[i] = workspace(i, x->prim_bytes);
-            DN(dnnl_memory_set_data_handle(x->prim, tmp[i]));
+            DN(dnnl_memory_set_data_handle(x->prim, engine_workspace(i, x->prim_bytes)));
             exec2(&x->reorder, x->user, x->prim);
         }
-        args[na++] = (dnnl_exec_arg_t){x->arg, x->prim};
+        args[i] = (dnnl_exec_arg_t){x->arg, x->prim};
     }
+    return o->nin;
+}
+
+/* Run o on user buffers: in[] (float32, plain), out (float32, plain), bias (or NULL). */
+static void op_run(op *o, const void *const *in, void *out, const float *bias) {
+    dnnl_exec_arg_t args[MAX_IN + 3];
+    int na = bind_inputs(o, in, args);
     io *y = &o->out;
     DN(dnnl_memory_set_data_handle(y->user, out));
-    if (y->reorder.p) {
-        tmp[MAX_IN] = workspace(MAX_IN, y->prim_bytes);
-        DN(dnnl_memory_set_data_handle(y->prim, tmp[MAX_IN]));
-    }
+    if (y->reorder.p)
+        DN(dnnl_memory_set_data_handle(y->prim, engine_workspace(WS_OUT, y->prim_bytes)));
     args[na++] = (dnnl_exec_arg_t){y->arg, y->prim};
     if (o->bias_arg && bias) {
         DN(dnnl_memory_set_data_handle(o->bias, (void *)bias));
@@ -280,10 +283,12 @@ static dnnl_primitive_desc_t conv_fwd_pd(const conv_geo *g, int with_bias) {
     return pd;
 }
 
-/* Build the cached op of a problem not in the cache yet (conv_op / matmul_op look it up). */
-static op *conv_op_build(int kind, int B, int Cin, int H, int W, int Cout, int K, int stride,
-                         int pad, int with_bias) {
-    const int64_t key[12] = {kind, B, Cin, H, W, Cout, K, stride, pad, with_bias};
+/* Build the cached op of a problem not in the cache yet (conv_op / matmul_op look it up);
+   the key is {kind, B, Cin, H, W, Cout, K, stride, pad, with_bias}. */
+static op *conv_op_build(const int64_t key[12]) {
+    const int kind = (int)key[0], B = (int)key[1], Cin = (int)key[2], H = (int)key[3];
+    const int W = (int)key[4], Cout = (int)key[5], K = (int)key[6], stride = (int)key[7];
+    const int pad = (int)key[8], with_bias = (int)key[9];
     engine_init();
     op *o;
     conv_geo g;
@@ -322,12 +327,12 @@ static op *conv_op_build(int kind, int B, int Cin, int H, int W, int Cout, int K
 }
 
 /* C[M,N] (+)= A[M,K] @ B[K,N], A and B float32 with the given strides (transposes are views),
-   computed with bf16 operands (p == MAPO_BF16) or float32; C float32 row-major. */
-static op *matmul_op_build(int kind, mapo_precision p, int64_t M, int64_t K, int64_t N,
-                           const int64_t as[2], const int64_t bs[2], int with_bias,
-                           int accumulate) {
-    const int64_t key[12] = {kind, p, M, K, N, as[0], as[1], bs[0], bs[1], with_bias,
-                             accumulate};
+   computed with bf16 operands (p == MAPO_BF16) or float32; C float32 row-major. The key is
+   {kind, p, M, K, N, A's strides, B's strides, with_bias, accumulate}. */
+static op *matmul_op_build(const int64_t key[12]) {
+    const int kind = (int)key[0], with_bias = (int)key[9], accumulate = (int)key[10];
+    const mapo_precision p = (mapo_precision)key[1];
+    const int64_t M = key[2], K = key[3], N = key[4], *as = key + 5, *bs = key + 7;
     engine_init();
     op *o = op_new(key);
     const dnnl_data_type_t dt = p == MAPO_BF16 ? dnnl_bf16 : dnnl_f32;
@@ -358,18 +363,12 @@ static op *matmul_op_build(int kind, mapo_precision p, int64_t M, int64_t K, int
    another arena; the training heap sees none of them. */
 typedef struct {
     int conv;
-    int64_t a[11];
+    const int64_t *key;
     op *res;
 } build_req;
 static void *build_main(void *p) {
     build_req *r = p;
-    const int64_t *a = r->a;
-    if (r->conv)
-        r->res = conv_op_build((int)a[0], (int)a[1], (int)a[2], (int)a[3], (int)a[4], (int)a[5],
-                               (int)a[6], (int)a[7], (int)a[8], (int)a[9]);
-    else
-        r->res = matmul_op_build((int)a[0], (mapo_precision)a[1], a[2], a[3], a[4], a + 5, a + 7,
-                                 (int)a[9], (int)a[10]);
+    r->res = r->conv ? conv_op_build(r->key) : matmul_op_build(r->key);
     return NULL;
 }
 void engine_run_apart(void *(*fn)(void *), void *arg) {
@@ -380,27 +379,24 @@ void engine_run_apart(void *(*fn)(void *), void *arg) {
     }
     pthread_join(t, NULL);
 }
-static op *build_apart(build_req *r) {
-    engine_run_apart(build_main, r);
-    return r->res;
+/* the cached op of key, built apart the first time */
+static op *op_get(int conv, const int64_t key[12]) {
+    op *o = op_find(key);
+    if (o) return o;
+    build_req r = {conv, key, NULL};
+    engine_run_apart(build_main, &r);
+    return r.res;
 }
 static op *conv_op(int kind, int B, int Cin, int H, int W, int Cout, int K, int stride, int pad,
                    int with_bias) {
     const int64_t key[12] = {kind, B, Cin, H, W, Cout, K, stride, pad, with_bias};
-    op *o = op_find(key);
-    if (o) return o;
-    build_req r = {1, {kind, B, Cin, H, W, Cout, K, stride, pad, with_bias}, NULL};
-    return build_apart(&r);
+    return op_get(1, key);
 }
 static op *matmul_op(int kind, mapo_precision p, int64_t M, int64_t K, int64_t N,
                      const int64_t as[2], const int64_t bs[2], int with_bias, int accumulate) {
     const int64_t key[12] = {kind, p, M, K, N, as[0], as[1], bs[0], bs[1], with_bias,
                              accumulate};
-    op *o = op_find(key);
-    if (o) return o;
-    build_req r = {0, {kind, p, M, K, N, as[0], as[1], bs[0], bs[1], with_bias, accumulate},
-                   NULL};
-    return build_apart(&r);
+    return op_get(0, key);
 }
 
 /* ------------------------------------------------------------------ ops.h entry points */
@@ -497,18 +493,15 @@ void mapo_round_bf16(uint16_t *dst, const float *src, int64_t n) {
     for (int64_t i = 0; i < n; i++) dst[i] = engine_to_bf16(src[i]);
 }
 
-int mapo_precision_available(mapo_precision p) {
-    if (p == MAPO_F32) return 1;
-    const dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa();
-    return ((unsigned)isa & (unsigned)dnnl_cpu_isa_avx512_core) ==
-           (unsigned)dnnl_cpu_isa_avx512_core;
+/* 1 when oneDNN's effective ISA includes every feature of `need` */
+static int isa_has(dnnl_cpu_isa_t need) {
+    return ((unsigned)dnnl_get_effective_cpu_isa() & (unsigned)need) == (unsigned)need;
 }
-
+int mapo_precision_available(mapo_precision p) {
+    return p == MAPO_F32 || isa_has(dnnl_cpu_isa_avx512_core);
+}
 int mapo_precision_native(mapo_precision p) {
-    if (p == MAPO_F32) return 1;
-    const dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa();
-    return ((unsigned)isa & (unsigned)dnnl_cpu_isa_avx512_core_bf16) ==
-           (unsigned)dnnl_cpu_isa_avx512_core_bf16;
+    return p == MAPO_F32 || isa_has(dnnl_cpu_isa_avx512_core_bf16);
 }
 
 /* Timed: the primitive alone, its operands already bf16 (or float32) in the layouts it chose,
@@ -522,19 +515,9 @@ double mapo_gemm_ceiling_gflops(mapo_precision p, int n, int reps) {
         a[i] = (float)((i * 7919) % 1000) / 1000.0f - 0.5f;
         b[i] = (float)((i * 104729) % 1000) / 1000.0f - 0.5f;
     }
-    void *tmp[2] = {0};
     dnnl_exec_arg_t args[4];
-    const float *user[2] = {a, b};
-    for (int i = 0; i < 2; i++) {
-        io *x = &o->in[i];
-        DN(dnnl_memory_set_data_handle(x->user, (void *)user[i]));
-        if (x->reorder.p) {
-            tmp[i] = xmalloc(x->prim_bytes);
-            DN(dnnl_memory_set_data_handle(x->prim, tmp[i]));
-            exec2(&x->reorder, x->user, x->prim);
-        }
-        args[i] = (dnnl_exec_arg_t){x->arg, x->prim};
-    }
+    const void *in[2] = {a, b};
+    bind_inputs(o, in, args); /* the conversions happen here, before the timing */
     DN(dnnl_memory_set_data_handle(o->out.user, c));
     args[2] = (dnnl_exec_arg_t){o->out.arg, o->out.prim};
     double best = 1e30;
@@ -545,8 +528,6 @@ double mapo_gemm_ceiling_gflops(mapo_precision p, int n, int reps) {
         double dt = mapo_now() - t0;
         if (r && dt < best) best = dt;
     }
-    free(tmp[0]);
-    free(tmp[1]);
     free(a);
     free(b);
     free(c);
