@@ -172,22 +172,25 @@ static void exec2(const prim_t *p, dnnl_memory_t src, dnnl_memory_t dst) {
 /* The primitive-side copies (bf16 operands, blocked outputs) live in one grow-only buffer per
    slot, reused by every call: allocating them per call fragmented the heap (the resident size
    of a bench run grew by 40% over five steps). They hold at most the largest operand seen. */
-static void *g_ws[WS_SLOTS];
-static size_t g_ws_bytes[WS_SLOTS];
-void *engine_workspace(int slot, size_t bytes) {
-    if (bytes > g_ws_bytes[slot]) {
+void *engine_grow(void **buf, size_t *have, size_t bytes) {
+    if (bytes > *have) {
         /* mapped apart from the heap, so growing it never leaves a hole between activations */
-        if (g_ws[slot]) munmap(g_ws[slot], g_ws_bytes[slot]);
+        if (*buf) munmap(*buf, *have);
         bytes = (bytes + 65535) & ~(size_t)65535;
-        g_ws[slot] = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (g_ws[slot] == MAP_FAILED) {
+        *buf = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (*buf == MAP_FAILED) {
             fprintf(stderr, "mapo: error: out of memory mapping a %zu-byte oneDNN workspace\n",
                     bytes);
             exit(2);
         }
-        g_ws_bytes[slot] = bytes;
+        *have = bytes;
     }
-    return g_ws[slot];
+    return *buf;
+}
+static void *g_ws[WS_SLOTS];
+static size_t g_ws_bytes[WS_SLOTS];
+void *engine_workspace(int slot, size_t bytes) {
+    return engine_grow(&g_ws[slot], &g_ws_bytes[slot], bytes);
 }
 
 /* Bind o's inputs to the user buffers in[] (reordered into the workspace slot of each input

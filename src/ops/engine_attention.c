@@ -1,21 +1,21 @@
 /* engine_attention.c -- the memory-efficient attention of ops.h in bf16 (MAPO_BF16).
  *
- * The algorithm is kernels.inc's, tile for tile: one (batch, head) per OpenMP task, query rows
- * in tiles of 64, only the row log-sum-exp saved, probabilities recomputed in backward. What
+ * The algorithm is kernels.inc's: one (batch, head) per OpenMP task, query rows in tiles (see
+ * tile_rows), only the row log-sum-exp saved, probabilities recomputed in backward. What
  * changes is the products: q, k, v (and dout) are rounded to bf16 once per call, the score tile
  * S = scale Q K^T and the products P V, P^T dO, dO V^T, dS K, dS^T Q are oneDNN matmuls on bf16
  * operands with float32 accumulation (AMX / AVX512-BF16), P and dS rounded to bf16 before their
  * products. The softmax (max, exp, sum, lse), dS = P (dP - rowsum(dO o)) and every output and
  * gradient stay float32, as torch's scaled_dot_product_attention does under autocast.
  *
- * The matmuls run inside the parallel region on strided views (no copies): each thread executes
- * the shared primitives with its own memory objects, stream and scratchpad. */
+ * q, k, v and dout are packed per (batch, head) when rounded, so every operand is dense; the
+ * matmuls run inside the parallel region, each thread executing the shared primitives with its
+ * own memory objects, stream and scratchpad, and write mapo's [B, N, H*Dh] outputs in place. */
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #include "engine_internal.h"
 #include "mapo/common.h"
@@ -50,23 +50,29 @@ static int g_namm, g_capamm;
 static dnnl_stream_t g_streams[MAXT];
 static int g_nstreams;
 
+/* threads a product serves (its per-thread objects) */
+static int pool_threads(void) {
+    return omp_get_max_threads() < MAXT ? omp_get_max_threads() : MAXT;
+}
+
+/* key: {M, K, N, A's strides, B's strides, C's strides, accumulate, alpha * 1e6} */
 typedef struct {
-    int64_t M, K, N, as[2], bs[2], cs[2];
+    const int64_t *key;
     float alpha;
-    int acc;
     amm *res;
 } amm_req;
 
 static void *amm_build(void *arg) {
     amm_req *r = arg;
+    const int64_t *k = r->key, M = k[0], K = k[1], N = k[2];
     engine_init();
-    const int64_t ad[2] = {r->M, r->K}, bd[2] = {r->K, r->N}, cd[2] = {r->M, r->N};
-    dnnl_memory_desc_t a = md_strides(2, ad, dnnl_bf16, r->as);
-    dnnl_memory_desc_t b = md_strides(2, bd, dnnl_bf16, r->bs);
-    dnnl_memory_desc_t c = md_strides(2, cd, dnnl_f32, r->cs);
+    const int64_t ad[2] = {M, K}, bd[2] = {K, N}, cd[2] = {M, N};
+    dnnl_memory_desc_t a = md_strides(2, ad, dnnl_bf16, k + 3);
+    dnnl_memory_desc_t b = md_strides(2, bd, dnnl_bf16, k + 5);
+    dnnl_memory_desc_t c = md_strides(2, cd, dnnl_f32, k + 7);
     dnnl_matmul_desc_t md;
     DN(dnnl_matmul_desc_init(&md, &a, &b, NULL, &c));
-    dnnl_primitive_attr_t attr = attr_new(r->acc);
+    dnnl_primitive_attr_t attr = attr_new((int)k[9]);
     if (r->alpha != 1.0f) DN(dnnl_primitive_attr_set_output_scales(attr, 1, 0, &r->alpha));
     dnnl_primitive_desc_t pd;
     DN(dnnl_primitive_desc_create(&pd, &md, attr, g_eng, NULL));
@@ -77,12 +83,10 @@ static void *amm_build(void *arg) {
     }
     amm *o = &g_amm[g_namm++];
     memset(o, 0, sizeof *o);
-    const int64_t key[12] = {r->M, r->K, r->N, r->as[0], r->as[1], r->bs[0], r->bs[1],
-                             r->cs[0], r->cs[1], r->acc, (int64_t)(r->alpha * 1e6f)};
-    memcpy(o->key, key, sizeof key);
+    memcpy(o->key, k, sizeof o->key);
     const dnnl_memory_desc_t *sm = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
     o->scratch = sm ? dnnl_memory_desc_get_size(sm) : 0;
-    o->nt = omp_get_max_threads() < MAXT ? omp_get_max_threads() : MAXT;
+    o->nt = pool_threads();
     for (int t = 0; t < o->nt; t++) {
         DN(dnnl_memory_create(&o->mem[t][0], &a, g_eng, DNNL_MEMORY_NONE));
         DN(dnnl_memory_create(&o->mem[t][1], &b, g_eng, DNNL_MEMORY_NONE));
@@ -104,10 +108,8 @@ static int amm_get(int64_t M, int64_t K, int64_t N, int64_t as0, int64_t as1, in
     const int64_t key[12] = {M, K, N, as0, as1, bs0, bs1, cs0, cs1, acc,
                              (int64_t)(alpha * 1e6f)};
     for (int i = 0; i < g_namm; i++)
-        if (!memcmp(g_amm[i].key, key, sizeof key) &&
-            g_amm[i].nt >= (omp_get_max_threads() < MAXT ? omp_get_max_threads() : MAXT))
-            return i;
-    amm_req r = {M, K, N, {as0, as1}, {bs0, bs1}, {cs0, cs1}, alpha, acc, NULL};
+        if (!memcmp(g_amm[i].key, key, sizeof key) && g_amm[i].nt >= pool_threads()) return i;
+    amm_req r = {key, alpha, NULL};
     engine_run_apart(amm_build, &r);
     return (int)(r.res - g_amm);
 }
@@ -142,22 +144,17 @@ static size_t scratch_max(const int *ids, int n) {
 static void *g_tbuf[MAXT];
 static size_t g_tbytes[MAXT];
 static char *thread_buffer(int t, size_t bytes) {
-    if (bytes > g_tbytes[t]) {
-        if (g_tbuf[t]) munmap(g_tbuf[t], g_tbytes[t]);
-        bytes = (bytes + 65535) & ~(size_t)65535;
-        g_tbuf[t] = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (g_tbuf[t] == MAP_FAILED) {
-            fprintf(stderr, "mapo: error: out of memory mapping %zu bytes for attention\n", bytes);
-            exit(2);
-        }
-        g_tbytes[t] = bytes;
-    }
-    return g_tbuf[t];
+    return engine_grow(&g_tbuf[t], &g_tbytes[t], bytes);
 }
 
-/* Rows of a query tile: the whole query side when the score tile stays within 2^20 floats
-   (4 MiB), else a multiple of 16 rows that does. Fewer, larger products: oneDNN's per-call cost
-   (~10-20 us) dominated 64-row tiles at 32x32 latents. */
+/* bytes of one float32 score tile of T rows, rounded to a cache line */
+static size_t tile_bytes(int T, int Nk) {
+    return ((size_t)T * Nk * sizeof(float) + 63) & ~(size_t)63;
+}
+
+/* Rows of a query tile: the whole query side when the score tile stays within 2^16 floats
+   (256 KiB, in L2), else a multiple of 16 rows (at least 64) that does. Larger tiles spilled the
+   cache; smaller ones paid oneDNN's per-call cost (~10-20 us) too often. */
 static int tile_rows(int Nq, int Nk) {
     int64_t t = ((int64_t)1 << 16) / Nk;
     if (t >= Nq) return Nq;
@@ -258,7 +255,7 @@ void attention_forward_mp(mapo_precision p, float *out, float *lse, const float 
 #pragma omp parallel num_threads(nt)
     {
         const int t = omp_get_thread_num();
-        const size_t tile = ((size_t)T * Nk * sizeof(float) + 63) & ~(size_t)63;
+        const size_t tile = tile_bytes(T, Nk);
         char *buf = thread_buffer(t, 2 * tile + scr);
         float *S = (float *)buf;
         bf16 *P = (bf16 *)(buf + tile);
@@ -276,7 +273,6 @@ void attention_forward_mp(mapo_precision p, float *out, float *lse, const float 
                 amm_run(op->pv, t, P, Vp + pk, out + qo + (int64_t)r0 * ld, scratch);
             }
         }
-
     }
 }
 
@@ -302,7 +298,7 @@ void attention_backward_mp(mapo_precision p, float *dq, float *dk, float *dv, co
 #pragma omp parallel num_threads(nt)
     {
         const int t = omp_get_thread_num();
-        const size_t tile = ((size_t)T * Nk * sizeof(float) + 63) & ~(size_t)63;
+        const size_t tile = tile_bytes(T, Nk);
         char *buf = thread_buffer(t, 4 * tile + scr);
         float *S = (float *)buf, *dP = (float *)(buf + tile);
         bf16 *Pb = (bf16 *)(buf + 2 * tile), *Pt = (bf16 *)(buf + 3 * tile);
@@ -350,6 +346,5 @@ void attention_backward_mp(mapo_precision p, float *dq, float *dk, float *dv, co
                 }
             }
         }
-
     }
 }

@@ -27,6 +27,8 @@ dnnl_primitive_attr_t attr_new(int sum);
 enum { WS_IN0, WS_IN1, WS_OUT, WS_SCRATCH, WS_ATT_Q, WS_ATT_K, WS_ATT_KT, WS_ATT_V, WS_ATT_VT,
        WS_ATT_DO, WS_SLOTS };
 void *engine_workspace(int slot, size_t bytes);
+/* *buf grown (mapped anew, old contents dropped) to at least bytes; *have its size */
+void *engine_grow(void **buf, size_t *have, size_t bytes);
 /* fn(arg) on a short-lived thread (its allocations come from another malloc arena) */
 void engine_run_apart(void *(*fn)(void *), void *arg);
 /* float32 -> bf16 bits, round to nearest even (what oneDNN's reorders do); NaN stays NaN */
