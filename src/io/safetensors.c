@@ -11,6 +11,7 @@
  * "<path>.tmp.<pid>", fsynced, renamed over path, and the directory is fsynced. */
 #include "mapo/safetensors.h"
 
+#include "mapo/bf16.h"
 #include "mapo/common.h"
 
 #include <errno.h>
@@ -450,12 +451,7 @@ uint16_t st_float_to_half(float f) {
 }
 
 /* binary32 -> bfloat16, round to nearest even (c10's round_to_nearest_even) */
-uint16_t st_float_to_bf16(float f) {
-    uint32_t x = f32_bits(f);
-    if ((x & 0x7fffffffu) > 0x7f800000u) return 0x7fc0u;
-    x += 0x7fffu + ((x >> 16) & 1u);
-    return (uint16_t)(x >> 16);
-}
+uint16_t st_float_to_bf16(float f) { return mapo_bf16_bits(f); }
 
 int64_t st_from_f32(st_dtype d, const float *src, void *dst, int64_t n) {
     uint16_t *o = dst;

@@ -25,6 +25,7 @@
 
 #include <oneapi/dnnl/dnnl.h>
 
+#include "mapo/bf16.h"
 #include "mapo/common.h"
 #include "mapo/ops.h"
 #include "engine_internal.h"
@@ -493,7 +494,7 @@ void linear_backward_bf16x(float *dx, float *dw, float *db, const float *dy, con
 
 void mapo_round_bf16(uint16_t *dst, const float *src, int64_t n) {
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; i++) dst[i] = engine_to_bf16(src[i]);
+    for (int64_t i = 0; i < n; i++) dst[i] = mapo_bf16_bits(src[i]);
 }
 
 /* 1 when oneDNN's effective ISA includes every feature of `need` */

@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "engine_internal.h"
+#include "mapo/bf16.h"
 #include "mapo/common.h"
 #include "mapo/ops.h"
 
@@ -30,10 +31,9 @@ typedef uint16_t bf16;
    kernel (0.62 s against 0.50 s), so small heads keep the float32 attention. */
 #define BF16_MIN_DH 32
 
-static inline bf16 to_bf16(float x) { return engine_to_bf16(x); }
 static void round_tile(bf16 *dst, const float *src, int64_t n) {
 #pragma omp simd
-    for (int64_t i = 0; i < n; i++) dst[i] = to_bf16(src[i]);
+    for (int64_t i = 0; i < n; i++) dst[i] = mapo_bf16_bits(src[i]);
 }
 
 /* C[M,N] (+)= alpha A[M,K] B[K,N]; A, B bf16 and C float32, each a strided view. */
@@ -192,7 +192,7 @@ static bf16 *pack(int slot, const float *x, int B, int H, int N, int Dh, int tra
         for (int n = 0; n < N; n++)
             for (int d = 0; d < Dh; d++)
                 dst[transposed ? (int64_t)d * N + n : (int64_t)n * Dh + d] =
-                    to_bf16(src[(int64_t)n * ld + d]);
+                    mapo_bf16_bits(src[(int64_t)n * ld + d]);
     }
     return p;
 }

@@ -31,11 +31,4 @@ void *engine_workspace(int slot, size_t bytes);
 void *engine_grow(void **buf, size_t *have, size_t bytes);
 /* fn(arg) on a short-lived thread (its allocations come from another malloc arena) */
 void engine_run_apart(void *(*fn)(void *), void *arg);
-/* float32 -> bf16 bits, round to nearest even (what oneDNN's reorders do); NaN stays NaN */
-static inline uint16_t engine_to_bf16(float x) {
-    uint32_t u;
-    __builtin_memcpy(&u, &x, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
 #endif
