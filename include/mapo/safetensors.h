@@ -57,6 +57,8 @@ const char *st_meta(const st_file *f, const char *key);
 /* Exact scalar conversions: IEEE binary16 and bfloat16 bit patterns to float32. */
 float st_half_to_float(uint16_t h);
 float st_bf16_to_float(uint16_t h);
+/* n F16 or BF16 values (d) at src, which may be unaligned, to float32 */
+void st_half_to_f32(st_dtype d, const void *src, float *dst, int64_t n);
 /* float32 -> IEEE binary16 / bfloat16 bit patterns, round to nearest even, as torch's .half()
  * and .bfloat16(): F16 values from 65520 up (in magnitude) become +-inf, BF16 values past
  * FLT_MAX's rounding neighbourhood too; NaN stays NaN (F16 0x7e00 with the sign, BF16 0x7fc0). */

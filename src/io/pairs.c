@@ -7,17 +7,16 @@
 
 #include "mapo/common.h"
 
-/* Tensor `name` as float32: in place when F32 and aligned, else converted into *owned.
-   Checks ndim and, where want[k] >= 0, each dimension. */
-/* A half tensor kept in the mapping: every value must be finite (checked here, nothing kept) */
+/* A half tensor kept in the mapping: every value must be finite (an all-ones exponent is inf
+   or NaN in both formats), checked on the bits; nothing is kept. */
 static int keep_half(const st_file *f, const char *name, const st_tensor *t,
                      const st_tensor **half) {
-    const uint16_t *h = t->data;
+    const uint16_t e = t->dtype == ST_F16 ? 0x7c00u : 0x7f80u;
+    const uint8_t *h = t->data;
     for (int64_t i = 0; i < t->numel; i++) {
         uint16_t v;
-        memcpy(&v, h + i, 2); /* the mapping may be unaligned */
-        const float x = t->dtype == ST_F16 ? st_half_to_float(v) : st_bf16_to_float(v);
-        if (!isfinite(x))
+        memcpy(&v, h + 2 * i, 2); /* the mapping may be unaligned */
+        if ((v & e) == e)
             return mapo_error("%s: tensor '%s' holds a non-finite value (index %lld)", f->path,
                               name, (long long)i);
     }
@@ -25,16 +24,9 @@ static int keep_half(const st_file *f, const char *name, const st_tensor *t,
     return 0;
 }
 
-/* As get_f32; with half != NULL an F16 / BF16 tensor is kept in the mapping (*out NULL). */
-static int get_f32_or_half(const st_file *f, const char *name, int ndim, const int64_t *want,
-                           const float **out, float **owned, const st_tensor **half,
-                           int optional);
-
-static int get_f32(const st_file *f, const char *name, int ndim, const int64_t *want,
-                   const float **out, float **owned, int optional) {
-    return get_f32_or_half(f, name, ndim, want, out, owned, NULL, optional);
-}
-
+/* Tensor `name` as float32: in place when F32 and aligned, else converted into *owned; with
+   half != NULL an F16 / BF16 tensor is kept in the mapping instead (*out NULL, *half set).
+   Checks ndim and, where want[k] >= 0, each dimension. */
 static int get_f32_or_half(const st_file *f, const char *name, int ndim, const int64_t *want,
                            const float **out, float **owned, const st_tensor **half,
                            int optional) {
@@ -78,6 +70,11 @@ static int get_f32_or_half(const st_file *f, const char *name, int ndim, const i
     return 0;
 }
 
+static int get_f32(const st_file *f, const char *name, int ndim, const int64_t *want,
+                   const float **out, float **owned, int optional) {
+    return get_f32_or_half(f, name, ndim, want, out, owned, NULL, optional);
+}
+
 static int check_finite(const char *path, const char *name, const float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++)
         if (!isfinite(x[i]))
@@ -116,8 +113,10 @@ int pair_file_open(pair_file *p, const char *path, const unet_config *c) {
                         "%d", path, p->D, c->cross_dim);
     p->n_prompts = table ? eh->shape[0] : p->N;
     int64_t img[4] = {p->N, p->C, p->H, p->W}, e[3] = {p->n_prompts, p->S, p->D};
-    if (!rc) rc = get_f32_or_half(&p->f, "chosen", 4, img, &p->chosen, &p->owned[0], &p->half[0], 0);
-    if (!rc) rc = get_f32_or_half(&p->f, "rejected", 4, img, &p->rejected, &p->owned[1], &p->half[1], 1);
+    if (!rc) rc = get_f32_or_half(&p->f, "chosen", 4, img, &p->chosen, &p->owned[0],
+                                  &p->half[0], 0);
+    if (!rc) rc = get_f32_or_half(&p->f, "rejected", 4, img, &p->rejected, &p->owned[1],
+                                  &p->half[1], 1);
     if (!rc) rc = get_f32_or_half(&p->f, eh_name, 3, e, &p->ehs, &p->owned[2], &p->half[2], 0);
     if (!rc && p->n_prompts < 1) rc = mapo_error("%s: prompt_embeds holds no prompt", path);
     if (!rc && table) {
@@ -140,8 +139,10 @@ int pair_file_open(pair_file *p, const char *path, const unet_config *c) {
     }
     if (!rc && c->text_time) {
         int64_t te[2] = {p->N, -1}, ti[2] = {p->N, 6};
-        rc = get_f32_or_half(&p->f, "text_embeds", 2, te, &p->text_embeds, &p->owned[3], &p->half[3], 0);
-        if (!rc) rc = get_f32_or_half(&p->f, "time_ids", 2, ti, &p->time_ids, &p->owned[4], &p->half[4], 0);
+        rc = get_f32_or_half(&p->f, "text_embeds", 2, te, &p->text_embeds, &p->owned[3],
+                             &p->half[3], 0);
+        if (!rc) rc = get_f32_or_half(&p->f, "time_ids", 2, ti, &p->time_ids, &p->owned[4],
+                                      &p->half[4], 0);
         if (!rc) p->P = (int)st_find(&p->f, "text_embeds")->shape[1];
         if (!rc && p->P + 6 * c->add_time_dim != c->proj_class_dim)
             rc = mapo_error("%s: text_embeds width %d does not fit the model "
@@ -149,9 +150,10 @@ int pair_file_open(pair_file *p, const char *path, const unet_config *c) {
                             c->proj_class_dim, c->add_time_dim);
     }
     if (!rc && (st_find(&p->f, "chosen_hflip") || st_find(&p->f, "rejected_hflip"))) {
-        rc = get_f32_or_half(&p->f, "chosen_hflip", 4, img, &p->chosen_hflip, &p->owned[5], &p->half[5], 0);
-        if (!rc) rc = get_f32_or_half(&p->f, "rejected_hflip", 4, img, &p->rejected_hflip, &p->owned[6], &p->half[6],
-                              !p->rejected);
+        rc = get_f32_or_half(&p->f, "chosen_hflip", 4, img, &p->chosen_hflip, &p->owned[5],
+                             &p->half[5], 0);
+        if (!rc) rc = get_f32_or_half(&p->f, "rejected_hflip", 4, img, &p->rejected_hflip,
+                                      &p->owned[6], &p->half[6], !p->rejected);
     }
     const st_tensor *re = st_find(&p->f, "ref_errors");
     if (!rc && re) {
@@ -224,16 +226,8 @@ void pair_file_row(const pair_file *p, int k, int64_t row, float *dst) {
                       : k == PF_TIME_IDS    ? 6
                                             : (int64_t)p->C * p->H * p->W;
     const st_tensor *t = p->half[k];
-    if (!t) {
-        memcpy(dst, pf_data(p, k) + row * n, (size_t)n * sizeof(float));
-        return;
-    }
-    const uint16_t *h = (const uint16_t *)t->data + row * n;
-    for (int64_t i = 0; i < n; i++) {
-        uint16_t v;
-        memcpy(&v, h + i, 2);
-        dst[i] = t->dtype == ST_F16 ? st_half_to_float(v) : st_bf16_to_float(v);
-    }
+    if (t) st_half_to_f32(t->dtype, (const uint8_t *)t->data + 2 * row * n, dst, n);
+    else memcpy(dst, pf_data(p, k) + row * n, (size_t)n * sizeof(float));
 }
 
 void pair_file_ehs(const pair_file *p, int64_t idx, float *dst) {

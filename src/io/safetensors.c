@@ -370,6 +370,15 @@ static int not_float(const st_tensor *t) {
                       t->name ? t->name : "?", st_dtype_name(t->dtype));
 }
 
+void st_half_to_f32(st_dtype d, const void *src, float *dst, int64_t n) {
+    const uint8_t *p = src;
+    for (int64_t i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, p + 2 * i, 2);
+        dst[i] = d == ST_F16 ? st_half_to_float(h) : st_bf16_to_float(h);
+    }
+}
+
 int st_to_f32(const st_tensor *t, float *dst) {
     const uint8_t *p = t->data;
     int64_t n = t->numel;
@@ -379,11 +388,7 @@ int st_to_f32(const st_tensor *t, float *dst) {
         return 0;
     case ST_F16:
     case ST_BF16:
-        for (int64_t i = 0; i < n; i++) {
-            uint16_t h;
-            memcpy(&h, p + 2 * i, 2);
-            dst[i] = t->dtype == ST_F16 ? st_half_to_float(h) : st_bf16_to_float(h);
-        }
+        st_half_to_f32(t->dtype, p, dst, n);
         return 0;
     case ST_F64:
         for (int64_t i = 0; i < n; i++) {
