@@ -33,7 +33,8 @@ typedef struct {
     int Bp;        /* pairs */
     int64_t chw;
     float *sample, *target, *timestep, *ehs, *text_embeds, *time_ids;
-    float *eps;    /* scratch [chw] */
+    float *eps;    /* scratch [chw]: the pair's noise */
+    float *x0;     /* scratch [chw]: the clean latent, converted from a half-precision cache */
 } pair_slots;
 
 /* Pair idx of epoch `epoch` as a run with this seed sees it: noise, timestep and horizontal flip

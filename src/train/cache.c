@@ -253,7 +253,8 @@ static int reference_errors(const cache_config *c, const pair_file *pf, double *
     pair_slots b = {1, chw, xmalloc(2 * chw * sizeof(float)), xmalloc(2 * chw * sizeof(float)),
                     xmalloc(2 * sizeof(float)), xmalloc(2 * sd * sizeof(float)),
                     pf->P ? xmalloc(2 * (size_t)pf->P * sizeof(float)) : NULL,
-                    pf->P ? xmalloc(12 * sizeof(float)) : NULL, xmalloc(chw * sizeof(float))};
+                    pf->P ? xmalloc(12 * sizeof(float)) : NULL, xmalloc(chw * sizeof(float)),
+                    xmalloc(chw * sizeof(float))};
     unet_inputs in = {2, pf->H, pf->W, b.sample, b.timestep, b.ehs, pf->S, b.text_embeds, pf->P,
                       b.time_ids};
     int rc = unet_check_inputs(&u, &in);
@@ -271,6 +272,7 @@ static int reference_errors(const cache_config *c, const pair_file *pf, double *
     free(b.text_embeds);
     free(b.time_ids);
     free(b.eps);
+    free(b.x0);
     ddpm_free(&sch);
     unet_free(&u);
     return rc;

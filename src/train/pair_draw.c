@@ -58,7 +58,7 @@ void pair_fill(pair_slots *b, const pair_file *pf, const ddpm_schedule *sch, uin
     const int64_t chw = b->chw, sd = (int64_t)pf->S * pf->D;
     int t = pair_noise(seed, epoch, idx, sch->num_train_timesteps, b->eps, chw);
     const int fl = pair_file_has(pf, PF_CHOSEN_HFLIP) && pair_flip(seed, epoch, idx);
-    float *x0 = xmalloc((size_t)chw * sizeof(float));
+    float *x0 = b->x0;
     for (int half = 0; half < (pair_file_has(pf, PF_REJECTED) ? 2 : 1); half++) {
         pair_file_row(pf, half ? (fl ? PF_REJECTED_HFLIP : PF_REJECTED)
                                : (fl ? PF_CHOSEN_HFLIP : PF_CHOSEN), idx, x0);
@@ -72,5 +72,4 @@ void pair_fill(pair_slots *b, const pair_file *pf, const ddpm_schedule *sch, uin
             pair_file_row(pf, PF_TIME_IDS, idx, b->time_ids + s * 6);
         }
     }
-    free(x0);
 }

@@ -346,6 +346,7 @@ static void run_buffers(run *r) {
     b->s.sample = xmalloc(n * b->s.chw * sizeof(float));
     b->s.target = xmalloc(n * b->s.chw * sizeof(float));
     b->s.eps = xmalloc(b->s.chw * sizeof(float));
+    b->s.x0 = xmalloc(b->s.chw * sizeof(float));
     b->s.timestep = xmalloc(n * sizeof(float));
     /* zeroed: the memory-plan probe runs the model on these rows before the first batch */
     b->s.ehs = xcalloc((size_t)n * pf->S * pf->D, sizeof(float));
@@ -409,6 +410,7 @@ static void run_close(run *r) {
     free(b->s.sample);
     free(b->s.target);
     free(b->s.eps);
+    free(b->s.x0);
     free(b->s.timestep);
     free(b->s.ehs);
     free(b->s.text_embeds);
