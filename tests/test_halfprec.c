@@ -319,33 +319,30 @@ static void test_bad_index(void **state) {
     expect_bad("bad JSON", "{\"weight_map\": {", "not a valid index JSON");
     expect_bad("no weight_map", "{\"metadata\": {}}", "weight_map");
     expect_bad("weight_map not an object", "{\"weight_map\": [1]}", "weight_map");
-    char *s = index_edit("\"conv_in.bias\": \"diffusion_pytorch_model-00001-of-00008.safetensors\"",
-                         "\"conv_in.bias\": \"../sharded/diffusion_pytorch_model-00001-of-00008.safetensors\"");
-    expect_bad("shard path with ..", s, "'/'");
-    free(s);
-    s = index_edit("\"conv_in.bias\": \"diffusion_pytorch_model-00001-of-00008.safetensors\"",
-                   "\"conv_in.bias\": \"..diffusion_pytorch_model-00001-of-00008.safetensors\"");
-    expect_bad("shard name with ..", s, "'..'");
-    free(s);
-    s = index_edit("\"conv_in.bias\": \"diffusion_pytorch_model-00001-of-00008.safetensors\"",
-                   "\"conv_in.bias\": \"/etc/passwd\"");
-    expect_bad("absolute shard path", s, "conv_in.bias");
-    free(s);
-    s = index_edit("\"conv_in.bias\": \"diffusion_pytorch_model-00001-of-00008.safetensors\"",
-                   "\"conv_in.bias\": 7");
-    expect_bad("shard not a string", s, "not a string");
-    free(s);
-    s = index_edit("\"conv_in.bias\": \"diffusion_pytorch_model-00001-of-00008.safetensors\"",
-                   "\"conv_in.bias\": \"diffusion_pytorch_model-00009-of-00008.safetensors\"");
-    expect_bad("missing shard", s, "00009-of-00008.safetensors (of tensor 'conv_in.bias') is missing");
-    free(s);
-    s = index_edit("\"conv_in.bias\": \"diffusion_pytorch_model-00001-of-00008.safetensors\"",
-                   "\"conv_in.bias\": \"diffusion_pytorch_model-00008-of-00008.safetensors\"");
-    expect_bad("tensor not in its shard", s, "'conv_in.bias' is not in its shard");
-    free(s);
-    s = index_edit("\"conv_in.bias\": \"diffusion_pytorch_model-00001-of-00008.safetensors\",", "");
-    expect_bad("parameter missing from the map", s, "'conv_in.bias' is missing");
-    free(s);
+    /* conv_in.bias's entry of the index, edited */
+#define CB "\"conv_in.bias\": \"diffusion_pytorch_model-00001-of-00008.safetensors\""
+    static const struct { const char *what, *from, *to, *needle; } edits[] = {
+        {"shard path with ..", CB,
+         "\"conv_in.bias\": \"../sharded/diffusion_pytorch_model-00001-of-00008.safetensors\"",
+         "'/'"},
+        {"shard name with ..", CB,
+         "\"conv_in.bias\": \"..diffusion_pytorch_model-00001-of-00008.safetensors\"", "'..'"},
+        {"absolute shard path", CB, "\"conv_in.bias\": \"/etc/passwd\"", "conv_in.bias"},
+        {"shard not a string", CB, "\"conv_in.bias\": 7", "not a string"},
+        {"missing shard", CB,
+         "\"conv_in.bias\": \"diffusion_pytorch_model-00009-of-00008.safetensors\"",
+         "00009-of-00008.safetensors (of tensor 'conv_in.bias') is missing"},
+        {"tensor not in its shard", CB,
+         "\"conv_in.bias\": \"diffusion_pytorch_model-00008-of-00008.safetensors\"",
+         "'conv_in.bias' is not in its shard"},
+        {"parameter missing from the map", CB ",", "", "'conv_in.bias' is missing"},
+    };
+#undef CB
+    for (size_t k = 0; k < sizeof edits / sizeof *edits; k++) {
+        char *s = index_edit(edits[k].from, edits[k].to);
+        expect_bad(edits[k].what, s, edits[k].needle);
+        free(s);
+    }
     /* a shard file removed (the index intact) */
     char bd[128], p[256];
     snprintf(bd, sizeof bd, "%s/bad", g_dir);
