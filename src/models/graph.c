@@ -497,7 +497,8 @@ static void sub_graph(graph *sg, const graph *g, int grad_enabled) {
 
 /* the segment's transient memory counts in the outer graph's peak */
 static void fold_peak(graph *g, const graph *sg) {
-    if (g->bytes_live + sg->bytes_peak > g->bytes_peak) g->bytes_peak = g->bytes_live + sg->bytes_peak;
+    const size_t peak = g->bytes_live + sg->bytes_peak;
+    if (peak > g->bytes_peak) g->bytes_peak = peak;
 }
 
 static void checkpoint_bw(graph *g, node *n) {
