@@ -7,11 +7,17 @@
  *    >= 0.27 writes it, and the older <stem>.fp16.safetensors.index.json) loads as the exact
  *    float32 values of its F16 shards;
  *  - --save_precision's writer: F16 / BF16 files whose bytes are torch's conversion of the same
- *    weights, which load back; float32 stays exact; chunked conversion of a large tensor;
+ *    weights, which load back; float32 stays exact; chunked conversion of a large tensor; the
+ *    precision passed to each saver (unet_save_dir_as, the LoRA savers, the trainer's final
+ *    save) and to mapo convert's converters (LoRA files, single files: fp16 byte for byte the
+ *    conversion of torch's .half() of the same file), the plain savers float32;
  *  - bad indexes (bad JSON, no weight_map, missing shard, shard names leaving the folder, a
  *    tensor not in its shard, a parameter missing) each refused naming the index file. */
+#include "mapo/checkpoint.h"
 #include "mapo/common.h"
+#include "mapo/lora_formats.h"
 #include "mapo/safetensors.h"
+#include "mapo/single_file.h"
 #include "mapo/unet.h"
 #include "testutil.h"
 
@@ -217,10 +223,7 @@ static void test_save_precision(void **state) {
     for (int k = 0; k < 3; k++) {
         snprintf(d, sizeof d, "%s/save_%d", g_dir, k);
         st_f32_overflows(1);
-        const st_dtype was = st_set_f32_store(kinds[k]);
-        assert_int_equal(was, ST_F32);
-        int rc = unet_save_dir(&u, d);
-        assert_int_equal(st_set_f32_store(ST_F32), kinds[k]);
+        int rc = unet_save_dir_as(&u, d, kinds[k]);
         assert_int_equal(rc, 0);
         assert_int_equal(st_f32_overflows(1), 0); /* the weights are all in range */
         if (kinds[k] == ST_F16) check_saved(d, ST_F16, "", 1);
@@ -231,17 +234,26 @@ static void test_save_precision(void **state) {
         if (kinds[k] == ST_F32) expect_params_equal(&v, "f32.");
         if (kinds[k] == ST_F16) check_variant(&v);
         unet_free(&v);
+        /* the precision belongs to that call: a plain save right after it is float32 */
+        snprintf(d, sizeof d, "%s/plain_%d", g_dir, k);
+        assert_int_equal(unet_save_dir(&u, d), 0);
+        check_saved(d, ST_F32, "f32.", 0);
     }
+    /* the trainer's final save (--save_precision fp16): output_dir/unet, torch's .half() */
+    snprintf(d, sizeof d, "%s/final", g_dir);
+    assert_int_equal(mkdir(d, 0755), 0);
+    if (ckpt_save_final(&u, d, LORA_FMT_DIFFUSERS, ST_F16)) fail_msg("%s", mapo_last_error());
+    snprintf(d, sizeof d, "%s/final/unet", g_dir);
+    check_saved(d, ST_F16, "", 1);
     unet_free(&u);
-    /* the setting only affects F32 tensors added with data while it is on */
-    st_set_f32_store(ST_BF16);
+    /* each tensor is stored as its own add call says */
     st_writer *w = st_writer_new();
     const float one[2] = {1.0f, 70000.0f};
     const int64_t s2[1] = {2};
-    st_writer_add(w, "a", ST_F32, 1, s2, one);
-    st_set_f32_store(ST_F32);
+    st_writer_add_f32_as(w, "a", ST_BF16, 1, s2, one);
     st_writer_add(w, "b", ST_F32, 1, s2, one);
     st_writer_add_f32_as(w, "c", ST_F16, 1, s2, one);
+    st_writer_add_f32_as(w, "d", ST_F32, 1, s2, one);
     snprintf(d, sizeof d, "%s/mixed.safetensors", g_dir);
     st_f32_overflows(1);
     assert_int_equal(st_writer_write(w, d), 0);
@@ -254,7 +266,152 @@ static void test_save_precision(void **state) {
     assert_int_equal(st_find(&f, "c")->dtype, ST_F16);
     assert_int_equal(bits16(st_find(&f, "c"), 0), 0x3c00);
     assert_int_equal(bits16(st_find(&f, "c"), 1), 0x7c00);
+    assert_int_equal(st_find(&f, "d")->dtype, ST_F32);
+    assert_memory_equal(st_find(&f, "d")->data, one, sizeof one);
     st_close(&f);
+}
+
+/* file `got` holds the tensors of the float32 file `f32` (same names, shapes, metadata) stored
+   as d: F32 the same bytes, F16 / BF16 each value's bits torch's rounding of the float32 value
+   (st_float_to_half / st_float_to_bf16, checked against torch above) */
+static void expect_rounded(const char *got, const char *f32, st_dtype d) {
+    st_file g, r;
+    if (st_open(&g, got) || st_open(&r, f32)) fail_msg("%s", mapo_last_error());
+    assert_int_equal(g.n, r.n);
+    assert_true(g.n > 0);
+    for (int i = 0; i < g.n; i++) {
+        const st_tensor *t = &g.tensors[i], *e = st_find(&r, t->name);
+        if (!e) fail_msg("%s: '%s' not in %s", got, t->name, f32);
+        assert_int_equal(e->dtype, ST_F32);
+        if (t->dtype != d) fail_msg("%s: '%s' is %s", got, t->name, st_dtype_name(t->dtype));
+        assert_int_equal(t->ndim, e->ndim);
+        assert_memory_equal(t->shape, e->shape, (size_t)e->ndim * sizeof *e->shape);
+        if (d == ST_F32) {
+            if (memcmp(t->data, e->data, e->nbytes)) fail_msg("%s: '%s' differs", got, t->name);
+            continue;
+        }
+        for (int64_t k = 0; k < e->numel; k++) {
+            float v;
+            memcpy(&v, (const uint8_t *)e->data + 4 * k, 4);
+            const uint16_t want = d == ST_F16 ? st_float_to_half(v) : st_float_to_bf16(v);
+            if (bits16(t, k) != want)
+                fail_msg("%s: '%s'[%lld] = 0x%04x, %a rounds to 0x%04x", got, t->name,
+                         (long long)k, bits16(t, k), (double)v, want);
+        }
+    }
+    assert_int_equal(g.n_meta, r.n_meta);
+    for (int i = 0; i < r.n_meta; i++) {
+        const char *m = st_meta(&g, r.meta_keys[i]);
+        if (!m || strcmp(m, r.meta_values[i])) fail_msg("%s: metadata %s", got, r.meta_keys[i]);
+    }
+    st_close(&g);
+    st_close(&r);
+}
+
+#define PIPE "tests/fixtures/pipeline/sd15"
+#define LORA "tests/fixtures/lora_kohya/pipe_sd15/pytorch_lora_weights.safetensors"
+
+/* LoRA files in a save precision: mapo convert's lora_convert_file (both layouts, the kohya
+   alpha included) and the trainer's final save of adapters */
+static void test_lora_save_precision(void **state) {
+    (void)state;
+    static const char *const to[2] = {"diffusers", "kohya"};
+    char ref[2][128], p[300];
+    for (int l = 0; l < 2; l++) {
+        snprintf(ref[l], sizeof ref[l], "%s/lora_%s_f32.safetensors", g_dir, to[l]);
+        if (lora_convert_file_model(LORA, ref[l], to[l], PIPE, ST_F32))
+            fail_msg("%s", mapo_last_error());
+        const st_dtype kinds[3] = {ST_F32, ST_F16, ST_BF16};
+        for (int k = 0; k < 3; k++) {
+            snprintf(p, sizeof p, "%s/lora_%s_%d.safetensors", g_dir, to[l], k);
+            if (lora_convert_file_model(LORA, p, to[l], PIPE, kinds[k]))
+                fail_msg("%s", mapo_last_error());
+            expect_rounded(p, ref[l], kinds[k]);
+        }
+    }
+    /* the trainer's final save (--save_precision bf16 --lora_format both) */
+    unet u;
+    if (unet_load_dir(&u, PIPE, 0) || unet_lora_load(&u, LORA, 0))
+        fail_msg("%s", mapo_last_error());
+    char d[128];
+    snprintf(d, sizeof d, "%s/final_lora", g_dir);
+    assert_int_equal(mkdir(d, 0755), 0);
+    if (ckpt_save_final(&u, d, LORA_FMT_BOTH, ST_BF16)) fail_msg("%s", mapo_last_error());
+    snprintf(p, sizeof p, "%s/%s", d, LORA_DIFFUSERS_FILE);
+    expect_rounded(p, ref[0], ST_BF16);
+    snprintf(p, sizeof p, "%s/%s", d, LORA_KOHYA_FILE);
+    expect_rounded(p, ref[1], ST_BF16);
+    /* and the plain savers stay float32 */
+    snprintf(p, sizeof p, "%s/plain_lora.safetensors", g_dir);
+    assert_int_equal(unet_lora_save(&u, p), 0);
+    expect_rounded(p, ref[0], ST_F32);
+    snprintf(p, sizeof p, "%s/plain_kohya.safetensors", g_dir);
+    assert_int_equal(unet_lora_save_kohya(&u, p), 0);
+    expect_rounded(p, ref[1], ST_F32);
+    unet_free(&u);
+}
+
+/* mapo convert --save_precision on a single file: fp16 gives the bytes the conversion of
+   torch's .half() of the same file gives (tests/fixtures/single_file/sd15_fp16.safetensors),
+   bf16 torch's rounding of the float32 conversion; a half file widened to float32 is exact */
+static void test_single_file_save_precision(void **state) {
+    (void)state;
+    static const char *const parts[3] = {"unet/diffusion_pytorch_model.safetensors",
+                                         "vae/diffusion_pytorch_model.safetensors",
+                                         "text_encoder/model.safetensors"};
+    const char *f32_in = "tests/fixtures/single_file/sd15.safetensors";
+    const char *f16_in = "tests/fixtures/single_file/sd15_fp16.safetensors";
+    char f32[128], torch16[128], f16[128], b16[128], wide[128], a[300], b[300];
+    snprintf(f32, sizeof f32, "%s/sf_f32", g_dir);
+    snprintf(torch16, sizeof torch16, "%s/sf_torch16", g_dir);
+    snprintf(f16, sizeof f16, "%s/sf_f16", g_dir);
+    snprintf(b16, sizeof b16, "%s/sf_b16", g_dir);
+    snprintf(wide, sizeof wide, "%s/sf_wide", g_dir);
+    if (single_file_convert(f32_in, PIPE, f32, 1) ||
+        single_file_convert(f16_in, PIPE, torch16, 1) ||
+        single_file_convert_as(f32_in, PIPE, f16, 1, ST_F16) ||
+        single_file_convert_as(f32_in, PIPE, b16, 1, ST_BF16) ||
+        single_file_convert_as(f16_in, PIPE, wide, 1, ST_F32))
+        fail_msg("%s", mapo_last_error());
+    for (int i = 0; i < 3; i++) {
+        size_t na, nb;
+        snprintf(a, sizeof a, "%s/%s", f16, parts[i]);
+        snprintf(b, sizeof b, "%s/%s", torch16, parts[i]);
+        uint8_t *x = read_all(a, &na), *y = read_all(b, &nb);
+        assert_int_equal(na, nb);
+        if (memcmp(x, y, na)) fail_msg("%s differs from the conversion of torch's .half()", a);
+        free(x);
+        free(y);
+        snprintf(b, sizeof b, "%s/%s", f32, parts[i]);
+        expect_rounded(a, b, ST_F16);
+        snprintf(a, sizeof a, "%s/%s", b16, parts[i]);
+        expect_rounded(a, b, ST_BF16);
+        /* F16 -> float32: every value the exact float32 value of the F16 bits */
+        snprintf(a, sizeof a, "%s/%s", wide, parts[i]);
+        snprintf(b, sizeof b, "%s/%s", torch16, parts[i]);
+        st_file w, h;
+        if (st_open(&w, a) || st_open(&h, b)) fail_msg("%s", mapo_last_error());
+        assert_int_equal(w.n, h.n);
+        for (int t = 0; t < w.n; t++) {
+            const st_tensor *x32 = &w.tensors[t], *x16 = st_find(&h, x32->name);
+            assert_non_null(x16);
+            assert_int_equal(x32->dtype, ST_F32);
+            assert_int_equal(x16->dtype, ST_F16);
+            assert_int_equal(x32->numel, x16->numel);
+            for (int64_t k = 0; k < x32->numel; k++) {
+                float v;
+                memcpy(&v, (const uint8_t *)x32->data + 4 * k, 4);
+                if (v != st_half_to_float(bits16(x16, k))) fail_msg("%s: %s", a, x32->name);
+            }
+        }
+        st_close(&w);
+        st_close(&h);
+    }
+    /* a dtype that is no save precision: refused, nothing written */
+    snprintf(a, sizeof a, "%s/sf_i8", g_dir);
+    assert_int_equal(single_file_convert_as(f32_in, PIPE, a, 1, ST_I8), -1);
+    assert_non_null(strstr(mapo_last_error(), "F32, F16 or BF16, not I8"));
+    assert_int_equal(access(a, F_OK), -1);
 }
 
 /* a tensor larger than the writer's conversion chunk (2^16 values) */
@@ -387,6 +544,8 @@ int main(void) {
         cmocka_unit_test(test_sharded_load),
         cmocka_unit_test(test_variant_load),
         cmocka_unit_test(test_save_precision),
+        cmocka_unit_test(test_lora_save_precision),
+        cmocka_unit_test(test_single_file_save_precision),
         cmocka_unit_test(test_chunked_conversion),
         cmocka_unit_test(test_bad_index),
         cmocka_unit_test(test_precision_parse),

@@ -175,11 +175,13 @@ static void test_round_trip(void **s) {
         char kp[256], dp[256];
         snprintf(kp, sizeof kp, "%s/rt_%s_kohya.safetensors", tmpdir, c->name);
         snprintf(dp, sizeof dp, "%s/rt_%s_diffusers.safetensors", tmpdir, c->name);
-        if (lora_convert_file_model(c->diffusers, kp, "kohya", c->model)) fail_msg("%s", mapo_last_error());
+        if (lora_convert_file_model(c->diffusers, kp, "kohya", c->model, ST_F32))
+            fail_msg("%s", mapo_last_error());
         same_file(kp, c->kohya, 1);
         unet u;
         load_unet(&u, c->model);
-        if (lora_convert_file(kp, dp, "diffusers", &u.cfg)) fail_msg("%s", mapo_last_error());
+        if (lora_convert_file(kp, dp, "diffusers", &u.cfg, ST_F32))
+            fail_msg("%s", mapo_last_error());
         same_file(dp, c->diffusers, 0);
         unet_free(&u);
         unlink(kp);
@@ -189,7 +191,7 @@ static void test_round_trip(void **s) {
     char dp[256];
     snprintf(dp, sizeof dp, "%s/orig.safetensors", tmpdir);
     if (lora_convert_file_model(FX "/sd15/lora_kohya_original.safetensors", dp, "diffusers",
-                                "tests/fixtures/unet/sd15/model"))
+                                "tests/fixtures/unet/sd15/model", ST_F32))
         fail_msg("%s", mapo_last_error());
     same_file(dp, CASES[0].diffusers, 0);
     unlink(dp);
@@ -288,11 +290,14 @@ static void test_refusals(void **s) {
     /* conversion: a wrong target, a file for another UNet: nothing written */
     char out[256];
     snprintf(out, sizeof out, "%s/never.safetensors", tmpdir);
-    assert_int_equal(lora_convert_file_model(CASES[0].diffusers, out, "comfy", sd15), -1);
+    assert_int_equal(lora_convert_file_model(CASES[0].diffusers, out, "comfy", sd15, ST_F32),
+                     -1);
     assert_non_null(strstr(mapo_last_error(), "kohya, diffusers"));
-    assert_int_equal(lora_convert_file_model(FX "/sdxl/lora_kohya.safetensors", out, "diffusers", sd15), -1);
+    assert_int_equal(lora_convert_file_model(FX "/sdxl/lora_kohya.safetensors", out, "diffusers",
+                                             sd15, ST_F32), -1);
     assert_non_null(strstr(mapo_last_error(), "do not fit"));
-    assert_int_equal(lora_convert_file_model(CASES[0].diffusers, out, "kohya", "/nonexistent"), -1);
+    assert_int_equal(lora_convert_file_model(CASES[0].diffusers, out, "kohya", "/nonexistent",
+                                             ST_F32), -1);
     assert_int_equal(access(out, F_OK), -1);
     unlink(p);
 }
@@ -394,7 +399,8 @@ static void test_formats_dir(void **s) {
     for (int f = LORA_FMT_DIFFUSERS; f <= LORA_FMT_BOTH; f++) {
         snprintf(d, sizeof d, "%s/out%d", tmpdir, f);
         assert_int_equal(mkdir(d, 0755), 0);
-        if (unet_lora_save_formats(&u, d, (lora_format)f)) fail_msg("%s", mapo_last_error());
+        if (unet_lora_save_formats(&u, d, (lora_format)f, ST_F32))
+            fail_msg("%s", mapo_last_error());
         snprintf(p, sizeof p, "%s/%s", d, LORA_DIFFUSERS_FILE);
         assert_int_equal(mapo_is_file(p), !!(f & LORA_FMT_DIFFUSERS));
         if (f & LORA_FMT_DIFFUSERS) same_file(p, CASES[1].diffusers, 0);
@@ -405,7 +411,7 @@ static void test_formats_dir(void **s) {
         same_adapters(&v, &u, 0, d);
         unet_free(&v);
     }
-    assert_int_equal(unet_lora_save_formats(&u, d, (lora_format)0), -1);
+    assert_int_equal(unet_lora_save_formats(&u, d, (lora_format)0, ST_F32), -1);
     unet_free(&u);
 }
 

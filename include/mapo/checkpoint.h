@@ -37,9 +37,10 @@ int ckpt_load(const train_config *c, unet *u, optim_state *o, int64_t *step);
    through deletion, "<name>.tmp.<pid>" files. Only with out_dir's lock held (lock.h). */
 void ckpt_remove_stale(const char *out_dir);
 /* The final model: out_dir/unet/ (loadable by UNet2DConditionModel.from_pretrained) or
-   out_dir/pytorch_lora_weights.safetensors (pipeline.load_lora_weights). */
-/* fmt: LORA_FMT_* (lora_formats.h) for adapters. */
-int ckpt_save_final(const unet *u, const char *out_dir, int fmt);
+   out_dir/pytorch_lora_weights.safetensors (pipeline.load_lora_weights). fmt: LORA_FMT_*
+   (lora_formats.h) for adapters. store: the weights' dtype (--save_precision: ST_F32, ST_F16
+   or ST_BF16); checkpoints (ckpt_save) are always float32. */
+int ckpt_save_final(const unet *u, const char *out_dir, int fmt, st_dtype store);
 /* Keeps the lines of a train_log.jsonl whose "step" is <= step (rewritten atomically): a resumed
    run continues after its checkpoint instead of repeating lost steps. */
 int run_log_truncate(const char *path, int64_t step);

@@ -46,21 +46,29 @@ int lora_kohya_name(const unet_config *c, const char *module, kohya_layout layou
 /* Write the UNet's adapters as a kohya file, atomically (st_writer): float32 lora_down / lora_up,
  * float32 scalar alpha = r (mapo's adapters are at scale 1: alpha/r folded into B at load), and
  * sd-scripts' metadata ss_network_module "networks.lora", ss_network_dim, ss_network_alpha
- * (when every adapter has the same rank), ss_base_model_version, ss_v2. */
+ * (when every adapter has the same rank), ss_base_model_version, ss_v2. _layout picks the
+ * layout and stores every tensor, alpha included (as sd-scripts' --save_precision), as `store`
+ * (ST_F32, ST_F16 or ST_BF16, rounded as torch's .half() / .bfloat16()). */
 int unet_lora_save_kohya(const unet *u, const char *path);
-int unet_lora_save_kohya_layout(const unet *u, const char *path, kohya_layout layout);
+int unet_lora_save_kohya_layout(const unet *u, const char *path, kohya_layout layout,
+                                st_dtype store);
 
-/* The trainer's final save: into the folder dir, LORA_DIFFUSERS_FILE and/or LORA_KOHYA_FILE. */
-int unet_lora_save_formats(const unet *u, const char *dir, lora_format fmt);
+/* The trainer's final save: into the folder dir, LORA_DIFFUSERS_FILE and/or LORA_KOHYA_FILE,
+ * stored as `store` (ST_F32, ST_F16 or ST_BF16). */
+int unet_lora_save_formats(const unet *u, const char *dir, lora_format fmt, st_dtype store);
 
 /* Convert a LoRA file (either format, or a folder holding one; see unet_lora_load) into
  * to = "kohya" or "diffusers" at out (a file path; written atomically). The UNet config the LoRA
  * is for is needed: the original-layout names depend on it, and every tensor is checked against
  * its shapes. A kohya alpha != r is folded into lora_up, so the output is at scale 1 (the same
- * weights W + B A). For a config from a folder, see lora_convert_file_model. */
-int lora_convert_file(const char *in, const char *out, const char *to, const unet_config *cfg);
+ * weights W + B A). The output's tensors are stored as `store` (ST_F32, ST_F16 or ST_BF16; the
+ * values loaded as float32, then rounded as torch's .half() / .bfloat16()). For a config from a
+ * folder, see lora_convert_file_model. */
+int lora_convert_file(const char *in, const char *out, const char *to, const unet_config *cfg,
+                      st_dtype store);
 /* The same with the config read from model: a UNet folder (config.json) or a pipeline folder
  * (unet/config.json). */
-int lora_convert_file_model(const char *in, const char *out, const char *to, const char *model);
+int lora_convert_file_model(const char *in, const char *out, const char *to, const char *model,
+                            st_dtype store);
 
 #endif

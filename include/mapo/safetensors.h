@@ -119,15 +119,13 @@ st_writer *st_writer_new(void);
 void st_writer_add(st_writer *w, const char *name, st_dtype dtype, int ndim,
                    const int64_t *shape, const void *data);
 void st_writer_meta(st_writer *w, const char *key, const char *value);
-/* A float32 source stored as `store` (F32, F16 or BF16; converted in chunks at write time). */
+/* A float32 source stored as `store`: F16 or BF16 (converted in chunks at write time, round to
+ * nearest even as torch's .half() / .bfloat16()); any other value stores it as F32. The savers
+ * that take a save precision (unet_save_dir_as, unet_lora_save_as, ...) add through this.
+ * st_f32_overflows: finite values that became inf in such conversions (F16 beyond 65504) since
+ * the last call with reset = 1. */
 void st_writer_add_f32_as(st_writer *w, const char *name, st_dtype store, int ndim,
                           const int64_t *shape, const float *data);
-/* Process-wide, for outputs written through other modules' savers (mapo train --save_precision:
- * the final UNet / LoRA): while d is F16 or BF16, st_writer_add of an F32 tensor (not the
- * streaming st_writer_add_empty) stores it as d. Returns the previous setting; set ST_F32 back
- * right after the save. st_f32_overflows: finite values that became inf in such conversions
- * since the last call with reset = 1. */
-st_dtype st_set_f32_store(st_dtype d);
 int64_t st_f32_overflows(int reset);
 int st_writer_write(st_writer *w, const char *path);
 void st_writer_free(st_writer *w);

@@ -62,6 +62,8 @@
 #define MAPO_SINGLE_FILE_H
 #include <stddef.h>
 
+#include "mapo/safetensors.h"
+
 typedef enum { SF_NONE = 0, SF_SD15 = 1, SF_SDXL = 2 } sf_kind;
 
 /* What path is: SF_SD15 / SF_SDXL for a single-file checkpoint of that kind, SF_NONE for
@@ -76,6 +78,12 @@ sf_kind single_file_probe(const char *path);
  * either complete or absent. quiet: no progress lines. */
 int single_file_convert(const char *path, const char *config_dir, const char *out_dir,
                         int quiet);
+/* The same with every tensor stored as `store` (ST_F32, ST_F16 or ST_BF16; mapo convert
+ * --save_precision): each value as mapo loads it in float32, then rounded to nearest even as
+ * torch's .half() / .bfloat16(); a tensor already in `store` is copied byte for byte. An fp16
+ * overflow (beyond 65504: inf, as torch) is counted in one warning line. */
+int single_file_convert_as(const char *path, const char *config_dir, const char *out_dir,
+                           int quiet, st_dtype store);
 
 /* For commands taking a pipeline folder: when path is a regular file, it must be a single-file
  * checkpoint; it is converted once into the cache (resolved = $MAPO_CACHE_DIR, else

@@ -9,6 +9,7 @@
 #define MAPO_UNET_H
 #include "mapo/graph.h"
 #include "mapo/params.h"
+#include "mapo/safetensors.h"
 
 #define UNET_MAX_BLOCKS 8
 
@@ -89,7 +90,10 @@ int unet_build(unet *u, const unet_config *c);
 int unet_load_dir(unet *u, const char *dir, int with_grad);
 /* Create from config.json with random init. */
 int unet_init_dir(unet *u, const char *config_path, uint64_t seed, int with_grad);
-/* Write config.json + diffusion_pytorch_model.safetensors into dir (created). */
+/* Write config.json + diffusion_pytorch_model.safetensors into dir (created), the weights
+ * stored as `store` (ST_F32, ST_F16 or ST_BF16, rounded as torch's .half() / .bfloat16());
+ * unet_save_dir stores F32. */
+int unet_save_dir_as(const unet *u, const char *dir, st_dtype store);
 int unet_save_dir(const unet *u, const char *dir);
 void unet_free(unet *u);
 /* Check input shapes against the config; -1 with a message naming what is wrong. */
@@ -113,7 +117,9 @@ int unet_lora_add(unet *u, int rank, uint64_t seed);
    refused by name. */
 int unet_lora_load(unet *u, const char *path, int with_grad);
 /* Save as the official script does: pytorch_lora_weights.safetensors with diffusers names
-   ("unet." prefix, lora.down / lora.up), loadable by pipeline.load_lora_weights(). */
+   ("unet." prefix, lora.down / lora.up), loadable by pipeline.load_lora_weights(). _as stores
+   the factors as `store` (ST_F32, ST_F16 or ST_BF16); unet_lora_save stores F32. */
+int unet_lora_save_as(const unet *u, const char *path, st_dtype store);
 int unet_lora_save(const unet *u, const char *path);
 /* Fold the adapters into the base weights (W += B A) and drop them. */
 void unet_lora_merge(unet *u);

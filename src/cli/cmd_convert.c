@@ -9,6 +9,9 @@
  *   LoRA                     a LoRA file in the diffusers / peft or kohya (A1111 / ComfyUI)
  *                            layout -> the other one (--to kohya | diffusers; --model gives the
  *                            UNet config the kohya names depend on; lora_formats.h)
+ * --save_precision float32|fp16|bf16 gives the dtype every written tensor is stored in (rounded
+ * to nearest even as torch's .half() / .bfloat16()); without it a LoRA is written in float32 and
+ * a single file's tensors keep their own dtypes.
  * New kinds add one probe + one converter to KINDS. */
 #include <stdio.h>
 #include <string.h>
@@ -21,13 +24,15 @@
 #include "mapo/single_file.h"
 
 typedef struct {
-    const char *in, *out, *config_dir, *to, *model;
+    const char *in, *out, *config_dir, *to, *model, *save_precision;
     int quiet;
+    st_dtype store; /* --save_precision, parsed (ST_F32 when not given) */
 } convert_args;
 
 static int probe_single_file(const char *in) { return single_file_probe(in) != SF_NONE; }
 static int run_single_file(const convert_args *a) {
-    return single_file_convert(a->in, a->config_dir, a->out, a->quiet);
+    if (!a->save_precision) return single_file_convert(a->in, a->config_dir, a->out, a->quiet);
+    return single_file_convert_as(a->in, a->config_dir, a->out, a->quiet, a->store);
 }
 
 /* a safetensors file whose tensors are LoRA factors (".lora_down." / ".lora.down." /
@@ -49,8 +54,15 @@ static int run_lora(const convert_args *a) {
                           "(the UNet or pipeline folder it belongs to)", a->in);
     if (strcmp(a->to, "kohya") && strcmp(a->to, "diffusers"))
         return mapo_error("--to %s: a LoRA converts to kohya or diffusers", a->to);
-    if (lora_convert_file_model(a->in, a->out, a->to, a->model)) return -1;
-    if (!a->quiet) mapo_log(1, "wrote %s (%s layout)\n", a->out, a->to);
+    st_f32_overflows(1);
+    if (lora_convert_file_model(a->in, a->out, a->to, a->model, a->store)) return -1;
+    const int64_t n_inf = st_f32_overflows(1);
+    if (!a->quiet)
+        mapo_log(1, "wrote %s (%s layout, %s)\n", a->out, a->to, st_precision_name(a->store));
+    if (n_inf)
+        mapo_log(1, "warning: %lld value(s) of %s are beyond fp16's range (65504) and became inf, "
+                    "as torch's .half() does (mapo refuses to load non-finite weights; bf16 or "
+                    "float32 keeps them)\n", (long long)n_inf, a->out);
     return 0;
 }
 
@@ -76,15 +88,22 @@ int cmd_convert(int argc, char **argv) {
          "Hub cache of stable-diffusion-v1-5 / stable-diffusion-xl-base-1.0)", 0},
         {"to", OPT_STR, &a.to, "LoRA files: kohya | diffusers, the layout to write", 0},
         {"model", OPT_STR, &a.model, "LoRA files: the UNet or pipeline folder it is for", 0},
+        {"save_precision", OPT_STR, &a.save_precision,
+         "float32 | fp16 | bf16: the dtype of every written tensor, rounded to nearest even as "
+         "torch's .half() / .bfloat16() (default: float32 for a LoRA; a single file's tensors "
+         "keep their own dtypes)", 0},
         {"quiet", OPT_FLAG, &a.quiet, "no progress", 0},
     };
     int r = args_parse(o, (int)(sizeof o / sizeof *o), argc, argv, 2,
                        "usage: mapo convert --in MODEL.safetensors --out DIR "
-                       "[--config_dir PIPELINE_DIR]\n"
+                       "[--config_dir PIPELINE_DIR] [--save_precision float32|fp16|bf16]\n"
                        "       mapo convert --in LORA.safetensors --out FILE --to kohya|diffusers "
-                       "--model UNET_OR_PIPELINE_DIR");
+                       "--model UNET_OR_PIPELINE_DIR [--save_precision float32|fp16|bf16]");
     if (r) return r > 0 ? 0 : -1;
     if (!a.in || !a.out) return mapo_error("convert needs --in and --out");
+    a.store = ST_F32;
+    if (a.save_precision && st_precision_parse(a.save_precision, "--save_precision", &a.store))
+        return -1;
     if (!mapo_is_file(a.in))
         return mapo_error("%s: %s", a.in, mapo_is_dir(a.in) ? "a folder; --in takes a file"
                                                             : "no such file");

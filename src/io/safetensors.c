@@ -867,14 +867,7 @@ static const char *check_add(const st_writer *w, const char *name, st_dtype dtyp
     return NULL;
 }
 
-static st_dtype g_f32_store = ST_F32;
 static int64_t g_f32_overflows;
-
-st_dtype st_set_f32_store(st_dtype d) {
-    st_dtype was = g_f32_store;
-    g_f32_store = d == ST_F16 || d == ST_BF16 ? d : ST_F32;
-    return was;
-}
 
 int64_t st_f32_overflows(int reset) {
     int64_t n = g_f32_overflows;
@@ -885,26 +878,16 @@ int64_t st_f32_overflows(int reset) {
 void st_writer_add_f32_as(st_writer *w, const char *name, st_dtype store, int ndim,
                           const int64_t *shape, const float *data) {
     if (store != ST_F16 && store != ST_BF16) {
-        const st_dtype was = g_f32_store;
-        g_f32_store = ST_F32;
         st_writer_add(w, name, ST_F32, ndim, shape, data);
-        g_f32_store = was;
         return;
     }
     const int n0 = w->n;
-    const st_dtype was = g_f32_store;
-    g_f32_store = ST_F32;
     st_writer_add(w, name, store, ndim, shape, data);
-    g_f32_store = was;
     if (w->n > n0) w->e[w->n - 1].from_f32 = 1;
 }
 
 void st_writer_add(st_writer *w, const char *name, st_dtype dtype, int ndim,
                    const int64_t *shape, const void *data) {
-    if (dtype == ST_F32 && g_f32_store != ST_F32 && !w->streaming) {
-        st_writer_add_f32_as(w, name, g_f32_store, ndim, shape, data);
-        return;
-    }
     size_t nbytes = 0;
     const char *bad = check_add(w, name, dtype, ndim, shape, data, &nbytes);
     if (bad) {

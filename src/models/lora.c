@@ -233,7 +233,7 @@ int unet_lora_load(unet *u, const char *path, int with_grad) {
 }
 
 /* ------------------------------------------------------------------ save / merge */
-int unet_lora_save(const unet *u, const char *path) {
+int unet_lora_save_as(const unet *u, const char *path, st_dtype store) {
     if (!u->lora.n) return mapo_error("no LoRA adapters to save");
     st_writer *w = st_writer_new();
     for (int i = 0; i < u->lora.n; i++) {
@@ -242,12 +242,14 @@ int unet_lora_save(const unet *u, const char *path) {
         size_t len = strlen(p->name);
         const char *suf = strstr(p->name, ".lora_A.weight") ? "lora.down.weight" : "lora.up.weight";
         snprintf(nm, sizeof nm, "unet.%.*s.%s", (int)(len - 14), p->name, suf);
-        st_writer_add(w, nm, ST_F32, p->ndim, p->shape, u->lora.data + p->offset);
+        st_writer_add_f32_as(w, nm, store, p->ndim, p->shape, u->lora.data + p->offset);
     }
     int rc = st_writer_write(w, path);
     st_writer_free(w);
     return rc;
 }
+
+int unet_lora_save(const unet *u, const char *path) { return unet_lora_save_as(u, path, ST_F32); }
 
 static int merge_block(unet *u, unet_tblock *b, void *ctx) {
     (void)ctx;

@@ -72,7 +72,8 @@ int lora_kohya_name(const unet_config *c, const char *module, kohya_layout layou
 }
 
 /* ------------------------------------------------------------------ save */
-int unet_lora_save_kohya_layout(const unet *u, const char *path, kohya_layout layout) {
+int unet_lora_save_kohya_layout(const unet *u, const char *path, kohya_layout layout,
+                                st_dtype store) {
     const param_table *L = &u->lora;
     if (!L->n) return mapo_error("no LoRA adapters to save");
     st_writer *w = st_writer_new();
@@ -97,11 +98,11 @@ int unet_lora_save_kohya_layout(const unet *u, const char *path, kohya_layout la
         rank = rank == -1 ? r : (rank == r ? r : 0);
         alpha[i] = (float)r;
         snprintf(nm, sizeof nm, "%s.lora_down.weight", base);
-        st_writer_add(w, nm, ST_F32, pa->ndim, pa->shape, L->data + pa->offset);
+        st_writer_add_f32_as(w, nm, store, pa->ndim, pa->shape, L->data + pa->offset);
         snprintf(nm, sizeof nm, "%s.lora_up.weight", base);
-        st_writer_add(w, nm, ST_F32, pb->ndim, pb->shape, L->data + pb->offset);
-        snprintf(nm, sizeof nm, "%s.alpha", base);
-        st_writer_add(w, nm, ST_F32, 0, NULL, &alpha[i]);
+        st_writer_add_f32_as(w, nm, store, pb->ndim, pb->shape, L->data + pb->offset);
+        snprintf(nm, sizeof nm, "%s.alpha", base); /* as sd-scripts: alpha in the save dtype too */
+        st_writer_add_f32_as(w, nm, store, 0, NULL, &alpha[i]);
     }
     if (!rc) {
         /* what sd-scripts' train_network.py writes, as str(): dim an int, alpha a float */
@@ -125,26 +126,27 @@ int unet_lora_save_kohya_layout(const unet *u, const char *path, kohya_layout la
 }
 
 int unet_lora_save_kohya(const unet *u, const char *path) {
-    return unet_lora_save_kohya_layout(u, path, KOHYA_LAYOUT_AUTO);
+    return unet_lora_save_kohya_layout(u, path, KOHYA_LAYOUT_AUTO, ST_F32);
 }
 
-int unet_lora_save_formats(const unet *u, const char *dir, lora_format fmt) {
+int unet_lora_save_formats(const unet *u, const char *dir, lora_format fmt, st_dtype store) {
     if (fmt != LORA_FMT_DIFFUSERS && fmt != LORA_FMT_KOHYA && fmt != LORA_FMT_BOTH)
         return mapo_error("unknown LoRA format %d", (int)fmt);
     char p[4200];
     if (fmt & LORA_FMT_DIFFUSERS) {
         snprintf(p, sizeof p, "%s/%s", dir, LORA_DIFFUSERS_FILE);
-        if (unet_lora_save(u, p)) return -1;
+        if (unet_lora_save_as(u, p, store)) return -1;
     }
     if (fmt & LORA_FMT_KOHYA) {
         snprintf(p, sizeof p, "%s/%s", dir, LORA_KOHYA_FILE);
-        if (unet_lora_save_kohya(u, p)) return -1;
+        if (unet_lora_save_kohya_layout(u, p, KOHYA_LAYOUT_AUTO, store)) return -1;
     }
     return 0;
 }
 
 /* ------------------------------------------------------------------ convert */
-int lora_convert_file(const char *in, const char *out, const char *to, const unet_config *cfg) {
+int lora_convert_file(const char *in, const char *out, const char *to, const unet_config *cfg,
+                      st_dtype store) {
     int kohya;
     if (to && !strcmp(to, "kohya")) kohya = 1;
     else if (to && !strcmp(to, "diffusers")) kohya = 0;
@@ -154,13 +156,16 @@ int lora_convert_file(const char *in, const char *out, const char *to, const une
     unet u;
     unet_build(&u, cfg);
     int rc = unet_lora_load(&u, in, 0);
-    if (!rc) rc = kohya ? unet_lora_save_kohya(&u, out) : unet_lora_save(&u, out);
+    if (!rc)
+        rc = kohya ? unet_lora_save_kohya_layout(&u, out, KOHYA_LAYOUT_AUTO, store)
+                   : unet_lora_save_as(&u, out, store);
     u.cfg.json = NULL; /* the caller's config */
     unet_free(&u);
     return rc;
 }
 
-int lora_convert_file_model(const char *in, const char *out, const char *to, const char *model) {
+int lora_convert_file_model(const char *in, const char *out, const char *to, const char *model,
+                            st_dtype store) {
     char p[4200];
     snprintf(p, sizeof p, "%s/config.json", model);
     if (!mapo_is_file(p)) {
@@ -171,7 +176,7 @@ int lora_convert_file_model(const char *in, const char *out, const char *to, con
     }
     unet_config c;
     if (unet_config_load(&c, p)) return -1;
-    int rc = lora_convert_file(in, out, to, &c);
+    int rc = lora_convert_file(in, out, to, &c, store);
     unet_config_free(&c);
     return rc;
 }

@@ -12,8 +12,8 @@
  *          here, named by its original key.
  *   write  out_dir.tmp.<pid>/: configs first (the UNet and VAE configs are parsed back with
  *          mapo's own readers and must give the derived model), then the weights, streamed
- *          tensor by tensor in their own dtype, then tokenizers, scheduler and
- *          model_index.json.
+ *          tensor by tensor in their own dtype (or all in one, single_file_convert_as), then
+ *          tokenizers, scheduler and model_index.json.
  *   commit rename into out_dir (fsync of the parent), or remove the temporary folder. */
 #include "mapo/single_file.h"
 
@@ -22,6 +22,7 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <limits.h>
+#include <math.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -1168,10 +1169,47 @@ static int copy_dir(const char *src, const char *dst) {
     return rc;
 }
 
-static int write_weights(const sf_part *pt, const char *path) {
+/* the dtype tensor o is written in: its own (store < 0), else store */
+static st_dtype out_dtype(const sf_out *o, int store) {
+    return store < 0 ? o->src->dtype : (st_dtype)store;
+}
+
+/* n values of dtype `from` at src (contiguous, maybe unaligned) into tensor i as `to`, through
+   float32 in chunks: the loader's conversion (st_to_f32), then torch's rounding (st_from_f32).
+   *n_inf counts finite values that became inf. */
+static int put_converted(st_writer *w, int i, const unsigned char *src, st_dtype from,
+                         st_dtype to, int64_t n, int64_t *n_inf) {
+    enum { CHUNK = 1 << 16 };
+    float *f = xmalloc(CHUNK * sizeof *f);
+    uint16_t *h = to == ST_F32 ? NULL : xmalloc(CHUNK * sizeof *h);
+    const size_t es = st_dtype_size(from), eo = st_dtype_size(to);
+    int rc = 0;
+    for (int64_t k = 0; k < n && !rc; k += CHUNK) {
+        const int64_t m = n - k < CHUNK ? n - k : CHUNK;
+        st_tensor t = {.dtype = from, .ndim = 1, .shape = {m}, .numel = m,
+                       .nbytes = (size_t)m * es, .data = src + (size_t)k * es};
+        st_to_f32(&t, f);
+        if (from == ST_F64) /* the only source whose values can overflow float32 */
+            for (int64_t j = 0; j < m; j++) {
+                double d;
+                memcpy(&d, src + (size_t)(k + j) * 8, 8);
+                *n_inf += isinf(f[j]) && isfinite(d);
+            }
+        if (h) *n_inf += st_from_f32(to, f, h, m);
+        rc = st_writer_put(w, i, (size_t)k * eo, h ? (const void *)h : (const void *)f,
+                           (size_t)m * eo);
+    }
+    free(f);
+    free(h);
+    return rc;
+}
+
+/* store < 0: every tensor in its own dtype, byte for byte; else every tensor as store */
+static int write_weights(const sf_part *pt, const char *path, int store, int64_t *n_inf) {
     st_writer *w = st_writer_new();
     for (int i = 0; i < pt->n; i++)
-        st_writer_add_empty(w, pt->t[i].name, pt->t[i].src->dtype, pt->t[i].ndim, pt->t[i].shape);
+        st_writer_add_empty(w, pt->t[i].name, out_dtype(&pt->t[i], store), pt->t[i].ndim,
+                            pt->t[i].shape);
     st_writer_meta(w, "format", "pt");
     int rc = st_writer_begin(w, path);
     for (int i = 0; i < pt->n && !rc; i++) {
@@ -1181,19 +1219,21 @@ static int write_weights(const sf_part *pt, const char *path) {
         size_t nb = es;
         for (int k = 0; k < o->ndim; k++) nb *= (size_t)o->shape[k];
         const unsigned char *data = s->data;
-        if (o->op == OP_COPY || o->op == OP_CONV1) {
-            rc = st_writer_put(w, i, 0, data, nb);
-        } else if (o->op == OP_ROWS) {
-            rc = st_writer_put(w, i, 0, data + (size_t)o->row0 * (nb / (size_t)o->shape[0]), nb);
-        } else { /* OP_T: out [P, D] from [D, P] */
+        unsigned char *buf = NULL;
+        if (o->op == OP_ROWS) {
+            data += (size_t)o->row0 * (nb / (size_t)o->shape[0]);
+        } else if (o->op == OP_T) { /* out [P, D] from [D, P] */
             const int64_t P = o->shape[0], D = o->shape[1];
-            unsigned char *buf = xmalloc(nb);
+            buf = xmalloc(nb);
             for (int64_t r = 0; r < P; r++)
                 for (int64_t c = 0; c < D; c++)
                     memcpy(buf + (size_t)(r * D + c) * es, data + (size_t)(c * P + r) * es, es);
-            rc = st_writer_put(w, i, 0, buf, nb);
-            free(buf);
-        }
+            data = buf;
+        } /* OP_COPY, OP_CONV1: the bytes as they are */
+        const st_dtype to = out_dtype(o, store);
+        rc = to == s->dtype ? st_writer_put(w, i, 0, data, nb)
+                            : put_converted(w, i, data, s->dtype, to, (int64_t)(nb / es), n_inf);
+        free(buf);
     }
     if (!rc) rc = st_writer_commit(w);
     st_writer_free(w);
@@ -1306,7 +1346,7 @@ static int verify_unet_config(const sf_plan *p, const char *path) {
                                "derived from %s", p->path);
 }
 
-static int write_folder(const sf_plan *p, const char *tmp) {
+static int write_folder(const sf_plan *p, const char *tmp, int store, int64_t *n_inf) {
     if (mkdir(tmp, 0755)) return mapo_error("%s: cannot create folder: %s", tmp, strerror(errno));
     char q[4400], r[4400];
     for (int i = 0; i < p->n_part; i++) { /* configs first: checked before the weights */
@@ -1327,7 +1367,7 @@ static int write_folder(const sf_plan *p, const char *tmp) {
                                  "usable", p->path, p->cfg);
     for (int i = 0; i < p->n_part; i++) {
         snprintf(q, sizeof q, "%s/%s/%s", tmp, p->part[i].sub, p->part[i].weights);
-        if (write_weights(&p->part[i], q)) return -1;
+        if (write_weights(&p->part[i], q, store, n_inf)) return -1;
     }
     for (int i = 0; i < (p->kind == SF_SDXL ? 2 : 1); i++) {
         const char *t = i ? "tokenizer_2" : "tokenizer";
@@ -1366,13 +1406,13 @@ static int absent_or_empty(const char *path) {
     return empty;
 }
 
-static int64_t plan_bytes(const sf_plan *p, int *n) {
+static int64_t plan_bytes(const sf_plan *p, int store, int *n) {
     int64_t b = 0;
     *n = 0;
     for (int i = 0; i < p->n_part; i++) {
         *n += p->part[i].n;
         for (int k = 0; k < p->part[i].n; k++) {
-            int64_t e = (int64_t)st_dtype_size(p->part[i].t[k].src->dtype);
+            int64_t e = (int64_t)st_dtype_size(out_dtype(&p->part[i].t[k], store));
             for (int d = 0; d < p->part[i].t[k].ndim; d++) e *= p->part[i].t[k].shape[d];
             b += e;
         }
@@ -1380,15 +1420,17 @@ static int64_t plan_bytes(const sf_plan *p, int *n) {
     return b;
 }
 
-/* convert a planned file into out (atomic). 1 = out appeared meanwhile (another process) */
-static int convert_planned(sf_plan *p, const char *out, int quiet) {
+/* convert a planned file into out (atomic), every tensor as store (< 0: its own dtype).
+   1 = out appeared meanwhile (another process) */
+static int convert_planned(sf_plan *p, const char *out, int quiet, int store) {
     if (strlen(out) > 3800) return mapo_error("%s: path too long", out);
     remove_stale(out);
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", out, (long)getpid());
     rm_rf(tmp);
     double t0 = mapo_now();
-    int rc = write_folder(p, tmp);
+    int64_t n_inf = 0;
+    int rc = write_folder(p, tmp, store, &n_inf);
     if (!rc && rename(tmp, out)) {
         if ((errno == ENOTEMPTY || errno == EEXIST) && mapo_is_dir(out)) rc = 1;
         else rc = mapo_error("%s: cannot rename to %s: %s", tmp, out, strerror(errno));
@@ -1399,25 +1441,46 @@ static int convert_planned(sf_plan *p, const char *out, int quiet) {
     }
     fsync_parent(out);
     int n;
-    int64_t b = plan_bytes(p, &n);
+    int64_t b = plan_bytes(p, store, &n);
     if (!quiet)
-        mapo_log(1, "converted %s (%s single file) -> %s: %d tensors, %.1f MiB, %.1f s\n",
-                 p->path, kind_name(p->kind), out, n, (double)b / (1 << 20), mapo_now() - t0);
+        mapo_log(1, "converted %s (%s single file) -> %s%s%s: %d tensors, %.1f MiB, %.1f s\n",
+                 p->path, kind_name(p->kind), out, store < 0 ? "" : " as ",
+                 store < 0 ? "" : st_precision_name((st_dtype)store), n, (double)b / (1 << 20),
+                 mapo_now() - t0);
+    if (n_inf)
+        mapo_log(1, "warning: %lld weight value(s) of %s are beyond %s's range and became inf, as "
+                    "torch's conversion does (mapo refuses to load non-finite weights; bf16 or "
+                    "float32 keeps them)\n", (long long)n_inf, out,
+                 st_precision_name((st_dtype)store));
     return 0;
 }
 
-int single_file_convert(const char *path, const char *config_dir, const char *out_dir,
-                        int quiet) {
+/* store < 0: every tensor in its own dtype */
+static int convert_file(const char *path, const char *config_dir, const char *out_dir, int quiet,
+                        int store) {
     if (!absent_or_empty(out_dir))
         return mapo_error("%s: already exists (mapo convert writes a new folder)", out_dir);
     sf_plan p;
     int rc = plan(&p, path, config_dir);
     if (!rc) {
-        rc = convert_planned(&p, out_dir, quiet);
+        rc = convert_planned(&p, out_dir, quiet, store);
         if (rc == 1) rc = mapo_error("%s: appeared while converting", out_dir);
     }
     plan_free(&p);
     return rc;
+}
+
+int single_file_convert(const char *path, const char *config_dir, const char *out_dir,
+                        int quiet) {
+    return convert_file(path, config_dir, out_dir, quiet, -1);
+}
+
+int single_file_convert_as(const char *path, const char *config_dir, const char *out_dir,
+                           int quiet, st_dtype store) {
+    if (store != ST_F32 && store != ST_F16 && store != ST_BF16)
+        return mapo_error("single-file conversion: the stored dtype must be F32, F16 or BF16, "
+                          "not %s", st_dtype_name(store));
+    return convert_file(path, config_dir, out_dir, quiet, (int)store);
 }
 
 /* ------------------------------------------------------------------ the cache */
@@ -1524,7 +1587,7 @@ int single_file_resolve(const char *path, const char *config_dir, char *resolved
         char parent[2200];
         snprintf(parent, sizeof parent, "%s/single_file", root);
         rc = mapo_mkdir_p(parent);
-        if (!rc) rc = convert_planned(&p, dir, 0);
+        if (!rc) rc = convert_planned(&p, dir, 0, -1);
         if (rc == 1) rc = 0; /* another process converted it meanwhile */
         if (!rc) mapo_log(1, "%s: converted once into %s (reused while the file and the config "
                              "folder are unchanged)\n", path, dir);

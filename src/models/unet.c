@@ -578,12 +578,21 @@ int unet_init_dir(unet *u, const char *config_path, uint64_t seed, int with_grad
     return 0;
 }
 
-int unet_save_dir(const unet *u, const char *dir) {
+int unet_save_dir_as(const unet *u, const char *dir, st_dtype store) {
     if (mkdir(dir, 0755) && errno != EEXIST)
         return mapo_error("%s: cannot create folder: %s", dir, strerror(errno));
     char p[4200];
     snprintf(p, sizeof p, "%s/diffusion_pytorch_model.safetensors", dir);
-    if (params_save(&u->params, p)) return -1;
+    /* as params_save, each float32 parameter stored as `store` */
+    st_writer *w = st_writer_new();
+    for (int i = 0; i < u->params.n; i++) {
+        const param_info *q = &u->params.p[i];
+        st_writer_add_f32_as(w, q->name, store, q->ndim, q->shape, u->params.data + q->offset);
+    }
+    st_writer_meta(w, "format", "pt");
+    const int wrc = st_writer_write(w, p);
+    st_writer_free(w);
+    if (wrc) return -1;
     char *js = json_dumps((json_t *)u->cfg.json, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     if (!js) return mapo_error("%s: cannot serialise config", dir);
     snprintf(p, sizeof p, "%s/config.json", dir);
@@ -591,3 +600,5 @@ int unet_save_dir(const unet *u, const char *dir) {
     free(js);
     return rc;
 }
+
+int unet_save_dir(const unet *u, const char *dir) { return unet_save_dir_as(u, dir, ST_F32); }

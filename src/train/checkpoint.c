@@ -305,19 +305,19 @@ int run_log_truncate(const char *path, int64_t step) {
     return rc;
 }
 
-int ckpt_save_final(const unet *u, const char *out_dir, int fmt) {
+int ckpt_save_final(const unet *u, const char *out_dir, int fmt, st_dtype store) {
     char tmp[4200], dst[4200];
     int rc;
     if (u->lora.n) {
         /* atomic files: pytorch_lora_weights.safetensors and / or lora_kohya.safetensors */
         snprintf(dst, sizeof dst, "%s/%s", out_dir,
                  fmt == LORA_FMT_KOHYA ? LORA_KOHYA_FILE : LORA_DIFFUSERS_FILE);
-        rc = unet_lora_save_formats(u, out_dir, (lora_format)fmt);
+        rc = unet_lora_save_formats(u, out_dir, (lora_format)fmt, store);
     } else {
         snprintf(tmp, sizeof tmp, "%s/.unet.tmp", out_dir);
         snprintf(dst, sizeof dst, "%s/unet", out_dir);
         run_rm_rf(tmp);
-        rc = unet_save_dir(u, tmp);
+        rc = unet_save_dir_as(u, tmp, store);
         if (!rc) rc = replace_dir(tmp, dst);
         if (rc) run_rm_rf(tmp);
     }

@@ -142,13 +142,11 @@ watcher *watch_checkpoints(void) {
 static int final_end(watcher *w, const run_view *r, int64_t step, run_end how) {
     (void)w;
     if (how != RUN_DONE) return 0;
-    /* --save_precision: the final weights' float32 tensors stored as F16 / BF16 by the writer
-       (round to nearest even as torch's .half() / .bfloat16()); checkpoints stay float32 */
+    /* --save_precision: the final weights stored as F32, F16 or BF16 (round to nearest even as
+       torch's .half() / .bfloat16()); checkpoints stay float32 */
     const st_dtype sp = r->c->save_precision;
     st_f32_overflows(1);
-    const st_dtype was = st_set_f32_store(sp);
-    const int rc = ckpt_save_final(r->u, r->c->output_dir, r->c->lora_format);
-    st_set_f32_store(was);
+    const int rc = ckpt_save_final(r->u, r->c->output_dir, r->c->lora_format, sp);
     const int64_t n_inf = st_f32_overflows(1);
     if (rc) return -1;
     const char *what = !r->u->lora.n ? "unet" : r->c->lora_format == 2 ? "lora_kohya.safetensors"
