@@ -1,7 +1,8 @@
 /* clip_text.h -- transformers' CLIPTextModel and CLIPTextModelWithProjection, forward only.
  *
  * Loaded from a pipeline's text_encoder/ or text_encoder_2/ folder: config.json +
- * model.safetensors (F32, F16, BF16 or F64 weights; computed in float32). Parameter names are
+ * model.safetensors, or a sharded model.safetensors.index.json + shards (--variant files as the
+ * UNet's, st_weights_find; F32, F16, BF16 or F64 weights; computed in float32). Parameter names are
  * transformers' own, in either layout found in the wild:
  *   - "text_model.embeddings.token_embedding.weight", ... (CLIPTextModelWithProjection, and
  *     CLIPTextModel as transformers 4.x saved it: every real SD 1.5 / SDXL text encoder);
@@ -47,9 +48,11 @@ typedef struct {
     int64_t eos_token_id, bos_token_id, pad_token_id; /* -1 when absent from config.json */
 } clip_text_config;
 
-/* Load dir/config.json and dir/model.safetensors (a text_encoder/ or text_encoder_2/ folder). */
+/* Load dir/config.json and the weights st_weights_find picks for dir/model.safetensors: the
+ * --variant file or index, else model.safetensors, else model.safetensors.index.json (a
+ * text_encoder/ or text_encoder_2/ folder). */
 int clip_text_load_dir(clip_text **m, const char *dir);
-/* The same with explicit paths (e.g. a model.fp16.safetensors variant). */
+/* The same with explicit paths (e.g. a model.fp16.safetensors variant, or an index). */
 int clip_text_load(clip_text **m, const char *config_path, const char *weights_path);
 /* From a config.json alone, weights random (params_init_random, seed): for benchmarks. */
 int clip_text_init_random(clip_text **m, const char *config_path, uint64_t seed);

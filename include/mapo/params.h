@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "mapo/graph.h"
+#include "mapo/safetensors.h"
 
 typedef struct {
     char *name;
@@ -54,6 +55,22 @@ void params_init_random(param_table *t, uint64_t seed);
  * allow_extra. prefix is prepended to names in the file (e.g. "" or "unet."). path may be a
  * sharded checkpoint's index (st_is_index: *.safetensors.index.json and its shards). */
 int params_load(param_table *t, const char *path, const char *prefix, int allow_extra);
+/* The weights of one model behind one interface: a safetensors file, or a sharded checkpoint's
+ * index and its shards (st_is_index(path); every shard checked and mapped by st_index_open).
+ * params_load reads through it, and so do the loaders that check names before allocating (the
+ * CLIP text encoders) or accept old names (the VAE). weights_open: 0, or -1 with the file's or
+ * the index's own message. Tensors are numbered 0 .. weights_count - 1 in name order;
+ * weights_find and weights_tensor return the same pointer for the same tensor. */
+typedef struct {
+    int sharded;
+    st_file f;
+    st_index x;
+} weights_src;
+int weights_open(weights_src *w, const char *path);
+void weights_close(weights_src *w);
+const st_tensor *weights_find(const weights_src *w, const char *name); /* NULL when absent */
+int weights_count(const weights_src *w);
+const st_tensor *weights_tensor(const weights_src *w, int i);
 /* Save all parameters (F32) atomically. */
 int params_save(const param_table *t, const char *path);
 /* Add one tensor per parameter to a safetensors writer, named prefix + diffusers name, with

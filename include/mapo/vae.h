@@ -1,7 +1,9 @@
 /* vae.h -- diffusers' AutoencoderKL (Stable Diffusion's VAE), inference only.
  *
- * Loaded from a diffusers `vae/` folder (config.json + diffusion_pytorch_model.safetensors,
- * F32/F16/BF16 weights) or a pipeline folder holding one, with diffusers' parameter names.
+ * Loaded from a diffusers `vae/` folder (config.json + diffusion_pytorch_model.safetensors, or
+ * a sharded diffusion_pytorch_model.safetensors.index.json + shards; --variant files as the
+ * UNet's, st_weights_find; F32/F16/BF16 weights) or a pipeline folder holding one, with
+ * diffusers' parameter names.
  * Supported config: DownEncoderBlock2D / UpDecoderBlock2D blocks, act_fn "silu", integer
  * sample_size, optional quant_conv / post_quant_conv, mid block with or without attention,
  * scaling_factor and shift_factor; latents_mean / latents_std must be null. Any other key or

@@ -1,9 +1,9 @@
 /* clip_text.c -- CLIPTextModel / CLIPTextModelWithProjection forward (see clip_text.h).
  *
  * Config: every key of config.json is understood, checked to be harmless, or refused by name.
- * Weights: the file is opened and every tensor's presence and shape checked against the config
- * BEFORE anything is allocated (so a hostile config cannot ask for terabytes), then params_load
- * converts F16/BF16/F64 to float32.
+ * Weights: the file (or a sharded checkpoint's index and its shards, weights_open) is opened and
+ * every tensor's presence and shape checked against the config BEFORE anything is allocated (so
+ * a hostile config cannot ask for terabytes), then params_load converts F16/BF16/F64 to float32.
  * Forward: BLAS for every matrix product (linear_forward for the projections, sgemm per head and
  * query tile in the causal attention), OpenMP over rows / heads elsewhere. */
 #include "mapo/clip_text.h"
@@ -267,11 +267,11 @@ static void shape_str(char *buf, size_t n, int ndim, const int64_t *s) {
 }
 
 /* Every parameter present with its shape, and nothing unexpected, before allocating. */
-static int check_file(const clip_text *m, const st_file *f, const char *path) {
+static int check_file(const clip_text *m, const weights_src *f, const char *path) {
     const param_table *t = &m->params;
     for (int i = 0; i < t->n; i++) {
         const param_info *p = &t->p[i];
-        const st_tensor *s = st_find(f, p->name);
+        const st_tensor *s = weights_find(f, p->name);
         if (!s)
             return mapo_error("%s: tensor '%s' is missing (config.json expects it; is this the "
                               "right config for these weights?)", path, p->name);
@@ -290,8 +290,8 @@ static int check_file(const clip_text *m, const st_file *f, const char *path) {
     }
     char posids[64];
     snprintf(posids, sizeof posids, "%sembeddings.position_ids", m->prefix);
-    for (int i = 0; i < f->n; i++) {
-        const char *nm = f->tensors[i].name;
+    for (int i = 0; i < weights_count(f); i++) {
+        const char *nm = weights_tensor(f, i)->name;
         if (params_find(t, nm) >= 0 || !strcmp(nm, posids)) continue;
         if (m->proj < 0 && !strcmp(nm, "text_projection.weight")) {
             mapo_log(2, "%s: ignoring text_projection.weight (config says CLIPTextModel)\n",
@@ -318,21 +318,21 @@ int clip_text_load(clip_text **out, const char *config_path, const char *weights
     clip_text_config c;
     int proj;
     if (read_config(&c, &proj, config_path)) return -1;
-    st_file f;
-    if (st_open(&f, weights_path)) return -1;
+    weights_src f; /* one file or a sharded checkpoint's index */
+    if (weights_open(&f, weights_path)) return -1;
     const char *prefix;
-    if (st_find(&f, "text_model.embeddings.token_embedding.weight")) prefix = "text_model.";
-    else if (st_find(&f, "embeddings.token_embedding.weight")) prefix = "";
+    if (weights_find(&f, "text_model.embeddings.token_embedding.weight")) prefix = "text_model.";
+    else if (weights_find(&f, "embeddings.token_embedding.weight")) prefix = "";
     else {
-        st_close(&f);
+        weights_close(&f);
         return mapo_error("%s: no text_model.embeddings.token_embedding.weight (nor "
                           "embeddings.token_embedding.weight): not a CLIP text encoder",
                           weights_path);
     }
-    if (proj < 0) proj = st_find(&f, "text_projection.weight") != NULL;
+    if (proj < 0) proj = weights_find(&f, "text_projection.weight") != NULL;
     clip_text *m = new_model(&c, proj, prefix);
     int rc = check_file(m, &f, weights_path); /* names and shapes against the file */
-    st_close(&f);
+    weights_close(&f);
     if (!rc) rc = params_check_size(&m->params, config_path, weights_path);
     if (!rc) {
         params_alloc(&m->params, 0);
@@ -350,17 +350,12 @@ int clip_text_load_dir(clip_text **out, const char *dir) {
     *out = NULL;
     char cp[4200], wp[4200];
     snprintf(cp, sizeof cp, "%s/config.json", dir);
-    mapo_weights_path(wp, sizeof wp, dir, "model.safetensors"); /* --variant */
     if (!mapo_is_file(cp)) return mapo_error("%s: no config.json: not a text_encoder folder", dir);
-    if (!mapo_is_file(wp)) {
-        char ip[4300];
-        snprintf(ip, sizeof ip, "%s.index.json", wp);
-        if (mapo_is_file(ip))
-            return mapo_error("%s: sharded checkpoints (model.safetensors.index.json) are not "
-                              "supported; re-save as one file", dir);
-        return mapo_error("%s: no model.safetensors (pytorch_model.bin is not supported; "
-                          "model.<variant>.safetensors files are read with --variant)", dir);
-    }
+    /* --variant, one file or sharded (an index and its shards), as the UNet */
+    if (st_weights_find(wp, sizeof wp, dir, "model.safetensors"))
+        return mapo_error("%s: no model.safetensors (nor a sharded model.safetensors.index.json; "
+                          "pytorch_model.bin is not supported; model.<variant>.safetensors files "
+                          "are read with --variant)", dir);
     return clip_text_load(out, cp, wp);
 }
 

@@ -126,43 +126,36 @@ static void shape_str(char *buf, size_t n, int ndim, const int64_t *s) {
     if (k < n) snprintf(buf + k, n - k, "]");
 }
 
-/* one safetensors file, or a sharded checkpoint's index and shards */
-typedef struct {
-    int sharded;
-    st_file f;
-    st_index x;
-} weights_src;
-
-static int src_open(weights_src *w, const char *path) {
+int weights_open(weights_src *w, const char *path) {
     memset(w, 0, sizeof *w);
     w->sharded = st_is_index(path);
     return w->sharded ? st_index_open(&w->x, path) : st_open(&w->f, path);
 }
 
-static void src_close(weights_src *w) {
+void weights_close(weights_src *w) {
     if (w->sharded) st_index_close(&w->x);
     else st_close(&w->f);
 }
 
-static const st_tensor *src_find(const weights_src *w, const char *name) {
+const st_tensor *weights_find(const weights_src *w, const char *name) {
     return w->sharded ? st_index_find(&w->x, name) : st_find(&w->f, name);
 }
 
-static int src_count(const weights_src *w) { return w->sharded ? w->x.n : w->f.n; }
+int weights_count(const weights_src *w) { return w->sharded ? w->x.n : w->f.n; }
 
-static const char *src_name(const weights_src *w, int i) {
-    return w->sharded ? w->x.names[i] : w->f.tensors[i].name;
+const st_tensor *weights_tensor(const weights_src *w, int i) {
+    return w->sharded ? w->x.tensors[i] : &w->f.tensors[i];
 }
 
 int params_load(param_table *t, const char *path, const char *prefix, int allow_extra) {
     weights_src f;
-    if (src_open(&f, path)) return -1;
+    if (weights_open(&f, path)) return -1;
     int rc = 0;
     char name[640];
     for (int i = 0; i < t->n && !rc; i++) {
         param_info *p = &t->p[i];
         snprintf(name, sizeof name, "%s%s", prefix, p->name);
-        const st_tensor *s = src_find(&f, name);
+        const st_tensor *s = weights_find(&f, name);
         if (!s) {
             rc = mapo_error("%s: parameter '%s' is missing (the model config expects it; "
                             "is this the right config.json for these weights?)", path, name);
@@ -193,8 +186,8 @@ int params_load(param_table *t, const char *path, const char *prefix, int allow_
     }
     if (!rc && !allow_extra) {
         size_t pl = strlen(prefix);
-        for (int i = 0; i < src_count(&f); i++) {
-            const char *nm = src_name(&f, i);
+        for (int i = 0; i < weights_count(&f); i++) {
+            const char *nm = weights_tensor(&f, i)->name;
             if (strncmp(nm, prefix, pl)) continue;
             if (params_find(t, nm + pl) < 0) {
                 rc = mapo_error("%s: tensor '%s' is not a parameter of this model "
@@ -203,7 +196,7 @@ int params_load(param_table *t, const char *path, const char *prefix, int allow_
             }
         }
     }
-    src_close(&f);
+    weights_close(&f);
     return rc;
 }
 

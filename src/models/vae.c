@@ -393,23 +393,24 @@ static void shape_str(char *buf, size_t n, int ndim, const int64_t *s) {
     if (k < n) snprintf(buf + k, n - k, "]");
 }
 
+/* path: one file or a sharded checkpoint's index (weights_open) */
 static int load_weights(vae *v, const char *path) {
-    st_file f;
-    if (st_open(&f, path)) return -1;
+    weights_src f;
+    if (weights_open(&f, path)) return -1;
     param_table *t = &v->params;
-    char *used = xcalloc(f.n ? f.n : 1, 1);
+    const st_tensor **took = xcalloc(t->n ? t->n : 1, sizeof *took); /* each parameter's tensor */
     int rc = 0;
     for (int i = 0; i < t->n && !rc; i++) {
         param_info *p = &t->p[i];
-        const st_tensor *s = st_find(&f, p->name);
+        const st_tensor *s = weights_find(&f, p->name);
         char old[600];
-        if (!s && deprecated_name(p->name, old, sizeof old)) s = st_find(&f, old);
+        if (!s && deprecated_name(p->name, old, sizeof old)) s = weights_find(&f, old);
         if (!s) {
             rc = mapo_error("%s: parameter '%s' is missing (the VAE config expects it; is this "
                             "the right config.json for these weights?)", path, p->name);
             break;
         }
-        used[s - f.tensors] = 1;
+        took[i] = s;
         int ok = s->ndim == p->ndim;
         for (int k = 0; ok && k < p->ndim; k++) ok = s->shape[k] == p->shape[k];
         if (!ok) {
@@ -433,12 +434,17 @@ static int load_weights(vae *v, const char *path) {
                 break;
             }
     }
-    for (int i = 0; i < f.n && !rc; i++)
-        if (!used[i])
+    /* a tensor no parameter took, first in name order (a few hundred tensors: a plain scan) */
+    for (int j = 0; j < weights_count(&f) && !rc; j++) {
+        const st_tensor *s = weights_tensor(&f, j);
+        int k = 0;
+        while (k < t->n && took[k] != s) k++;
+        if (k == t->n)
             rc = mapo_error("%s: unexpected tensor '%s' (not a parameter of this AutoencoderKL "
-                            "config)", path, f.tensors[i].name);
-    free(used);
-    st_close(&f);
+                            "config)", path, s->name);
+    }
+    free(took);
+    weights_close(&f);
     return rc;
 }
 
@@ -496,16 +502,18 @@ int vae_load_dir(vae **out, const char *dir) {
     }
     char cp[4200];
     snprintf(cp, sizeof cp, "%s/config.json", d);
-    mapo_weights_path(p, sizeof p, d, "diffusion_pytorch_model.safetensors"); /* --variant */
+    /* --variant, one file or sharded (an index and its shards), as the UNet */
+    const int found = !st_weights_find(p, sizeof p, d, "diffusion_pytorch_model.safetensors");
     if (build(v, cp, p)) {
         vae_free(v);
         return -1;
     }
     v->conv_scratch = (size_t)64 << 20;
-    if (!mapo_is_file(p)) {
+    if (!found) {
         vae_free(v);
-        return mapo_error("%s: no diffusion_pytorch_model.safetensors (sharded or .bin "
-                          "checkpoints are not supported; re-save with safe_serialization)", d);
+        return mapo_error("%s: no diffusion_pytorch_model.safetensors (nor a sharded "
+                          "diffusion_pytorch_model.safetensors.index.json; .bin checkpoints are "
+                          "not supported: re-save with safe_serialization)", d);
     }
     if (load_weights(v, p)) {
         vae_free(v);
