@@ -66,12 +66,14 @@ void pipeline_time_ids(float out[6], int orig_h, int orig_w, int crop_y, int cro
                        int target_w);
 
 /* A fingerprint of the parts that turn data into training inputs (tokenizers, text encoders,
- * VAE: config bytes, weight file sizes and sampled weight bytes); "" parts are skipped. Written
- * into caches so a cache made with other models is detected. buf >= 17 chars. */
+ * VAE: config bytes, weight file sizes and sampled weight bytes; for sharded weights the index
+ * and every shard); "" parts are skipped. Written into caches so a cache made with other models
+ * is detected. buf >= 17 chars. */
 int pipeline_fingerprint(const char *dir, char *buf, size_t n);
 
-/* Fingerprint of a UNet folder or a pipeline folder's unet/ (config + weights): which reference
- * UNet cached Diffusion-DPO errors belong to. */
+/* Fingerprint of a UNet folder or a pipeline folder's unet/ (config + weights: the file
+ * unet_load_dir reads, or a sharded checkpoint's index and every shard): which reference UNet
+ * cached Diffusion-DPO errors belong to. */
 int unet_dir_fingerprint(const char *dir, char *buf, size_t n);
 
 /* The fingerprint of one file (size + FNV-1a of up to 64 sampled 4 KiB blocks). */

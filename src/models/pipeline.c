@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "mapo/common.h"
+#include "mapo/safetensors.h"
 
 void pipeline_free(pipeline *p) {
     for (int i = 0; i < 2; i++) {
@@ -211,16 +212,46 @@ int file_fingerprint(const char *path, uint64_t *h) {
     return 0;
 }
 
-/* files (relative to dir) hashed with their names; missing ones are skipped unless required */
+/* The fingerprint of the weights at path (as st_weights_find gives it): one file's, or for a
+   sharded checkpoint's index the index file's followed by each shard's name and fingerprint in
+   the index's order, so that changing, adding, removing or renaming a shard changes it. The
+   index is opened as the loader opens it (st_index_open: every shard present and valid). */
+static int weights_fingerprint(const char *path, uint64_t *h) {
+    if (!st_is_index(path)) return file_fingerprint(path, h);
+    uint64_t x;
+    if (file_fingerprint(path, &x)) return -1;
+    st_index ix;
+    if (st_index_open(&ix, path)) return -1;
+    int rc = 0;
+    for (int j = 0; j < ix.n_shards && !rc; j++) {
+        const char *sp = ix.shards[j].path, *name = strrchr(sp, '/');
+        name = name ? name + 1 : sp;
+        uint64_t s;
+        rc = file_fingerprint(sp, &s);
+        x = fnv(x, name, strlen(name));
+        x = fnv(x, &s, sizeof s);
+    }
+    st_index_close(&ix);
+    if (!rc) *h = x;
+    return rc;
+}
+
+/* files (relative to dir) hashed with their names; missing ones are skipped unless required.
+   A weights name (*.safetensors) stands for what the loaders read (st_weights_find: the
+   --variant file or index, else the plain file, else the plain index) */
 static int files_fingerprint(const char *dir, const char *const *files, int nf, int required,
                              char *buf, size_t n) {
     uint64_t x = 0xcbf29ce484222325ULL;
     for (int i = 0; i < nf; i++) {
         char q[4200];
-        mapo_weights_path(q, sizeof q, dir, files[i]); /* the file --variant reads */
+        const size_t fl = strlen(files[i]), ext = strlen(".safetensors");
+        if (fl > ext && !strcmp(files[i] + fl - ext, ".safetensors"))
+            st_weights_find(q, sizeof q, dir, files[i]); /* q = dir/files[i] when none exists */
+        else
+            snprintf(q, sizeof q, "%s/%s", dir, files[i]);
         if (!required && !mapo_is_file(q)) continue;
         uint64_t h;
-        if (file_fingerprint(q, &h)) return -1;
+        if (weights_fingerprint(q, &h)) return -1;
         x = fnv(x, files[i], strlen(files[i]));
         x = fnv(x, &h, sizeof h);
     }

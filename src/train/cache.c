@@ -556,15 +556,14 @@ int cache_build(const cache_config *c) {
     cache_config cr = *c;
     if (cr.ref_epochs < 1) cr.ref_epochs = (c->ref_pair_visits + pf.N - 1) / pf.N;
     c = &cr;
-    /* the reference's fingerprint first: a UNet folder it cannot fingerprint (sharded weights)
-       gets no cached errors (training then keeps the reference UNet in memory) */
+    /* the reference's fingerprint (its config and weights: one file, or an index and every
+       shard), recorded so that training uses the errors only with this very reference; a
+       reference it cannot read is refused here, as loading it would be */
     char rf[32], ep[32];
     if (unet_dir_fingerprint(c->ref_unet, rf, sizeof rf)) {
-        mapo_log(1, "note: reference errors not cached (%s); training will run the reference "
-                    "UNet\n", mapo_last_error());
         pair_file_close(&pf);
         json_decref(meta);
-        return 0;
+        return mapo_error_prefix("reference UNet %s", c->ref_unet);
     }
     double *ref = xmalloc((size_t)c->ref_epochs * pf.N * 2 * sizeof(double));
     rc = reference_errors(c, &pf, ref);
