@@ -43,9 +43,9 @@ typedef struct {
 int pipeline_load(pipeline *p, const char *dir, int parts, const char *unet_dir,
                   int unet_with_grad);
 void pipeline_free(pipeline *p);
-/* Replace the pipeline's VAE by the one in vae_dir (a VAE folder: config.json + weights), as
- * the official scripts' --pretrained_vae_model_name_or_path; it must fit (latent channels,
- * downscale). */
+/* Replace the pipeline's VAE by the one in vae_dir (a VAE folder: config.json + weights, or a
+ * pipeline folder's vae/: vae_weights_path), as the official scripts'
+ * --pretrained_vae_model_name_or_path; it must fit (latent channels, downscale). */
 int pipeline_use_vae(pipeline *p, const char *vae_dir);
 /* Free the tokenizers and text encoders (after the prompts are encoded). */
 void pipeline_drop_text(pipeline *p);
@@ -75,6 +75,12 @@ int pipeline_fingerprint(const char *dir, char *buf, size_t n);
  * unet_load_dir reads, or a sharded checkpoint's index and every shard): which reference UNet
  * cached Diffusion-DPO errors belong to. */
 int unet_dir_fingerprint(const char *dir, char *buf, size_t n);
+
+/* Fingerprint of the VAE vae_load_dir reads for dir (--pretrained_vae_model_name_or_path): a VAE
+ * folder, or a pipeline folder's vae/ (vae_weights_path; config + the weights --variant picks,
+ * one file or a sharded checkpoint's index and every shard). A VAE folder's value is the one
+ * unet_dir_fingerprint gave it, so caches made with one stay valid. */
+int vae_dir_fingerprint(const char *dir, char *buf, size_t n);
 
 /* The fingerprint of one file (size + FNV-1a of up to 64 sampled 4 KiB blocks). */
 int file_fingerprint(const char *path, uint64_t *h);

@@ -41,6 +41,12 @@ int vae_load_dir(vae **v, const char *dir);
 void vae_free(vae *v);
 /* The downscale factor of the VAE in dir (folder or pipeline) from its config alone. */
 int vae_config_downscale(const char *dir, int *factor);
+/* What vae_load_dir reads for dir: *folder = dir when dir/config.json exists (a VAE folder), else
+ * dir/vae (a pipeline folder, as diffusers' AutoencoderKL.from_pretrained(dir, subfolder="vae"));
+ * weights = its weights as st_weights_find picks them (--variant, one file or a sharded
+ * checkpoint's index). 0, or -1 with the loader's error (no VAE folder, no weights). The data
+ * cache's vae_fingerprint hashes these (vae_dir_fingerprint), so it follows the loader. */
+int vae_weights_path(const char *dir, char folder[4096], char *weights, size_t n);
 
 double vae_scaling_factor(const vae *v);
 double vae_shift_factor(const vae *v); /* 0 when the config has null / no shift_factor */

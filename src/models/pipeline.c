@@ -236,6 +236,15 @@ static int weights_fingerprint(const char *path, uint64_t *h) {
     return rc;
 }
 
+/* *x followed by name and the fingerprint of the weights or file at path */
+static int fp_add(uint64_t *x, const char *name, const char *path) {
+    uint64_t h;
+    if (weights_fingerprint(path, &h)) return -1;
+    *x = fnv(*x, name, strlen(name));
+    *x = fnv(*x, &h, sizeof h);
+    return 0;
+}
+
 /* files (relative to dir) hashed with their names; missing ones are skipped unless required.
    A weights name (*.safetensors) stands for what the loaders read (st_weights_find: the
    --variant file or index, else the plain file, else the plain index) */
@@ -250,10 +259,7 @@ static int files_fingerprint(const char *dir, const char *const *files, int nf, 
         else
             snprintf(q, sizeof q, "%s/%s", dir, files[i]);
         if (!required && !mapo_is_file(q)) continue;
-        uint64_t h;
-        if (weights_fingerprint(q, &h)) return -1;
-        x = fnv(x, files[i], strlen(files[i]));
-        x = fnv(x, &h, sizeof h);
+        if (fp_add(&x, files[i], q)) return -1;
     }
     snprintf(buf, n, "%016llx", (unsigned long long)x);
     return 0;
@@ -278,6 +284,19 @@ int unet_dir_fingerprint(const char *dir, char *buf, size_t n) {
     char p[4200];
     snprintf(p, sizeof p, "%s/unet/config.json", dir);
     return files_fingerprint(dir, mapo_is_file(p) ? sub : plain, 2, 1, buf, n);
+}
+
+int vae_dir_fingerprint(const char *dir, char *buf, size_t n) {
+    char d[4096], w[4200], c[4200];
+    if (vae_weights_path(dir, d, w, sizeof w)) return -1; /* the loader's folder and weights */
+    snprintf(c, sizeof c, "%s/config.json", d);
+    /* the names and order of files_fingerprint(d, {config.json, diffusion_pytorch_model
+       .safetensors}): a VAE folder's fingerprint is what unet_dir_fingerprint gave it */
+    uint64_t x = 0xcbf29ce484222325ULL;
+    if (fp_add(&x, "config.json", c) || fp_add(&x, "diffusion_pytorch_model.safetensors", w))
+        return -1;
+    snprintf(buf, n, "%016llx", (unsigned long long)x);
+    return 0;
 }
 
 int pipeline_use_vae(pipeline *p, const char *vae_dir) {

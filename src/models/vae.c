@@ -458,22 +458,50 @@ void vae_free(vae *v) {
     free(v);
 }
 
-/* dir (a VAE folder or a pipeline folder with vae/) -> its folder d and parsed config in v */
-static int read_config(vae *v, const char *dir, char d[4096]) {
+/* The folder of the VAE of dir: dir when dir/config.json exists (a VAE folder), else dir/vae when
+   dir/vae/config.json does (a pipeline folder, as diffusers' AutoencoderKL.from_pretrained(dir,
+   subfolder="vae")). */
+static int vae_folder(const char *dir, char d[4096]) {
     char p[4200];
     if (strlen(dir) > 4000) return mapo_error("VAE folder path is too long");
     snprintf(p, sizeof p, "%s/config.json", dir);
     if (mapo_is_file(p)) {
         snprintf(d, 4096, "%s", dir);
-    } else {
-        snprintf(p, sizeof p, "%s/vae/config.json", dir);
-        if (!mapo_is_file(p)) {
-            if (!mapo_is_dir(dir)) return mapo_error("%s: no such folder", dir);
-            return mapo_error("%s: no config.json (nor vae/config.json): not a diffusers "
-                              "AutoencoderKL or pipeline folder", dir);
-        }
-        snprintf(d, 4096, "%s/vae", dir);
+        return 0;
     }
+    snprintf(p, sizeof p, "%s/vae/config.json", dir);
+    if (!mapo_is_file(p)) {
+        if (!mapo_is_dir(dir)) return mapo_error("%s: no such folder", dir);
+        return mapo_error("%s: no config.json (nor vae/config.json): not a diffusers "
+                          "AutoencoderKL or pipeline folder", dir);
+    }
+    snprintf(d, 4096, "%s/vae", dir);
+    return 0;
+}
+
+/* d = vae_folder(dir), w = its weights (--variant, one file or a sharded checkpoint's index, as
+   the UNet's: st_weights_find). 0 found, 1 no weights in d (w = d/diffusion_pytorch_model
+   .safetensors), -1 no VAE folder (error set). The one resolution of the loader and
+   vae_weights_path (the data cache's vae_fingerprint). */
+static int locate(const char *dir, char d[4096], char *w, size_t n) {
+    if (vae_folder(dir, d)) return -1;
+    return st_weights_find(w, n, d, "diffusion_pytorch_model.safetensors") ? 1 : 0;
+}
+
+static int no_weights(const char *d) {
+    return mapo_error("%s: no diffusion_pytorch_model.safetensors (nor a sharded "
+                      "diffusion_pytorch_model.safetensors.index.json; .bin checkpoints are "
+                      "not supported: re-save with safe_serialization)", d);
+}
+
+int vae_weights_path(const char *dir, char folder[4096], char *weights, size_t n) {
+    const int r = locate(dir, folder, weights, n);
+    return r > 0 ? no_weights(folder) : r;
+}
+
+/* the config of the VAE folder d (vae_folder's) */
+static int read_config(vae *v, const char *d) {
+    char p[4200];
     snprintf(p, sizeof p, "%s/config.json", d);
     json_error_t err;
     json_t *root = json_load_file(p, JSON_REJECT_DUPLICATES, &err);
@@ -484,9 +512,10 @@ static int read_config(vae *v, const char *dir, char d[4096]) {
 }
 
 int vae_config_downscale(const char *dir, int *factor) {
-    vae *v = xcalloc(1, sizeof *v);
     char d[4096];
-    int rc = read_config(v, dir, d);
+    if (vae_folder(dir, d)) return -1;
+    vae *v = xcalloc(1, sizeof *v);
+    int rc = read_config(v, d);
     if (!rc) *factor = 1 << (v->n_blocks - 1);
     free(v);
     return rc;
@@ -495,25 +524,25 @@ int vae_config_downscale(const char *dir, int *factor) {
 int vae_load_dir(vae **out, const char *dir) {
     *out = NULL;
     char d[4096], p[4200];
+    /* the folder and weights vae_weights_path names: --variant, one file or sharded (an index
+       and its shards), as the UNet */
+    const int where = locate(dir, d, p, sizeof p);
+    if (where < 0) return -1;
     vae *v = xcalloc(1, sizeof *v);
-    if (read_config(v, dir, d)) {
+    if (read_config(v, d)) {
         free(v);
         return -1;
     }
     char cp[4200];
     snprintf(cp, sizeof cp, "%s/config.json", d);
-    /* --variant, one file or sharded (an index and its shards), as the UNet */
-    const int found = !st_weights_find(p, sizeof p, d, "diffusion_pytorch_model.safetensors");
     if (build(v, cp, p)) {
         vae_free(v);
         return -1;
     }
     v->conv_scratch = (size_t)64 << 20;
-    if (!found) {
+    if (where) {
         vae_free(v);
-        return mapo_error("%s: no diffusion_pytorch_model.safetensors (nor a sharded "
-                          "diffusion_pytorch_model.safetensors.index.json; .bin checkpoints are "
-                          "not supported: re-save with safe_serialization)", d);
+        return no_weights(d);
     }
     if (load_weights(v, p)) {
         vae_free(v);

@@ -187,7 +187,7 @@ static json_t *meta_of(const cache_config *c, int resolution, int pixel_ch) {
     if (m && c->keep_ties) json_object_set_new(m, "ties", json_string("kept"));
     if (m && c->vae_dir) {
         char vf[32];
-        if (unet_dir_fingerprint(c->vae_dir, vf, sizeof vf)) {
+        if (vae_dir_fingerprint(c->vae_dir, vf, sizeof vf)) {
             json_decref(m);
             return NULL;
         }
