@@ -152,6 +152,11 @@ static size_t tile_bytes(int T, int Nk) {
     return ((size_t)T * Nk * sizeof(float) + 63) & ~(size_t)63;
 }
 
+/* bytes of a dense float32 [rows, Dh] buffer, rounded to a cache line */
+static size_t rows_bytes(int rows, int Dh) {
+    return ((size_t)rows * Dh * sizeof(float) + 63) & ~(size_t)63;
+}
+
 /* Rows of a query tile: the whole query side when the score tile stays within 2^16 floats
    (256 KiB, in L2), else a multiple of 16 rows (at least 64) that does. Larger tiles spilled the
    cache; smaller ones paid oneDNN's per-call cost (~10-20 us) too often. */
@@ -162,23 +167,39 @@ static int tile_rows(int Nq, int Nk) {
     return (int)(t < Nq ? t : Nq);
 }
 
-/* the products of one tile height tq, every operand dense (packed per (batch, head) below) so
-   oneDNN picks its AMX / AVX512-BF16 brgemm kernels; outputs are strided views of mapo's
-   [B, N, H*Dh] tensors */
+/* the products of one tile height tq, every operand dense (packed per (batch, head) below, the
+   outputs into per-thread dense buffers) so oneDNN picks its AMX / AVX512-BF16 brgemm kernels:
+   with a strided output (mapo's [B, N, H*Dh] rows, H > 1) oneDNN 2.6 falls back to its slower
+   gemm:jit (a 256x256x64 product: 98 us against ~20 us). The buffers are then copied or added
+   into mapo's tensors (add_rows). */
 typedef struct { int qk, pv, ptdo, dovt, dsk, dstq; } tile_ops;
 
-static tile_ops tile_ops_get(int tq, int Nk, int Dh, int ld, float scale, int backward) {
+static tile_ops tile_ops_get(int tq, int Nk, int Dh, float scale, int backward) {
     tile_ops o = {-1, -1, -1, -1, -1, -1};
     o.qk = amm_get(tq, Dh, Nk, Dh, 1, Nk, 1, Nk, 1, scale, 0);     /* S = s Q Kt */
     if (!backward) {
-        o.pv = amm_get(tq, Nk, Dh, Nk, 1, Dh, 1, ld, 1, 1.0f, 0);  /* O = P V */
+        o.pv = amm_get(tq, Nk, Dh, Nk, 1, Dh, 1, Dh, 1, 1.0f, 0);  /* O = P V */
         return o;
     }
-    o.ptdo = amm_get(Nk, tq, Dh, tq, 1, Dh, 1, ld, 1, 1.0f, 1);    /* dV += Pt dO */
+    o.ptdo = amm_get(Nk, tq, Dh, tq, 1, Dh, 1, Dh, 1, 1.0f, 1);    /* dV_bh += Pt dO */
     o.dovt = amm_get(tq, Dh, Nk, Dh, 1, Nk, 1, Nk, 1, 1.0f, 0);    /* dP = dO Vt */
-    o.dsk = amm_get(tq, Nk, Dh, Nk, 1, Dh, 1, ld, 1, scale, 1);    /* dQ += s dS K */
-    o.dstq = amm_get(Nk, tq, Dh, tq, 1, Dh, 1, ld, 1, scale, 1);   /* dK += s dSt Q */
+    o.dsk = amm_get(tq, Nk, Dh, Nk, 1, Dh, 1, Dh, 1, scale, 0);    /* dQ_tile = s dS K */
+    o.dstq = amm_get(Nk, tq, Dh, tq, 1, Dh, 1, Dh, 1, scale, 1);   /* dK_bh += s dSt Q */
     return o;
+}
+
+/* dst rows (leading dimension ld) = src [rows, Dh] dense, or += when add */
+static void add_rows(float *dst, int64_t ld, const float *src, int rows, int Dh, int add) {
+    for (int i = 0; i < rows; i++) {
+        float *d = dst + (int64_t)i * ld;
+        const float *s = src + (int64_t)i * Dh;
+        if (!add) {
+            memcpy(d, s, (size_t)Dh * sizeof(float));
+            continue;
+        }
+#pragma omp simd
+        for (int j = 0; j < Dh; j++) d[j] += s[j];
+    }
 }
 
 /* x [B, N, H*Dh] float32 -> bf16 packed per (b, h): [B*H, N, Dh], or transposed [B*H, Dh, N] */
@@ -244,8 +265,8 @@ void attention_forward_mp(mapo_precision p, float *out, float *lse, const float 
         return;
     }
     const int ld = H * Dh, T = tile_rows(Nq, Nk);
-    tile_ops full = tile_ops_get(T, Nk, Dh, ld, (float)scale, 0);
-    tile_ops last = Nq % T ? tile_ops_get(Nq % T, Nk, Dh, ld, (float)scale, 0) : full;
+    tile_ops full = tile_ops_get(T, Nk, Dh, (float)scale, 0);
+    tile_ops last = Nq % T ? tile_ops_get(Nq % T, Nk, Dh, (float)scale, 0) : full;
     const int ids[4] = {full.qk, full.pv, last.qk, last.pv};
     const size_t scr = scratch_max(ids, 4);
     const int nt = min_threads(ids, 4);
@@ -256,10 +277,11 @@ void attention_forward_mp(mapo_precision p, float *out, float *lse, const float 
     {
         const int t = omp_get_thread_num();
         const size_t tile = tile_bytes(T, Nk);
-        char *buf = thread_buffer(t, 2 * tile + scr);
-        float *S = (float *)buf;
+        const size_t ob = rows_bytes(T, Dh);
+        char *buf = thread_buffer(t, 2 * tile + ob + scr);
+        float *S = (float *)buf, *O = (float *)(buf + 2 * tile);
         bf16 *P = (bf16 *)(buf + tile);
-        void *scratch = buf + 2 * tile;
+        void *scratch = buf + 2 * tile + ob;
 #pragma omp for schedule(static)
         for (int bh = 0; bh < B * H; bh++) {
             const int64_t qo = (int64_t)(bh / H) * Nq * ld + (bh % H) * Dh;
@@ -270,7 +292,8 @@ void attention_forward_mp(mapo_precision p, float *out, float *lse, const float 
                 amm_run(op->qk, t, Qp + pq + (int64_t)r0 * Dh, Kt + pk, S, scratch);
                 softmax_rows(S, lse + (int64_t)bh * Nq + r0, tq, Nk);
                 round_tile(P, S, (int64_t)tq * Nk);
-                amm_run(op->pv, t, P, Vp + pk, out + qo + (int64_t)r0 * ld, scratch);
+                amm_run(op->pv, t, P, Vp + pk, O, scratch);
+                add_rows(out + qo + (int64_t)r0 * ld, ld, O, tq, Dh, 0);
             }
         }
     }
@@ -284,8 +307,8 @@ void attention_backward_mp(mapo_precision p, float *dq, float *dk, float *dv, co
         return;
     }
     const int ld = H * Dh, T = tile_rows(Nq, Nk);
-    tile_ops full = tile_ops_get(T, Nk, Dh, ld, (float)scale, 1);
-    tile_ops last = Nq % T ? tile_ops_get(Nq % T, Nk, Dh, ld, (float)scale, 1) : full;
+    tile_ops full = tile_ops_get(T, Nk, Dh, (float)scale, 1);
+    tile_ops last = Nq % T ? tile_ops_get(Nq % T, Nk, Dh, (float)scale, 1) : full;
     const int ids[10] = {full.qk, full.ptdo, full.dovt, full.dsk, full.dstq,
                          last.qk, last.ptdo, last.dovt, last.dsk, last.dstq};
     const size_t scr = scratch_max(ids, 10);
@@ -299,15 +322,20 @@ void attention_backward_mp(mapo_precision p, float *dq, float *dk, float *dv, co
     {
         const int t = omp_get_thread_num();
         const size_t tile = tile_bytes(T, Nk);
-        char *buf = thread_buffer(t, 4 * tile + scr);
+        const size_t qb = rows_bytes(T, Dh), kb = rows_bytes(Nk, Dh);
+        char *buf = thread_buffer(t, 4 * tile + qb + 2 * kb + scr);
         float *S = (float *)buf, *dP = (float *)(buf + tile);
         bf16 *Pb = (bf16 *)(buf + 2 * tile), *Pt = (bf16 *)(buf + 3 * tile);
-        void *scratch = buf + 4 * tile;
+        float *dQt = (float *)(buf + 4 * tile), *dKb = (float *)(buf + 4 * tile + qb),
+              *dVb = (float *)(buf + 4 * tile + qb + kb);
+        void *scratch = buf + 4 * tile + qb + 2 * kb;
 #pragma omp for schedule(static)
         for (int bh = 0; bh < B * H; bh++) {
             const int64_t qo = (int64_t)(bh / H) * Nq * ld + (bh % H) * Dh;
             const int64_t ko = (int64_t)(bh / H) * Nk * ld + (bh % H) * Dh;
             const int64_t pq = (int64_t)bh * Nq * Dh, pk = (int64_t)bh * Nk * Dh;
+            if (dk) memset(dKb, 0, (size_t)Nk * Dh * sizeof(float));
+            if (dv) memset(dVb, 0, (size_t)Nk * Dh * sizeof(float));
             for (int r0 = 0; r0 < Nq; r0 += T) {
                 const int tq = Nq - r0 < T ? Nq - r0 : T;
                 const tile_ops *op = tq == T ? &full : &last;
@@ -323,7 +351,7 @@ void attention_backward_mp(mapo_precision p, float *dq, float *dk, float *dv, co
                 if (dv) {
                     round_tile(Pb, S, (int64_t)tq * Nk);
                     transpose_tile(Pt, Pb, tq, Nk);
-                    amm_run(op->ptdo, t, Pt, Gp + pt, dv + ko, scratch);
+                    amm_run(op->ptdo, t, Pt, Gp + pt, dVb, scratch);
                 }
                 if (!dq && !dk) continue;
                 amm_run(op->dovt, t, Gp + pt, Vt + pk, dP, scratch);
@@ -339,12 +367,17 @@ void attention_backward_mp(mapo_precision p, float *dq, float *dk, float *dv, co
                     for (int j = 0; j < Nk; j++) dp[j] = pr[j] * (dp[j] - dr);
                 }
                 round_tile(Pb, dP, (int64_t)tq * Nk); /* now dS */
-                if (dq) amm_run(op->dsk, t, Pb, Kp + pk, dq + qt, scratch);
+                if (dq) {
+                    amm_run(op->dsk, t, Pb, Kp + pk, dQt, scratch);
+                    add_rows(dq + qt, ld, dQt, tq, Dh, 1);
+                }
                 if (dk) {
                     transpose_tile(Pt, Pb, tq, Nk);
-                    amm_run(op->dstq, t, Pt, Qp + pt, dk + ko, scratch);
+                    amm_run(op->dstq, t, Pt, Qp + pt, dKb, scratch);
                 }
             }
+            if (dk) add_rows(dk + ko, ld, dKb, Nk, Dh, 1);
+            if (dv) add_rows(dv + ko, ld, dVb, Nk, Dh, 1);
         }
     }
 }
