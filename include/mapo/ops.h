@@ -108,6 +108,13 @@ void attention_forward_mp(mapo_precision p, float *out, float *lse, const float 
 void attention_backward_mp(mapo_precision p, float *dq, float *dk, float *dv, const float *dout,
                            const float *out, const float *lse, const float *q, const float *k,
                            const float *v, int B, int H, int Nq, int Nk, int Dh, double scale);
+/* The bf16 convolution / linear forward from an input already rounded to bf16 (x16 as below):
+   the same numbers as conv2d_forward_mp / linear_forward_mp with MAPO_BF16 and the float32 x,
+   without converting x again for every consumer. */
+void conv2d_forward_bf16x(float *y, const uint16_t *x16, const float *w, const float *b, int B,
+                          int Cin, int H, int W, int Cout, int K, int stride, int pad);
+void linear_forward_bf16x(float *y, const uint16_t *x16, const float *w, const float *b,
+                          int64_t N, int in, int out);
 /* The weight gradients of the bf16 convolution / linear from an input already rounded to bf16
    (x16: bf16 bit patterns, round to nearest even, in x's layout); dx and db as above. The same
    numbers as conv2d_backward_mp / linear_backward_mp with MAPO_BF16 and the float32 x, while

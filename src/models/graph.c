@@ -235,26 +235,37 @@ static void conv2d_bw(graph *g, node *n) {
 
 /* What the backward of a conv / linear consuming x reads of x: nothing when its weight is frozen
    (dx needs only w); in float32 x itself for the weight gradient; in bf16 a bf16 copy of x
-   (made once per tensor, shared by its consumers), so x can leave memory at its release. */
+   (made once per tensor, before the forward, shared by its consumers), so x can leave memory at
+   its release. */
 static unsigned mm_reads(const graph *g, const tensor *w) {
     return w->requires_grad && g->precision == MAPO_F32 ? 0xfu : 0u;
 }
-static void mm_keep_input(graph *g, node *n, tensor *x, const tensor *w) {
-    if (!n || !w->requires_grad || g->precision == MAPO_F32) return;
-    if (!x->bf16) {
+/* x's bf16 copy for a bf16 forward (made here when the backward will read it; NULL in float32
+   or when no consumer made one): the forward then reads it instead of converting x again */
+static const uint16_t *mm_bf16_input(graph *g, tensor *x, const tensor *w) {
+    if (g->precision == MAPO_F32) return NULL;
+    if (!x->bf16 && g->grad_enabled && w->requires_grad) {
         x->bf16 = xmalloc((size_t)x->numel * sizeof(uint16_t));
         mapo_round_bf16(x->bf16, x->data, x->numel);
         account(g, x->numel * (int64_t)sizeof(uint16_t));
     }
-    n->xb = x->bf16;
+    return x->bf16;
+}
+static void mm_keep_input(graph *g, node *n, tensor *x, const tensor *w) {
+    if (n && w->requires_grad && g->precision != MAPO_F32) n->xb = x->bf16;
 }
 tensor *t_conv2d(graph *g, tensor *x, tensor *w, tensor *b, int stride, int pad) {
     int B = x->shape[0], Cin = x->shape[1], H = x->shape[2], W = x->shape[3];
     int Cout = w->shape[0], K = w->shape[2];
     int Ho = (H + 2 * pad - K) / stride + 1, Wo = (W + 2 * pad - K) / stride + 1;
     tensor *y = graph_new4(g, B, Cout, Ho, Wo);
-    conv2d_forward_mp(g->precision, y->data, x->data, w->data, b ? b->data : NULL, B, Cin, H, W,
-                      Cout, K, stride, pad);
+    const uint16_t *x16 = mm_bf16_input(g, x, w);
+    if (x16)
+        conv2d_forward_bf16x(y->data, x16, w->data, b ? b->data : NULL, B, Cin, H, W, Cout, K,
+                             stride, pad);
+    else
+        conv2d_forward_mp(g->precision, y->data, x->data, w->data, b ? b->data : NULL, B, Cin,
+                          H, W, Cout, K, stride, pad);
     node *n = record_r(g, conv2d_bw, y, x, w, b, NULL, mm_reads(g, w));
     mm_keep_input(g, n, x, w);
     if (n) {
@@ -282,8 +293,13 @@ tensor *t_linear(graph *g, tensor *x, tensor *w, tensor *b) {
     memcpy(shape, x->shape, sizeof shape);
     shape[x->ndim - 1] = w->shape[0];
     tensor *y = graph_new(g, x->ndim, shape);
-    linear_forward_mp(g->precision, y->data, x->data, w->data, b ? b->data : NULL, rows_of(x),
-                      (int)w->shape[1], (int)w->shape[0]);
+    const uint16_t *x16 = mm_bf16_input(g, x, w);
+    if (x16)
+        linear_forward_bf16x(y->data, x16, w->data, b ? b->data : NULL, rows_of(x),
+                             (int)w->shape[1], (int)w->shape[0]);
+    else
+        linear_forward_mp(g->precision, y->data, x->data, w->data, b ? b->data : NULL,
+                          rows_of(x), (int)w->shape[1], (int)w->shape[0]);
     mm_keep_input(g, record_r(g, linear_bw, y, x, w, b, NULL, mm_reads(g, w)), x, w);
     return y;
 }

@@ -247,9 +247,9 @@ dnnl_memory_desc_t md_strides(int nd, const int64_t *dims, dnnl_data_type_t dt,
     return m;
 }
 
-/* ..._W16 / _DW16: the weight gradient reading an input already in bf16 */
+/* ..._16: the forward / weight gradient reading an input already in bf16 */
 enum { K_CONV_FWD = 1, K_CONV_BWD_DATA, K_CONV_BWD_W, K_MM_FWD, K_MM_DX, K_MM_DW, K_PROBE,
-       K_CONV_BWD_W16, K_MM_DW16 };
+       K_CONV_BWD_W16, K_MM_DW16, K_CONV_FWD16, K_MM_FWD16 };
 
 /* conv geometry: user descriptors and the forward descriptor every conv kind starts from */
 typedef struct {
@@ -299,9 +299,10 @@ static op *conv_op_build(const int64_t key[12]) {
     conv_geo_init(&g, B, Cin, H, W, Cout, K, stride, pad);
     o = op_new(key);
     dnnl_primitive_desc_t fwd = conv_fwd_pd(&g, with_bias), pd;
-    if (kind == K_CONV_FWD) {
+    if (kind == K_CONV_FWD || kind == K_CONV_FWD16) {
         const int a[2] = {DNNL_ARG_SRC, DNNL_ARG_WEIGHTS};
-        const dnnl_memory_desc_t u[2] = {g.x, g.w};
+        const dnnl_memory_desc_t u[2] = {
+            kind == K_CONV_FWD16 ? md_tag(4, g.x.dims, dnnl_bf16, dnnl_nchw) : g.x, g.w};
         op_finish(o, fwd, 2, a, u, DNNL_ARG_DST, &g.y, 0, with_bias ? DNNL_ARG_BIAS : 0, &g.b);
         return o;
     }
@@ -341,7 +342,7 @@ static op *matmul_op_build(const int64_t key[12]) {
     op *o = op_new(key);
     const dnnl_data_type_t dt = p == MAPO_BF16 ? dnnl_bf16 : dnnl_f32;
     const int64_t ad[2] = {M, K}, bd[2] = {K, N}, cd_[2] = {M, N}, biasd[2] = {1, N};
-    dnnl_memory_desc_t au = md_strides(2, ad, dnnl_f32, as);
+    dnnl_memory_desc_t au = md_strides(2, ad, kind == K_MM_FWD16 ? dnnl_bf16 : dnnl_f32, as);
     dnnl_memory_desc_t bu = md_strides(2, bd, kind == K_MM_DW16 ? dnnl_bf16 : dnnl_f32, bs);
     dnnl_memory_desc_t ap = md_tag(2, ad, dt, dnnl_ab);
     dnnl_memory_desc_t bp = md_tag(2, bd, dt, dnnl_format_tag_any);
@@ -468,6 +469,21 @@ void linear_backward_mp(mapo_precision p, float *dx, float *dw, float *db, const
         op_run(o, a, dw, NULL);
     }
     if (db) linear_backward(NULL, NULL, db, dy, x, w, N, in, out);
+}
+
+void conv2d_forward_bf16x(float *y, const uint16_t *x16, const float *w, const float *b, int B,
+                          int Cin, int H, int W, int Cout, int K, int stride, int pad) {
+    op *o = conv_op(K_CONV_FWD16, B, Cin, H, W, Cout, K, stride, pad, b != NULL);
+    const void *in[2] = {x16, w};
+    op_run(o, in, y, b);
+}
+
+void linear_forward_bf16x(float *y, const uint16_t *x16, const float *w, const float *b,
+                          int64_t N, int in, int out) {
+    const int64_t xs[2] = {in, 1}, ws[2] = {1, in};
+    op *o = matmul_op(K_MM_FWD16, MAPO_BF16, N, in, out, xs, ws, b != NULL, 0);
+    const void *a[2] = {x16, w};
+    op_run(o, a, y, b);
 }
 
 void conv2d_backward_bf16x(float *dx, float *dw, float *db, const float *dy, const uint16_t *x16,
