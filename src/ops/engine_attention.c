@@ -181,10 +181,10 @@ static tile_ops tile_ops_get(int tq, int Nk, int Dh, float scale, int backward) 
         o.pv = amm_get(tq, Nk, Dh, Nk, 1, Dh, 1, Dh, 1, 1.0f, 0);  /* O = P V */
         return o;
     }
-    o.ptdo = amm_get(Nk, tq, Dh, tq, 1, Dh, 1, Dh, 1, 1.0f, 1);    /* dV_bh += Pt dO */
+    o.ptdo = amm_get(Nk, tq, Dh, 1, Nk, Dh, 1, Dh, 1, 1.0f, 1);    /* dV_bh += Pt dO */
     o.dovt = amm_get(tq, Dh, Nk, Dh, 1, Nk, 1, Nk, 1, 1.0f, 0);    /* dP = dO Vt */
     o.dsk = amm_get(tq, Nk, Dh, Nk, 1, Dh, 1, Dh, 1, scale, 0);    /* dQ_tile = s dS K */
-    o.dstq = amm_get(Nk, tq, Dh, tq, 1, Dh, 1, Dh, 1, scale, 1);   /* dK_bh += s dSt Q */
+    o.dstq = amm_get(Nk, tq, Dh, 1, Nk, Dh, 1, Dh, 1, scale, 1);   /* dK_bh += s dSt Q */
     return o;
 }
 
@@ -216,19 +216,6 @@ static bf16 *pack(int slot, const float *x, int B, int H, int N, int Dh, int tra
                     mapo_bf16_bits(src[(int64_t)n * ld + d]);
     }
     return p;
-}
-
-/* dst [cols, rows] = src [rows, cols]^T (bf16) */
-static void transpose_tile(bf16 *dst, const bf16 *src, int rows, int cols) {
-    enum { BLK = 32 }; /* blocks that stay in L1, both sides' lines used whole */
-    for (int i0 = 0; i0 < rows; i0 += BLK)
-        for (int j0 = 0; j0 < cols; j0 += BLK) {
-            const int i1 = i0 + BLK < rows ? i0 + BLK : rows;
-            const int j1 = j0 + BLK < cols ? j0 + BLK : cols;
-            for (int j = j0; j < j1; j++)
-                for (int i = i0; i < i1; i++)
-                    dst[(int64_t)j * rows + i] = src[(int64_t)i * cols + j];
-        }
 }
 
 /* softmax rows of S [tq, Nk] in place; their log-sum-exp into lse */
@@ -323,12 +310,12 @@ void attention_backward_mp(mapo_precision p, float *dq, float *dk, float *dv, co
         const int t = omp_get_thread_num();
         const size_t tile = tile_bytes(T, Nk);
         const size_t qb = rows_bytes(T, Dh), kb = rows_bytes(Nk, Dh);
-        char *buf = thread_buffer(t, 4 * tile + qb + 2 * kb + scr);
+        char *buf = thread_buffer(t, 3 * tile + qb + 2 * kb + scr);
         float *S = (float *)buf, *dP = (float *)(buf + tile);
-        bf16 *Pb = (bf16 *)(buf + 2 * tile), *Pt = (bf16 *)(buf + 3 * tile);
-        float *dQt = (float *)(buf + 4 * tile), *dKb = (float *)(buf + 4 * tile + qb),
-              *dVb = (float *)(buf + 4 * tile + qb + kb);
-        void *scratch = buf + 4 * tile + qb + 2 * kb;
+        bf16 *Pb = (bf16 *)(buf + 2 * tile); /* P, then dS; read transposed by dV, dK */
+        float *dQt = (float *)(buf + 3 * tile), *dKb = (float *)(buf + 3 * tile + qb),
+              *dVb = (float *)(buf + 3 * tile + qb + kb);
+        void *scratch = buf + 3 * tile + qb + 2 * kb;
 #pragma omp for schedule(static)
         for (int bh = 0; bh < B * H; bh++) {
             const int64_t qo = (int64_t)(bh / H) * Nq * ld + (bh % H) * Dh;
@@ -350,8 +337,7 @@ void attention_backward_mp(mapo_precision p, float *dq, float *dk, float *dv, co
                 }
                 if (dv) {
                     round_tile(Pb, S, (int64_t)tq * Nk);
-                    transpose_tile(Pt, Pb, tq, Nk);
-                    amm_run(op->ptdo, t, Pt, Gp + pt, dVb, scratch);
+                    amm_run(op->ptdo, t, Pb, Gp + pt, dVb, scratch);
                 }
                 if (!dq && !dk) continue;
                 amm_run(op->dovt, t, Gp + pt, Vt + pk, dP, scratch);
@@ -371,10 +357,7 @@ void attention_backward_mp(mapo_precision p, float *dq, float *dk, float *dv, co
                     amm_run(op->dsk, t, Pb, Kp + pk, dQt, scratch);
                     add_rows(dq + qt, ld, dQt, tq, Dh, 1);
                 }
-                if (dk) {
-                    transpose_tile(Pt, Pb, tq, Nk);
-                    amm_run(op->dstq, t, Pt, Qp + pt, dKb, scratch);
-                }
+                if (dk) amm_run(op->dstq, t, Pb, Qp + pt, dKb, scratch);
             }
             if (dk) add_rows(dk + ko, ld, dKb, Nk, Dh, 1);
             if (dv) add_rows(dv + ko, ld, dVb, Nk, Dh, 1);
