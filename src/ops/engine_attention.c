@@ -8,9 +8,11 @@
  * products. The softmax (max, exp, sum, lse), dS = P (dP - rowsum(dO o)) and every output and
  * gradient stay float32, as torch's scaled_dot_product_attention does under autocast.
  *
- * q, k, v and dout are packed per (batch, head) when rounded, so every operand is dense; the
+ * q, k, v and dout are packed per (batch, head) when rounded, so every operand is dense (K^T,
+ * V^T, P^T and dS^T are read through transposed strides, which oneDNN's brgemm takes); the
  * matmuls run inside the parallel region, each thread executing the shared primitives with its
- * own memory objects, stream and scratchpad, and write mapo's [B, N, H*Dh] outputs in place. */
+ * own memory objects, stream and scratchpad, into dense per-thread buffers that are then
+ * copied or added into mapo's [B, N, H*Dh] tensors. */
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -176,13 +178,13 @@ typedef struct { int qk, pv, ptdo, dovt, dsk, dstq; } tile_ops;
 
 static tile_ops tile_ops_get(int tq, int Nk, int Dh, float scale, int backward) {
     tile_ops o = {-1, -1, -1, -1, -1, -1};
-    o.qk = amm_get(tq, Dh, Nk, Dh, 1, Nk, 1, Nk, 1, scale, 0);     /* S = s Q Kt */
+    o.qk = amm_get(tq, Dh, Nk, Dh, 1, 1, Dh, Nk, 1, scale, 0);     /* S = s Q Kt */
     if (!backward) {
         o.pv = amm_get(tq, Nk, Dh, Nk, 1, Dh, 1, Dh, 1, 1.0f, 0);  /* O = P V */
         return o;
     }
     o.ptdo = amm_get(Nk, tq, Dh, 1, Nk, Dh, 1, Dh, 1, 1.0f, 1);    /* dV_bh += Pt dO */
-    o.dovt = amm_get(tq, Dh, Nk, Dh, 1, Nk, 1, Nk, 1, 1.0f, 0);    /* dP = dO Vt */
+    o.dovt = amm_get(tq, Dh, Nk, Dh, 1, 1, Dh, Nk, 1, 1.0f, 0);    /* dP = dO Vt */
     o.dsk = amm_get(tq, Nk, Dh, Nk, 1, Dh, 1, Dh, 1, scale, 0);    /* dQ_tile = s dS K */
     o.dstq = amm_get(Nk, tq, Dh, 1, Nk, Dh, 1, Dh, 1, scale, 1);   /* dK_bh += s dSt Q */
     return o;
@@ -202,18 +204,16 @@ static void add_rows(float *dst, int64_t ld, const float *src, int rows, int Dh,
     }
 }
 
-/* x [B, N, H*Dh] float32 -> bf16 packed per (b, h): [B*H, N, Dh], or transposed [B*H, Dh, N] */
-static bf16 *pack(int slot, const float *x, int B, int H, int N, int Dh, int transposed) {
+/* x [B, N, H*Dh] float32 -> bf16 packed per (b, h): [B*H, N, Dh] (the products read K and V
+   transposed through their strides) */
+static bf16 *pack(int slot, const float *x, int B, int H, int N, int Dh) {
     const int ld = H * Dh;
     bf16 *p = engine_workspace(slot, (size_t)B * H * N * Dh * sizeof(bf16));
 #pragma omp parallel for schedule(static)
     for (int bh = 0; bh < B * H; bh++) {
         const float *src = x + (int64_t)(bh / H) * N * ld + (bh % H) * Dh;
         bf16 *dst = p + (int64_t)bh * N * Dh;
-        for (int n = 0; n < N; n++)
-            for (int d = 0; d < Dh; d++)
-                dst[transposed ? (int64_t)d * N + n : (int64_t)n * Dh + d] =
-                    mapo_bf16_bits(src[(int64_t)n * ld + d]);
+        for (int n = 0; n < N; n++) round_tile(dst + (int64_t)n * Dh, src + (int64_t)n * ld, Dh);
     }
     return p;
 }
@@ -257,9 +257,9 @@ void attention_forward_mp(mapo_precision p, float *out, float *lse, const float 
     const int ids[4] = {full.qk, full.pv, last.qk, last.pv};
     const size_t scr = scratch_max(ids, 4);
     const int nt = min_threads(ids, 4);
-    const bf16 *Qp = pack(WS_ATT_Q, q, B, H, Nq, Dh, 0);
-    const bf16 *Kt = pack(WS_ATT_KT, k, B, H, Nk, Dh, 1);
-    const bf16 *Vp = pack(WS_ATT_V, v, B, H, Nk, Dh, 0);
+    const bf16 *Qp = pack(WS_ATT_Q, q, B, H, Nq, Dh);
+    const bf16 *Kp = pack(WS_ATT_K, k, B, H, Nk, Dh);
+    const bf16 *Vp = pack(WS_ATT_V, v, B, H, Nk, Dh);
 #pragma omp parallel num_threads(nt)
     {
         const int t = omp_get_thread_num();
@@ -276,7 +276,7 @@ void attention_forward_mp(mapo_precision p, float *out, float *lse, const float 
             for (int r0 = 0; r0 < Nq; r0 += T) {
                 const int tq = Nq - r0 < T ? Nq - r0 : T;
                 const tile_ops *op = tq == T ? &full : &last;
-                amm_run(op->qk, t, Qp + pq + (int64_t)r0 * Dh, Kt + pk, S, scratch);
+                amm_run(op->qk, t, Qp + pq + (int64_t)r0 * Dh, Kp + pk, S, scratch);
                 softmax_rows(S, lse + (int64_t)bh * Nq + r0, tq, Nk);
                 round_tile(P, S, (int64_t)tq * Nk);
                 amm_run(op->pv, t, P, Vp + pk, O, scratch);
@@ -300,11 +300,10 @@ void attention_backward_mp(mapo_precision p, float *dq, float *dk, float *dv, co
                          last.qk, last.ptdo, last.dovt, last.dsk, last.dstq};
     const size_t scr = scratch_max(ids, 10);
     const int nt = min_threads(ids, 10);
-    const bf16 *Qp = pack(WS_ATT_Q, q, B, H, Nq, Dh, 0);
-    const bf16 *Kp = pack(WS_ATT_K, k, B, H, Nk, Dh, 0);
-    const bf16 *Kt = pack(WS_ATT_KT, k, B, H, Nk, Dh, 1);
-    const bf16 *Vt = pack(WS_ATT_VT, v, B, H, Nk, Dh, 1);
-    const bf16 *Gp = pack(WS_ATT_DO, dout, B, H, Nq, Dh, 0);
+    const bf16 *Qp = pack(WS_ATT_Q, q, B, H, Nq, Dh);
+    const bf16 *Kp = pack(WS_ATT_K, k, B, H, Nk, Dh);
+    const bf16 *Vp = pack(WS_ATT_V, v, B, H, Nk, Dh);
+    const bf16 *Gp = pack(WS_ATT_DO, dout, B, H, Nq, Dh);
 #pragma omp parallel num_threads(nt)
     {
         const int t = omp_get_thread_num();
@@ -327,7 +326,7 @@ void attention_backward_mp(mapo_precision p, float *dq, float *dk, float *dv, co
                 const int tq = Nq - r0 < T ? Nq - r0 : T;
                 const tile_ops *op = tq == T ? &full : &last;
                 const int64_t qt = qo + (int64_t)r0 * ld, pt = pq + (int64_t)r0 * Dh;
-                amm_run(op->qk, t, Qp + pt, Kt + pk, S, scratch);
+                amm_run(op->qk, t, Qp + pt, Kp + pk, S, scratch);
                 for (int i = 0; i < tq; i++) {
                     const float l = lse[(int64_t)bh * Nq + r0 + i];
                     float *s = S + (int64_t)i * Nk;
@@ -340,7 +339,7 @@ void attention_backward_mp(mapo_precision p, float *dq, float *dk, float *dv, co
                     amm_run(op->ptdo, t, Pb, Gp + pt, dVb, scratch);
                 }
                 if (!dq && !dk) continue;
-                amm_run(op->dovt, t, Gp + pt, Vt + pk, dP, scratch);
+                amm_run(op->dovt, t, Gp + pt, Vp + pk, dP, scratch);
                 for (int i = 0; i < tq; i++) {
                     const float *o = out + qt + (int64_t)i * ld, *g = dout + qt + (int64_t)i * ld;
                     double di = 0;
