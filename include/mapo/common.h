@@ -25,6 +25,9 @@ void *mapo_xmalloc_(size_t n, const char *file, int line);
 void *mapo_xcalloc_(size_t n, size_t sz, const char *file, int line);
 void *mapo_xrealloc_(void *p, size_t n, const char *file, int line);
 char *mapo_xstrdup_(const char *s, const char *file, int line);
+/* memset(p, 0, bytes), split over the OpenMP threads when large (a step zeroes its gradients:
+   serial, that was 3% of a bf16 training step with the other core waiting) */
+void mapo_zero(void *p, size_t bytes);
 #define xmalloc(n) mapo_xmalloc_((n), __FILE__, __LINE__)
 #define xcalloc(n, s) mapo_xcalloc_((n), (s), __FILE__, __LINE__)
 #define xrealloc(p, n) mapo_xrealloc_((p), (n), __FILE__, __LINE__)

@@ -55,12 +55,22 @@ void *mapo_xmalloc_(size_t n, const char *file, int line) {
     if (!p) oom(n, file, line);
     return p;
 }
+void mapo_zero(void *p, size_t bytes) {
+    enum { CHUNK = 1 << 18 };
+    const long long nc = (long long)((bytes + CHUNK - 1) / CHUNK);
+#pragma omp parallel for schedule(static) if (nc > 1)
+    for (long long c = 0; c < nc; c++) {
+        const size_t o = (size_t)c * CHUNK;
+        memset((char *)p + o, 0, bytes - o < CHUNK ? bytes - o : CHUNK);
+    }
+}
+
 void *mapo_xcalloc_(size_t n, size_t sz, const char *file, int line) {
     if (sz && n > SIZE_MAX / sz) oom(SIZE_MAX, file, line);
     size_t bytes = n * sz;
     if (bytes >= 4096) {
         void *q = mapo_xmalloc_(bytes, file, line);
-        memset(q, 0, bytes);
+        mapo_zero(q, bytes);
         return q;
     }
     void *p = calloc(n ? n : 1, sz ? sz : 1);

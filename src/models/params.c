@@ -219,5 +219,5 @@ int params_save(const param_table *t, const char *path) {
 }
 
 void params_zero_grad(param_table *t) {
-    if (t->grad) memset(t->grad, 0, t->total * sizeof(float));
+    if (t->grad) mapo_zero(t->grad, t->total * sizeof(float));
 }
