@@ -14,6 +14,11 @@ typedef struct {
    p -= (lr / (1-b1^step)) * m / (sqrt(v)/sqrt(1-b2^step) + eps)   (float32 math as torch) */
 void adamw_step(float *p, const float *g, float *m, float *v, size_t n, int64_t step,
                 double lr, const adamw_config *c);
+/* The same step on gradients g * gcoef (as grad_scale(g, n, gcoef) then adamw_step: the same
+   bits), zeroing g as it goes (params_zero_grad's job): clipping, the step and the zeroing in
+   one pass over the parameters instead of three. */
+void adamw_step_clip_zero(float *p, float *g, float *m, float *v, size_t n, int64_t step,
+                          double lr, const adamw_config *c, float gcoef);
 
 /* Sum of squares of a gradient vector (the squared L2 norm), accumulated in double over
    fixed chunks: the same number whatever the thread count. */

@@ -108,9 +108,8 @@ int cmd_bench(int argc, char **argv) {
         if (preference_step(&u, &in, target, &oc, have_ref || self_ref ? rerr : NULL, 1.0, err,
                             &st, NULL, &act))
             return -1;
-        clip_grad_norm(tp->grad, tp->total, 1.0);
-        adamw_step(tp->data, tp->grad, m, v, tp->total, s + 1, 1e-5, &ac);
-        params_zero_grad(tp);
+        const float gcoef = clip_grad_coef(sqrt(grad_sq_norm(tp->grad, tp->total)), 1.0);
+        adamw_step_clip_zero(tp->data, tp->grad, m, v, tp->total, s + 1, 1e-5, &ac, gcoef);
     }
     double dt = (mapo_now() - t0) / (double)steps;
     double fwd = unet_forward_flops(&u, &in);

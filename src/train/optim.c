@@ -35,8 +35,9 @@ static inline float fma_f32(float a, float b, float c) {
 #endif
 }
 
-void adamw_step(float *p, const float *g, float *m, float *v, size_t n, int64_t step,
-                double lr, const adamw_config *c) {
+/* adamw_step on g * gcoef; g zeroed after reading when zero_g (g is then writable) */
+static void adamw_core(float *p, const float *g, float *m, float *v, size_t n, int64_t step,
+                       double lr, const adamw_config *c, float gcoef, int zero_g) {
     const double stepd = (double)step; /* torch keeps step in a float32 tensor: exact */
     const double bc1 = 1.0 - pow(c->beta1, stepd);
     const double bc2 = 1.0 - pow(c->beta2, stepd);
@@ -54,7 +55,8 @@ void adamw_step(float *p, const float *g, float *m, float *v, size_t n, int64_t 
     for (long long i = 0; i < nn; i++) {
         float pi = p[i];
         if (decay_on) pi = pi * decay;
-        const float gi = g[i], mo = m[i];
+        const float gi = g[i] * gcoef, mo = m[i]; /* grad_scale's product; x * 1 == x */
+        if (zero_g) ((float *)g)[i] = 0.0f;
         const float diff = gi - mo;
         const float mi = w1_small ? fma_f32(w1, diff, mo) : fma_f32(w1m1, diff, gi);
         const float vb = v[i] * b2;
@@ -66,6 +68,16 @@ void adamw_step(float *p, const float *g, float *m, float *v, size_t n, int64_t 
         m[i] = mi;
         v[i] = vi;
     }
+}
+
+void adamw_step(float *p, const float *g, float *m, float *v, size_t n, int64_t step,
+                double lr, const adamw_config *c) {
+    adamw_core(p, g, m, v, n, step, lr, c, 1.0f, 0);
+}
+
+void adamw_step_clip_zero(float *p, float *g, float *m, float *v, size_t n, int64_t step,
+                          double lr, const adamw_config *c, float gcoef) {
+    adamw_core(p, g, m, v, n, step, lr, c, gcoef, 1);
 }
 
 /* Sum of squares in double over fixed chunks, the chunk sums added in order: the result

@@ -486,17 +486,22 @@ static int run_step(run *r, int64_t step, step_report *rep) {
         acc.lose_score += w * st.lose_score;
         acc.implicit_acc += w * st.implicit_acc;
     }
-    double gnorm = c->max_grad_norm > 0 ? clip_grad_norm(r->tp->grad, r->P, c->max_grad_norm)
-                                        : sqrt(grad_sq_norm(r->tp->grad, r->P));
+    const double gnorm = sqrt(grad_sq_norm(r->tp->grad, r->P));
+    const float gcoef = c->max_grad_norm > 0 ? clip_grad_coef(gnorm, c->max_grad_norm) : 1.0f;
     if (!isfinite(gnorm))
         return mapo_error("step %lld: gradient norm is not finite; nothing of this step was "
                           "applied (try a lower --learning_rate)", (long long)step + 1);
     double lr = c->learning_rate * lr_lambda_ex(c->sched, step, c->warmup, c->max_train_steps,
                                                 (int)c->lr_num_cycles, c->lr_power,
                                                 c->learning_rate);
-    if (r->opt.s8) adamw8_step(r->opt.s8, r->tp->data, r->tp->grad, step + 1, lr, &c->adam);
-    else adamw_step(r->tp->data, r->tp->grad, r->opt.m, r->opt.v, r->P, step + 1, lr, &c->adam);
-    params_zero_grad(r->tp);
+    if (r->opt.s8) {
+        grad_scale(r->tp->grad, r->P, gcoef);
+        adamw8_step(r->opt.s8, r->tp->data, r->tp->grad, step + 1, lr, &c->adam);
+        params_zero_grad(r->tp);
+    } else {
+        adamw_step_clip_zero(r->tp->data, r->tp->grad, r->opt.m, r->opt.v, r->P, step + 1, lr,
+                             &c->adam, gcoef);
+    }
     rep->step = step + 1;
     rep->st = acc;
     rep->grad_norm = gnorm;
