@@ -12,7 +12,7 @@
  * The test also proves bf16 is in effect: the result must differ from the float32 path by
  * more than float32 rounding (relative 1e-5). And MAPO_F32 must be the float kernels bit for
  * bit. Backward ops accumulate: every gradient starts from non-zero values. The attention's
- * bound is in test_attention_bf16. */
+ * bound is in test_attention_bf16, the norms' in test_norms. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -266,6 +266,114 @@ static void test_attention_bf16(void **st) {
     attention_case(2, 2, 200, 300, 32); /* again: the cached products */
 }
 
+/* ---- GroupNorm / LayerNorm: MAPO_F32 is the float kernel bit for bit; MAPO_BF16 (the sums in
+   vector lanes) is held to the float64 kernels within 8 float32 units of the tensor's largest
+   value: its outputs are a few float32 operations on statistics computed in double, as the
+   float kernel's are (which this test also holds to that bound). A lane dropped from a sum, or
+   a sum that is not a sum of every element, is off by orders of magnitude. */
+static double norm_err(const float *got, const double *ref, int64_t n) {
+    double mx = 0, e = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (fabs(ref[i]) > mx) mx = fabs(ref[i]);
+        if (fabs((double)got[i] - ref[i]) > e) e = fabs((double)got[i] - ref[i]);
+    }
+    return e / (mx * U_F32);
+}
+static void norm_check(const char *what, const float *mp, const float *f32, const double *ref,
+                       int64_t n) {
+    const double e = norm_err(mp, ref, n), ef = norm_err(f32, ref, n);
+    printf("  %-28s error %.2f float32 units (float kernel %.2f)\n", what, e, ef);
+    if (!(e <= 8.0)) fail_msg("%s: error %.3g float32 units > 8", what, e);
+    if (!(ef <= 8.0)) fail_msg("%s (float kernel): error %.3g float32 units > 8", what, ef);
+}
+static void same_bits(const char *what, const float *a, const float *b, int64_t n) {
+    if (memcmp(a, b, n * sizeof(float))) fail_msg("%s: MAPO_F32 differs from the float kernel", what);
+}
+
+static void group_norm_case(int B, int C, int64_t HW, int G) {
+    const int64_t n = (int64_t)B * C * HW, ng = (int64_t)B * G;
+    float *x = rnd(n, 2.0), *ga = rnd(C, 1.0), *be = rnd(C, 0.5), *dy = rnd(n, 1.0);
+    for (int64_t i = 0; i < n; i++) x[i] += 3.0f; /* a mean well away from 0 */
+    float *dx0 = rnd(n, 0.1), *dg0 = rnd(C, 0.1), *db0 = rnd(C, 0.1);
+    double *x64 = to64(x, n, 0), *g64 = to64(ga, C, 0), *b64 = to64(be, C, 0);
+    double *dy64 = to64(dy, n, 0), *y64 = malloc(n * 8), *m64 = malloc(ng * 8), *r64 = malloc(ng * 8);
+    double *dx64 = to64(dx0, n, 0), *dg64 = to64(dg0, C, 0), *db64 = to64(db0, C, 0);
+    group_norm_forward_f64(y64, m64, r64, x64, g64, b64, B, C, HW, G, 1e-5);
+    group_norm_backward_f64(dx64, dg64, db64, dy64, x64, m64, r64, g64, B, C, HW, G);
+    float *y[3], *m[3], *r[3], *dx[3], *dg[3], *db[3]; /* float kernel, MAPO_F32, MAPO_BF16 */
+    for (int k = 0; k < 3; k++) {
+        y[k] = malloc(n * 4), m[k] = malloc(ng * 4), r[k] = malloc(ng * 4);
+        dx[k] = copyf(dx0, n), dg[k] = copyf(dg0, C), db[k] = copyf(db0, C);
+        if (k == 0) {
+            group_norm_forward(y[k], m[k], r[k], x, ga, be, B, C, HW, G, 1e-5);
+            group_norm_backward(dx[k], dg[k], db[k], dy, x, m[k], r[k], ga, B, C, HW, G);
+        } else {
+            const mapo_precision p = k == 1 ? MAPO_F32 : MAPO_BF16;
+            group_norm_forward_mp(p, y[k], m[k], r[k], x, ga, be, B, C, HW, G, 1e-5);
+            group_norm_backward_mp(p, dx[k], dg[k], db[k], dy, x, m[k], r[k], ga, B, C, HW, G);
+        }
+    }
+    same_bits("group_norm y", y[1], y[0], n);
+    same_bits("group_norm dx", dx[1], dx[0], n);
+    same_bits("group_norm dgamma", dg[1], dg[0], C);
+    norm_check("group_norm y", y[2], y[0], y64, n);
+    norm_check("group_norm dx", dx[2], dx[0], dx64, n);
+    norm_check("group_norm dgamma", dg[2], dg[0], dg64, C);
+    norm_check("group_norm dbeta", db[2], db[0], db64, C);
+    for (int k = 0; k < 3; k++) {
+        free(y[k]), free(m[k]), free(r[k]), free(dx[k]), free(dg[k]), free(db[k]);
+    }
+    free(x), free(ga), free(be), free(dy), free(dx0), free(dg0), free(db0);
+    free(x64), free(g64), free(b64), free(dy64), free(y64), free(m64), free(r64);
+    free(dx64), free(dg64), free(db64);
+}
+
+static void layer_norm_case(int64_t N, int C) {
+    const int64_t n = N * C;
+    float *x = rnd(n, 2.0), *ga = rnd(C, 1.0), *be = rnd(C, 0.5), *dy = rnd(n, 1.0);
+    for (int64_t i = 0; i < n; i++) x[i] -= 2.0f;
+    float *dx0 = rnd(n, 0.1), *dg0 = rnd(C, 0.1), *db0 = rnd(C, 0.1);
+    double *x64 = to64(x, n, 0), *g64 = to64(ga, C, 0), *b64 = to64(be, C, 0);
+    double *dy64 = to64(dy, n, 0), *y64 = malloc(n * 8), *m64 = malloc(N * 8), *r64 = malloc(N * 8);
+    double *dx64 = to64(dx0, n, 0), *dg64 = to64(dg0, C, 0), *db64 = to64(db0, C, 0);
+    layer_norm_forward_f64(y64, m64, r64, x64, g64, b64, N, C, 1e-5);
+    layer_norm_backward_f64(dx64, dg64, db64, dy64, x64, m64, r64, g64, N, C);
+    float *y[3], *m[3], *r[3], *dx[3], *dg[3], *db[3];
+    for (int k = 0; k < 3; k++) {
+        y[k] = malloc(n * 4), m[k] = malloc(N * 4), r[k] = malloc(N * 4);
+        dx[k] = copyf(dx0, n), dg[k] = copyf(dg0, C), db[k] = copyf(db0, C);
+        if (k == 0) {
+            layer_norm_forward(y[k], m[k], r[k], x, ga, be, N, C, 1e-5);
+            layer_norm_backward(dx[k], dg[k], db[k], dy, x, m[k], r[k], ga, N, C);
+        } else {
+            const mapo_precision p = k == 1 ? MAPO_F32 : MAPO_BF16;
+            layer_norm_forward_mp(p, y[k], m[k], r[k], x, ga, be, N, C, 1e-5);
+            layer_norm_backward_mp(p, dx[k], dg[k], db[k], dy, x, m[k], r[k], ga, N, C);
+        }
+    }
+    same_bits("layer_norm y", y[1], y[0], n);
+    same_bits("layer_norm dx", dx[1], dx[0], n);
+    same_bits("layer_norm dgamma", dg[1], dg[0], C);
+    norm_check("layer_norm y", y[2], y[0], y64, n);
+    norm_check("layer_norm dx", dx[2], dx[0], dx64, n);
+    norm_check("layer_norm dgamma", dg[2], dg[0], dg64, C);
+    norm_check("layer_norm dbeta", db[2], db[0], db64, C);
+    for (int k = 0; k < 3; k++) {
+        free(y[k]), free(m[k]), free(r[k]), free(dx[k]), free(dg[k]), free(db[k]);
+    }
+    free(x), free(ga), free(be), free(dy), free(dx0), free(dg0), free(db0);
+    free(x64), free(g64), free(b64), free(dy64), free(y64), free(m64), free(r64);
+    free(dx64), free(dg64), free(db64);
+}
+
+static void test_norms(void **st) {
+    (void)st;
+    group_norm_case(2, 64, 1024, 32); /* bench_unet_dh64's first block */
+    group_norm_case(3, 24, 37, 6);    /* odd sizes: vector tails */
+    layer_norm_case(300, 64);
+    layer_norm_case(77, 37);
+}
+
 static void test_probe(void **st) {
     (void)st;
     /* the utilisation probe returns a finite positive rate for both precisions */
@@ -281,6 +389,7 @@ int main(void) {
         cmocka_unit_test(test_conv_bf16),
         cmocka_unit_test(test_linear_bf16),
         cmocka_unit_test(test_attention_bf16),
+        cmocka_unit_test(test_norms),
         cmocka_unit_test(test_probe),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

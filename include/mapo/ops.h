@@ -100,6 +100,21 @@ void linear_forward_mp(mapo_precision p, float *y, const float *x, const float *
                        const float *b, int64_t N, int in, int out);
 void linear_backward_mp(mapo_precision p, float *dx, float *dw, float *db, const float *dy,
                         const float *x, const float *w, int64_t N, int in, int out);
+/* GroupNorm / LayerNorm: MAPO_F32 the kernels above (their sums in index order, bit for bit
+   what mapo always computed); MAPO_BF16 the same formulas with the double sums added in
+   vector lanes (norms.inc), several times faster and equal up to double rounding. */
+void group_norm_forward_mp(mapo_precision p, float *y, float *mean, float *rstd, const float *x,
+                           const float *gamma, const float *beta, int B, int C, int64_t HW,
+                           int G, double eps);
+void group_norm_backward_mp(mapo_precision p, float *dx, float *dgamma, float *dbeta,
+                            const float *dy, const float *x, const float *mean,
+                            const float *rstd, const float *gamma, int B, int C, int64_t HW,
+                            int G);
+void layer_norm_forward_mp(mapo_precision p, float *y, float *mean, float *rstd, const float *x,
+                           const float *gamma, const float *beta, int64_t N, int C, double eps);
+void layer_norm_backward_mp(mapo_precision p, float *dx, float *dgamma, float *dbeta,
+                            const float *dy, const float *x, const float *mean,
+                            const float *rstd, const float *gamma, int64_t N, int C);
 /* The memory-efficient attention above with bf16 operands for its products (the softmax and
    every output / gradient float32). */
 void attention_forward_mp(mapo_precision p, float *out, float *lse, const float *q,

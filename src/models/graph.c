@@ -307,9 +307,10 @@ tensor *t_linear(graph *g, tensor *x, tensor *w, tensor *b) {
 /* ------------------------------------------------------------------ norms */
 static void group_norm_bw(graph *g, node *n) {
     tensor *x = n->in[0];
-    group_norm_backward(gin(g, n, 0), gin(g, n, 1), gin(g, n, 2), n->out->grad, x->data,
-                        n->saved[0], n->saved[1], n->in[1]->data, (int)x->shape[0],
-                        (int)x->shape[1], x->numel / (x->shape[0] * x->shape[1]), n->i[0]);
+    group_norm_backward_mp(g->precision, gin(g, n, 0), gin(g, n, 1), gin(g, n, 2),
+                           n->out->grad, x->data, n->saved[0], n->saved[1], n->in[1]->data,
+                           (int)x->shape[0], (int)x->shape[1],
+                           x->numel / (x->shape[0] * x->shape[1]), n->i[0]);
 }
 tensor *t_group_norm(graph *g, tensor *x, tensor *gamma, tensor *beta, int groups,
                      double eps) {
@@ -317,8 +318,8 @@ tensor *t_group_norm(graph *g, tensor *x, tensor *gamma, tensor *beta, int group
     int64_t HW = x->numel / ((int64_t)B * C);
     tensor *y = graph_new(g, x->ndim, x->shape);
     float *mean = save_buf(g, (int64_t)B * groups), *rstd = save_buf(g, (int64_t)B * groups);
-    group_norm_forward(y->data, mean, rstd, x->data, gamma->data, beta->data, B, C, HW, groups,
-                       eps);
+    group_norm_forward_mp(g->precision, y->data, mean, rstd, x->data, gamma->data, beta->data, B,
+                          C, HW, groups, eps);
     node *n = record(g, group_norm_bw, y, x, gamma, beta, NULL);
     keep_saved(g, n, mean, rstd);
     if (n) n->i[0] = groups;
@@ -327,16 +328,17 @@ tensor *t_group_norm(graph *g, tensor *x, tensor *gamma, tensor *beta, int group
 
 static void layer_norm_bw(graph *g, node *n) {
     tensor *x = n->in[0];
-    layer_norm_backward(gin(g, n, 0), gin(g, n, 1), gin(g, n, 2), n->out->grad, x->data,
-                        n->saved[0], n->saved[1], n->in[1]->data, rows_of(x),
-                        (int)x->shape[x->ndim - 1]);
+    layer_norm_backward_mp(g->precision, gin(g, n, 0), gin(g, n, 1), gin(g, n, 2),
+                           n->out->grad, x->data, n->saved[0], n->saved[1], n->in[1]->data,
+                           rows_of(x), (int)x->shape[x->ndim - 1]);
 }
 tensor *t_layer_norm(graph *g, tensor *x, tensor *gamma, tensor *beta, double eps) {
     int64_t N = rows_of(x);
     int C = x->shape[x->ndim - 1];
     tensor *y = graph_new(g, x->ndim, x->shape);
     float *mean = save_buf(g, N), *rstd = save_buf(g, N);
-    layer_norm_forward(y->data, mean, rstd, x->data, gamma->data, beta->data, N, C, eps);
+    layer_norm_forward_mp(g->precision, y->data, mean, rstd, x->data, gamma->data, beta->data, N,
+                          C, eps);
     keep_saved(g, record(g, layer_norm_bw, y, x, gamma, beta, NULL), mean, rstd);
     return y;
 }

@@ -161,6 +161,9 @@ static void vexp_inplace_f64(double *x, int n) {
     for (int i = 0; i < n; i++) x[i] = exp(x[i]);
 }
 
+#define PRAGMA_(x) _Pragma(#x)
+#define RED1(a)
+#define RED2(a, b)
 #define REAL float
 #define SFX
 #define VEXP mapo_vexpf
@@ -191,3 +194,59 @@ static void vexp_inplace_f64(double *x, int n) {
 #define SIN sin
 #define COS cos
 #include "kernels.inc"
+#undef REAL
+#undef SFX
+#undef RED1
+#undef RED2
+
+/* the norms with vectorised sums (norms.inc), for MAPO_BF16; ops.h declares only their _mp
+   entry points below */
+void group_norm_forward_vred(float *y, float *mean, float *rstd, const float *x,
+                             const float *gamma, const float *beta, int B, int C, int64_t HW,
+                             int G, double eps);
+void group_norm_backward_vred(float *dx, float *dgamma, float *dbeta, const float *dy,
+                              const float *x, const float *mean, const float *rstd,
+                              const float *gamma, int B, int C, int64_t HW, int G);
+void layer_norm_forward_vred(float *y, float *mean, float *rstd, const float *x,
+                             const float *gamma, const float *beta, int64_t N, int C,
+                             double eps);
+void layer_norm_backward_vred(float *dx, float *dgamma, float *dbeta, const float *dy,
+                              const float *x, const float *mean, const float *rstd,
+                              const float *gamma, int64_t N, int C);
+#define REAL float
+#define SFX _vred
+#define RED1(a) PRAGMA_(omp simd reduction(+ : a))
+#define RED2(a, b) PRAGMA_(omp simd reduction(+ : a, b))
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+#define FN(name) CAT(name, SFX)
+#include "norms.inc"
+#undef FN
+#undef CAT
+#undef CAT_
+
+void group_norm_forward_mp(mapo_precision p, float *y, float *mean, float *rstd, const float *x,
+                           const float *gamma, const float *beta, int B, int C, int64_t HW,
+                           int G, double eps) {
+    (p == MAPO_F32 ? group_norm_forward : group_norm_forward_vred)(y, mean, rstd, x, gamma, beta,
+                                                                   B, C, HW, G, eps);
+}
+void group_norm_backward_mp(mapo_precision p, float *dx, float *dgamma, float *dbeta,
+                            const float *dy, const float *x, const float *mean,
+                            const float *rstd, const float *gamma, int B, int C, int64_t HW,
+                            int G) {
+    (p == MAPO_F32 ? group_norm_backward : group_norm_backward_vred)(dx, dgamma, dbeta, dy, x,
+                                                                     mean, rstd, gamma, B, C, HW,
+                                                                     G);
+}
+void layer_norm_forward_mp(mapo_precision p, float *y, float *mean, float *rstd, const float *x,
+                           const float *gamma, const float *beta, int64_t N, int C, double eps) {
+    (p == MAPO_F32 ? layer_norm_forward : layer_norm_forward_vred)(y, mean, rstd, x, gamma, beta,
+                                                                   N, C, eps);
+}
+void layer_norm_backward_mp(mapo_precision p, float *dx, float *dgamma, float *dbeta,
+                            const float *dy, const float *x, const float *mean,
+                            const float *rstd, const float *gamma, int64_t N, int C) {
+    (p == MAPO_F32 ? layer_norm_backward : layer_norm_backward_vred)(dx, dgamma, dbeta, dy, x,
+                                                                     mean, rstd, gamma, N, C);
+}
