@@ -11,7 +11,8 @@
  * missing accumulation or a float16 instead of bf16 breaks it by orders of magnitude.
  * The test also proves bf16 is in effect: the result must differ from the float32 path by
  * more than float32 rounding (relative 1e-5). And MAPO_F32 must be the float kernels bit for
- * bit. Backward ops accumulate: every gradient starts from non-zero values. The attention's
+ * bit, and the ops reading an input already rounded to bf16 (x16) equal the ones rounding it
+ * themselves, bit for bit. Backward ops accumulate: every gradient starts from non-zero values. The attention's
  * bound is in test_attention_bf16, the norms' in test_norms. */
 #include <math.h>
 #include <stdlib.h>
@@ -120,7 +121,10 @@ static void conv_case(int B, int Cin, int H, int W, int Cout, int K, int stride,
     assert_memory_equal(dx3, dx, nx * 4);
     assert_memory_equal(dw3, dw, nw * 4);
     assert_memory_equal(db3, db, Cout * 4);
-    free(x16), free(dx3), free(dw3), free(db3);
+    float *y3 = malloc(ny * 4);
+    conv2d_forward_bf16x(y3, x16, w, b, B, Cin, H, W, Cout, K, stride, pad);
+    assert_memory_equal(y3, y, ny * 4);
+    free(x16), free(dx3), free(dw3), free(db3), free(y3);
     /* dx / dw alone (the other NULL) and F32 backward = the float kernel */
     float *dx2 = copyf(dx0, nx);
     conv2d_backward_mp(MAPO_BF16, dx2, NULL, NULL, dy, x, w, B, Cin, H, W, Cout, K, stride, pad);
@@ -188,7 +192,10 @@ static void linear_case(int64_t N, int in, int out, int bias) {
     assert_memory_equal(dx3, dx, N * in * 4);
     assert_memory_equal(dw3, dw, nw * 4);
     assert_memory_equal(db3, db, out * 4);
-    free(x16), free(dx3), free(dw3), free(db3);
+    float *y3 = malloc(N * out * 4);
+    linear_forward_bf16x(y3, x16, w, bias ? b : NULL, N, in, out);
+    assert_memory_equal(y3, y, N * out * 4);
+    free(x16), free(dx3), free(dw3), free(db3), free(y3);
     float *bufs[] = {x, w, b, dy, y, yf, y32, dx0, dw0, db0, dx, dw, db, dbf};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     double *dbufs[] = {x64, w64, b64, dy64, xa, wa, dya, yr, ya, dxr, dwr, dxa, dwa};

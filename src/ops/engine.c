@@ -344,8 +344,14 @@ static op *matmul_op_build(const int64_t key[12]) {
     const int64_t ad[2] = {M, K}, bd[2] = {K, N}, cd_[2] = {M, N}, biasd[2] = {1, N};
     dnnl_memory_desc_t au = md_strides(2, ad, kind == K_MM_FWD16 ? dnnl_bf16 : dnnl_f32, as);
     dnnl_memory_desc_t bu = md_strides(2, bd, kind == K_MM_DW16 ? dnnl_bf16 : dnnl_f32, bs);
-    dnnl_memory_desc_t ap = md_tag(2, ad, dt, dnnl_ab);
-    dnnl_memory_desc_t bp = md_tag(2, bd, dt, dnnl_format_tag_any);
+    /* The weight gradient's A is dy^T, a transposed view: kept transposed on the primitive's
+       side (brgemm reads a transposed A), its conversion to bf16 is then a contiguous pass
+       rather than a transposing one. Its B, when already bf16 (x16, row-major), is read
+       as it is (no reorder into a blocked layout). */
+    const int dw = kind == K_MM_DW || kind == K_MM_DW16;
+    dnnl_memory_desc_t ap = dw && p == MAPO_BF16 ? md_strides(2, ad, dt, as)
+                                                 : md_tag(2, ad, dt, dnnl_ab);
+    dnnl_memory_desc_t bp = kind == K_MM_DW16 ? bu : md_tag(2, bd, dt, dnnl_format_tag_any);
     dnnl_memory_desc_t c = md_tag(2, cd_, dnnl_f32, dnnl_ab);
     dnnl_memory_desc_t bias = md_tag(2, biasd, dnnl_f32, dnnl_ab);
     dnnl_matmul_desc_t md;
