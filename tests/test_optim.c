@@ -134,6 +134,14 @@ static void test_threads_invariant(void **s) {
     long double ref = 0;
     for (size_t i = 0; i < n; i++) ref += (long double)g[i] * g[i];
     assert_true(fabs(sq[0] - (double)ref) <= 1e-13 * (double)ref);
+    /* the lanes variant: the same sum up to double rounding, whatever the thread count */
+    double sl[2];
+    for (int t = 0; t < 2; t++) {
+        omp_set_num_threads(threads[t]);
+        sl[t] = grad_sq_norm_lanes(g, n);
+    }
+    assert_true(sl[0] == sl[1]);
+    assert_true(fabs(sl[0] - (double)ref) <= 1e-13 * (double)ref);
     for (int t = 0; t < 2; t++) {
         free(p[t]);
         free(m[t]);

@@ -108,7 +108,9 @@ int cmd_bench(int argc, char **argv) {
         if (preference_step(&u, &in, target, &oc, have_ref || self_ref ? rerr : NULL, 1.0, err,
                             &st, NULL, &act))
             return -1;
-        const float gcoef = clip_grad_coef(sqrt(grad_sq_norm(tp->grad, tp->total)), 1.0);
+        const double sq = precision == MAPO_F32 ? grad_sq_norm(tp->grad, tp->total)
+                                                : grad_sq_norm_lanes(tp->grad, tp->total);
+        const float gcoef = clip_grad_coef(sqrt(sq), 1.0);
         adamw_step_clip_zero(tp->data, tp->grad, m, v, tp->total, s + 1, 1e-5, &ac, gcoef);
     }
     double dt = (mapo_now() - t0) / (double)steps;

@@ -83,26 +83,33 @@ void adamw_step_clip_zero(float *p, float *g, float *m, float *v, size_t n, int6
 /* Sum of squares in double over fixed chunks, the chunk sums added in order: the result
    does not depend on the number of threads. */
 #define SQ_CHUNK 65536
-double grad_sq_norm(const float *g, size_t n) {
-    const long long nc = (long long)((n + SQ_CHUNK - 1) / SQ_CHUNK);
-    if (nc <= 1) {
-        double s = 0;
-        for (size_t i = 0; i < n; i++) s += (double)g[i] * (double)g[i];
-        return s;
+/* the chunk sums: in index order, or (lanes) in vector lanes combined at the chunk's end */
+static double sq_sum(const float *g, size_t a, size_t b, int lanes) {
+    double s = 0;
+    if (lanes) {
+#pragma omp simd reduction(+ : s)
+        for (size_t i = a; i < b; i++) s += (double)g[i] * (double)g[i];
+    } else {
+        for (size_t i = a; i < b; i++) s += (double)g[i] * (double)g[i];
     }
+    return s;
+}
+static double sq_norm(const float *g, size_t n, int lanes) {
+    const long long nc = (long long)((n + SQ_CHUNK - 1) / SQ_CHUNK);
+    if (nc <= 1) return sq_sum(g, 0, n, lanes);
     double *part = xmalloc((size_t)nc * sizeof(double));
 #pragma omp parallel for schedule(static)
     for (long long k = 0; k < nc; k++) {
         const size_t a = (size_t)k * SQ_CHUNK, b = a + SQ_CHUNK < n ? a + SQ_CHUNK : n;
-        double s = 0;
-        for (size_t i = a; i < b; i++) s += (double)g[i] * (double)g[i];
-        part[k] = s;
+        part[k] = sq_sum(g, a, b, lanes);
     }
     double s = 0;
     for (long long k = 0; k < nc; k++) s += part[k];
     free(part);
     return s;
 }
+double grad_sq_norm(const float *g, size_t n) { return sq_norm(g, n, 0); }
+double grad_sq_norm_lanes(const float *g, size_t n) { return sq_norm(g, n, 1); }
 
 float clip_grad_coef(double total_norm, double max_norm) {
     /* torch: clip_coef = max_norm / (total_norm + 1e-6) on a float32 tensor, where

@@ -19,6 +19,7 @@
 #include "mapo/checkpoint.h"
 #include "mapo/common.h"
 #include "mapo/dataset.h"
+#include "mapo/ops.h"
 #include "mapo/ddpm.h"
 #include "mapo/interrupt.h"
 #include "mapo/lock.h"
@@ -486,7 +487,8 @@ static int run_step(run *r, int64_t step, step_report *rep) {
         acc.lose_score += w * st.lose_score;
         acc.implicit_acc += w * st.implicit_acc;
     }
-    const double gnorm = sqrt(grad_sq_norm(r->tp->grad, r->P));
+    const double gnorm = sqrt(c->precision == MAPO_F32 ? grad_sq_norm(r->tp->grad, r->P)
+                                                       : grad_sq_norm_lanes(r->tp->grad, r->P));
     const float gcoef = c->max_grad_norm > 0 ? clip_grad_coef(gnorm, c->max_grad_norm) : 1.0f;
     if (!isfinite(gnorm))
         return mapo_error("step %lld: gradient norm is not finite; nothing of this step was "
