@@ -218,10 +218,12 @@ static bf16 *pack(int slot, const float *x, int B, int H, int N, int Dh) {
     return p;
 }
 
-/* softmax rows of S [tq, Nk] in place; their log-sum-exp into lse */
-static void softmax_rows(float *S, float *lse, int tq, int Nk) {
+/* softmax rows of S [tq, Nk], written to P as bf16 (each row rounded while it is in L1);
+   their log-sum-exp into lse */
+static void softmax_rows(bf16 *P, float *S, float *lse, int tq, int Nk) {
     for (int i = 0; i < tq; i++) {
         float *s = S + (int64_t)i * Nk, mx = s[0];
+        bf16 *p = P + (int64_t)i * Nk;
 #pragma omp simd reduction(max : mx)
         for (int j = 1; j < Nk; j++) mx = s[j] > mx ? s[j] : mx;
 #pragma omp simd
@@ -232,7 +234,7 @@ static void softmax_rows(float *S, float *lse, int tq, int Nk) {
         for (int j = 0; j < Nk; j++) sum += s[j];
         const float inv = 1 / sum;
 #pragma omp simd
-        for (int j = 0; j < Nk; j++) s[j] *= inv;
+        for (int j = 0; j < Nk; j++) p[j] = mapo_bf16_bits(s[j] * inv);
         lse[i] = mx + logf(sum);
     }
 }
@@ -277,8 +279,7 @@ void attention_forward_mp(mapo_precision p, float *out, float *lse, const float 
                 const int tq = Nq - r0 < T ? Nq - r0 : T;
                 const tile_ops *op = tq == T ? &full : &last;
                 amm_run(op->qk, t, Qp + pq + (int64_t)r0 * Dh, Kp + pk, S, scratch);
-                softmax_rows(S, lse + (int64_t)bh * Nq + r0, tq, Nk);
-                round_tile(P, S, (int64_t)tq * Nk);
+                softmax_rows(P, S, lse + (int64_t)bh * Nq + r0, tq, Nk);
                 amm_run(op->pv, t, P, Vp + pk, O, scratch);
                 add_rows(out + qo + (int64_t)r0 * ld, ld, O, tq, Dh, 0);
             }
@@ -327,17 +328,15 @@ void attention_backward_mp(mapo_precision p, float *dq, float *dk, float *dv, co
                 const tile_ops *op = tq == T ? &full : &last;
                 const int64_t qt = qo + (int64_t)r0 * ld, pt = pq + (int64_t)r0 * Dh;
                 amm_run(op->qk, t, Qp + pt, Kp + pk, S, scratch);
-                for (int i = 0; i < tq; i++) {
+                for (int i = 0; i < tq; i++) { /* P = exp(S - lse), and its bf16 copy */
                     const float l = lse[(int64_t)bh * Nq + r0 + i];
                     float *s = S + (int64_t)i * Nk;
 #pragma omp simd
                     for (int j = 0; j < Nk; j++) s[j] -= l;
                     mapo_vexpf(s, Nk);
+                    if (dv) round_tile(Pb + (int64_t)i * Nk, s, Nk);
                 }
-                if (dv) {
-                    round_tile(Pb, S, (int64_t)tq * Nk);
-                    amm_run(op->ptdo, t, Pb, Gp + pt, dVb, scratch);
-                }
+                if (dv) amm_run(op->ptdo, t, Pb, Gp + pt, dVb, scratch);
                 if (!dq && !dk) continue;
                 amm_run(op->dovt, t, Gp + pt, Vp + pk, dP, scratch);
                 for (int i = 0; i < tq; i++) {
@@ -345,13 +344,12 @@ void attention_backward_mp(mapo_precision p, float *dq, float *dk, float *dv, co
                     double di = 0;
 #pragma omp simd reduction(+ : di)
                     for (int d = 0; d < Dh; d++) di += (double)o[d] * g[d];
-                    const float *pr = S + (int64_t)i * Nk;
-                    float *dp = dP + (int64_t)i * Nk;
+                    const float *pr = S + (int64_t)i * Nk, *dp = dP + (int64_t)i * Nk;
+                    bf16 *ds = Pb + (int64_t)i * Nk; /* Pb now holds dS */
                     const float dr = (float)di;
 #pragma omp simd
-                    for (int j = 0; j < Nk; j++) dp[j] = pr[j] * (dp[j] - dr);
+                    for (int j = 0; j < Nk; j++) ds[j] = mapo_bf16_bits(pr[j] * (dp[j] - dr));
                 }
-                round_tile(Pb, dP, (int64_t)tq * Nk); /* now dS */
                 if (dq) {
                     amm_run(op->dsk, t, Pb, Kp + pk, dQt, scratch);
                     add_rows(dq + qt, ld, dQt, tq, Dh, 1);
