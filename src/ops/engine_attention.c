@@ -169,8 +169,9 @@ static int tile_rows(int Nq, int Nk) {
     return (int)(t < Nq ? t : Nq);
 }
 
-/* the products of one tile height tq, every operand dense (packed per (batch, head) below, the
-   outputs into per-thread dense buffers) so oneDNN picks its AMX / AVX512-BF16 brgemm kernels:
+/* the products of one tile height tq, every operand dense or the transposed view of a dense
+   one (packed per (batch, head) below; brgemm takes transposed A and B), the outputs into
+   per-thread dense buffers, so oneDNN picks its AMX / AVX512-BF16 brgemm kernels:
    with a strided output (mapo's [B, N, H*Dh] rows, H > 1) oneDNN 2.6 falls back to its slower
    gemm:jit (a 256x256x64 product: 98 us against ~20 us). The buffers are then copied or added
    into mapo's tensors (add_rows). */
