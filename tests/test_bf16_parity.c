@@ -36,7 +36,18 @@
  * And bf16 must really be in effect: model_pred of the bf16 run differs from the float32
  * run's (same model, u.precision = MAPO_F32) by >= 1e-5 relative. bf16 operands carry 8
  * significant bits (relative rounding up to 2^-9 ~ 2e-3); through the UNet that gives ~7e-3
- * (emulated); two float32 runs agree to ~1e-6. A silent fallback to float32 fails here. */
+ * (emulated); two float32 runs agree to ~1e-6. A silent fallback to float32 fails here.
+ *
+ * The attention: mapo's bf16 attention (src/ops/engine_attention.c) runs its bf16 kernel only
+ * for head dims >= BF16_MIN_DH = 32 and keeps the float32 kernel below. sd15, sdxl and mixed
+ * have heads of dim 1..8, so on them the comparison covers convolutions and linear layers with
+ * a float32 attention. attn32 (tools/make_unet_fixtures.py: one 32-channel block, the mid
+ * block's self- and cross-attention with one head of dim 32, a 16x20 latent so the
+ * self-attention's 320 queries take two query tiles) is held to the same bounds with the bf16
+ * attention in the loop. That it is: its head dim is asserted >= 32, and the attention at the
+ * model's exact shapes (B, heads, Nq, Nk, Dh of its mid block) is run in bf16 and in float32
+ * on random q, k, v, dout, and its output and dq must differ by >= MIN_BF16_DIFF relative
+ * (measured: ~2e-3); with the float32 kernel they are bit-identical. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -107,15 +118,68 @@ static void measure(tensor_err *e, const st_file *ref, const st_file *ac, const 
     if (e->torch_max < e->torch) fail_msg("%s: relerr_max.%s < relerr.%s", ac->path, name, name);
 }
 
+/* The attentions of the mid block (the only ones in attn32): its head dim, and whether mapo's
+   bf16 attention at those shapes is a bf16 kernel (differs from the float32 kernel, forward
+   output and backward dq, on random operands) -- returned as the smaller relative difference. */
+static double mid_attention_bf16_diff(const unet_config *c, const debug_batch *b, int *dh) {
+    const int n = c->n_blocks, C = c->block_out[n - 1], H = c->heads[n - 1];
+    int h = b->H, w = b->W;
+    for (int i = 0; i < n - 1; i++) h = (h + 1) / 2, w = (w + 1) / 2; /* stride-2 downsamplers */
+    *dh = C / H;
+    const int Dh = C / H, Nq = h * w, nk_of[2] = {Nq, b->S}; /* self-, cross-attention */
+    const double scale = 1.0 / sqrt((double)Dh);
+    double diff = INFINITY;
+    uint32_t st = 12345;
+    for (int a = 0; a < 2; a++) {
+        const int Nk = nk_of[a];
+        const int64_t nq = (int64_t)b->n * Nq * C, nk = (int64_t)b->n * Nk * C;
+        const int64_t nl = (int64_t)b->n * H * Nq;
+        float *q = malloc(nq * 4), *g = malloc(nq * 4), *k = malloc(nk * 4), *v = malloc(nk * 4);
+        for (int64_t i = 0; i < nq; i++) {
+            q[i] = (float)((st = st * 1664525u + 1013904223u) >> 8) / 16777216.0f * 2 - 1;
+            g[i] = (float)((st = st * 1664525u + 1013904223u) >> 8) / 16777216.0f * 2 - 1;
+        }
+        for (int64_t i = 0; i < nk; i++) {
+            k[i] = (float)((st = st * 1664525u + 1013904223u) >> 8) / 16777216.0f * 2 - 1;
+            v[i] = (float)((st = st * 1664525u + 1013904223u) >> 8) / 16777216.0f * 2 - 1;
+        }
+        float *o[2], *l[2], *dq[2], *dk = malloc(nk * 4), *dv = malloc(nk * 4);
+        for (int p = 0; p < 2; p++) {
+            const mapo_precision pr = p ? MAPO_F32 : MAPO_BF16;
+            o[p] = malloc(nq * 4), l[p] = malloc(nl * 4), dq[p] = calloc(nq, 4);
+            memset(dk, 0, nk * 4), memset(dv, 0, nk * 4);
+            attention_forward_mp(pr, o[p], l[p], q, k, v, b->n, H, Nq, Nk, Dh, scale);
+            attention_backward_mp(pr, dq[p], dk, dv, g, o[p], l[p], q, k, v, b->n, H, Nq, Nk, Dh,
+                                  scale);
+        }
+        diff = fmin(diff, fmin(rel_err_f32(o[0], o[1], nq), rel_err_f32(dq[0], dq[1], nq)));
+        for (int p = 0; p < 2; p++) free(o[p]), free(l[p]), free(dq[p]);
+        free(q), free(g), free(k), free(v), free(dk), free(dv);
+    }
+    return diff;
+}
+
 static double ratio(double mapo, double torch) { return mapo / fmax(torch, FLOOR / FACTOR); }
 
-static void run_case(const char *cs) {
+static void run_case(const char *cs, int bf16_attention) {
     char dir[256], p[512];
     unet u;
     debug_batch b;
     unet_inputs in;
     load_case(cs, dir, &u, &b, &in);
     assert_int_equal(unet_check_inputs(&u, &in), 0);
+    int dh;
+    const double att_diff = mid_attention_bf16_diff(&u.cfg, &b, &dh);
+    printf("  %-6s mid-block attention head dim %d: bf16 vs float32 kernel %.2e%s\n", cs, dh,
+           att_diff, att_diff > 0 ? "" : " (the float32 kernel: head dim < BF16_MIN_DH)");
+    if (bf16_attention) {
+        /* BF16_MIN_DH (src/ops/engine_attention.c) = 32: narrower heads keep float32 */
+        if (dh < 32) fail_msg("%s: head dim %d < 32 does not take the bf16 attention", cs, dh);
+        if (!(att_diff >= MIN_BF16_DIFF))
+            fail_msg("%s: the bf16 attention at this model's shapes differs from the float32 "
+                     "kernel by only %.3e (< %.0e): it is not the bf16 kernel", cs, att_diff,
+                     MIN_BF16_DIFF);
+    }
     const int64_t np = (int64_t)b.n * u.cfg.out_channels * b.H * b.W;
     float *pred32 = malloc(np * sizeof(float)), *pred = malloc(np * sizeof(float));
     double *err = calloc(b.n, sizeof(double)), loss;
@@ -197,15 +261,18 @@ static void run_case(const char *cs) {
     unet_free(&u);
 }
 
-static void test_sd15(void **s) { (void)s; run_case("sd15"); }
-static void test_sdxl(void **s) { (void)s; run_case("sdxl"); }
-static void test_mixed(void **s) { (void)s; run_case("mixed"); }
+static void test_sd15(void **s) { (void)s; run_case("sd15", 0); }
+static void test_sdxl(void **s) { (void)s; run_case("sdxl", 0); }
+static void test_mixed(void **s) { (void)s; run_case("mixed", 0); }
+/* the bf16 attention in the loop (head dim 32; see the header) */
+static void test_attn32(void **s) { (void)s; run_case("attn32", 1); }
 
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sd15),
         cmocka_unit_test(test_sdxl),
         cmocka_unit_test(test_mixed),
+        cmocka_unit_test(test_attn32),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

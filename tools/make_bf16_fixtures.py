@@ -5,8 +5,8 @@
 #
 # The yardstick of `--mixed_precision bf16` (issue 8): how far PyTorch's own bf16 mixed precision,
 # torch.autocast("cpu", dtype=torch.bfloat16), lands from the float32 reference of the parity
-# fixtures. For each case (sd15, sdxl, mixed) we load the committed model/ and batch.safetensors
-# (the files the C test loads), run the MaPO objective of make_unet_fixtures.py (same forward,
+# fixtures. For each case (sd15, sdxl, mixed, attn32) we load the committed model/ and
+# batch.safetensors (the files the C test loads), run the MaPO objective of make_unet_fixtures.py (same forward,
 # errors_of, mapo_loss, grads_of) as the official MaPO training script does under accelerate's
 # bf16 autocast:
 #     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -78,6 +78,22 @@ CASES = {
             use_linear_projection=False, flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6,
         ),
     ),
+    # For tests/test_bf16_parity.c only (bf16_only: model/, batch, expect_mapo, case.json): the
+    # other cases' heads are narrower than 32, where mapo's bf16 attention keeps its float32
+    # kernel (BF16_MIN_DH, src/ops/engine_attention.c). Here the mid block's attentions have one
+    # head of dim 32 over a 16x20 latent (self-attention 320 x 320: two query tiles of the bf16
+    # kernel, 192 + 128 rows; cross-attention 320 x 7). One block keeps it small (182,820
+    # parameters: a 32-channel UNet's floor is the 128-wide time embedding and the mid block).
+    "attn32": dict(
+        seed=4004, close=0.05, H=16, W=20, P=0, prediction_type="epsilon", bf16_only=True,
+        cfg=dict(
+            sample_size=16, in_channels=4, out_channels=4,
+            down_block_types=["DownBlock2D"], up_block_types=["UpBlock2D"],
+            block_out_channels=[32], layers_per_block=1,
+            attention_head_dim=1, cross_attention_dim=32, norm_num_groups=8,
+            use_linear_projection=False, flip_sin_to_cos=True, freq_shift=0,
+        ),
+    ),
 }
 
 
@@ -234,12 +250,14 @@ def build_case(name, case, outdir):
                           beta_end=0.012, prediction_type=case["prediction_type"])
 
     model = make_model(cfg, case["seed"])
-    ref = make_model(cfg, case["seed"] + 500)
     init_state = copy.deepcopy(model.state_dict())
     model.save_pretrained(os.path.join(d, "model"), safe_serialization=True)
-    ref.save_pretrained(os.path.join(d, "ref"), safe_serialization=True)
-    for p in ref.parameters():
-        p.requires_grad_(False)
+    only_mapo = case.get("bf16_only", False)
+    if not only_mapo:
+        ref = make_model(cfg, case["seed"] + 500)
+        ref.save_pretrained(os.path.join(d, "ref"), safe_serialization=True)
+        for p in ref.parameters():
+            p.requires_grad_(False)
 
     batch = make_batch(case, cfg, sched)
     tsave(batch, os.path.join(d, "batch.safetensors"),
@@ -256,6 +274,8 @@ def build_case(name, case, outdir):
     tsave(out, os.path.join(d, "expect_mapo.safetensors"), meta("mapo"))
     info["mapo"] = dict(loss=loss.item(), sigmoid_arg=(T * aux["log_odds"]).tolist(),
                         errors=err.tolist(), missing_grads=missing)
+    if only_mapo:
+        return write_case_json(name, case, cfg, model, batch, info, d)
 
     # ---- Diffusion-DPO
     with torch.no_grad():
@@ -306,7 +326,10 @@ def build_case(name, case, outdir):
                         "eps": ADAMW["eps"], "max_grad_norm": MAX_GRAD_NORM,
                         "steps": ADAMW_STEPS}))
     info["adamw"] = dict(losses=losses, grad_norms=norms)
+    return write_case_json(name, case, cfg, model, batch, info, d)
 
+
+def write_case_json(name, case, cfg, model, batch, info, d):
     nparams = sum(p.numel() for p in model.parameters())
     cj = {
         "case": name, "B": B, "C": cfg["in_channels"], "H": case["H"], "W": case["W"], "S": S,
@@ -323,6 +346,10 @@ def build_case(name, case, outdir):
         "summary": info,
         "torch": torch.__version__,
     }
+    if case.get("bf16_only"):  # no ref/, DPO or AdamW files
+        for k in ("ref_seed", "beta_dpo", "adamw"):
+            del cj[k]
+        cj["files"] = "model/, batch.safetensors, expect_mapo.safetensors (bf16_only)"
     with open(os.path.join(d, "case.json"), "w") as f:
         json.dump(cj, f, indent=1)
     return cj
@@ -368,7 +395,11 @@ model_pred by up to ~1e-6 absolute; after .clone() it matches bit for bit. Compa
 Cases: sd15 (SD-1.5-shaped, conv proj_in/proj_out), sdxl (SDXL-shaped: linear projections,
 transformer_layers_per_block [1,1,2], text_time added conditioning), mixed (conv projections,
 layers_per_block 2, per-block head counts, flip_sin_to_cos false, freq_shift 1, norm_eps 1e-6,
-8x12 latent, v_prediction).
+8x12 latent, v_prediction); attn32 (for tests/test_bf16_parity.c only, so only `model/`,
+`batch.safetensors`, `expect_mapo.safetensors` and `case.json`: one 32-channel block, DownBlock2D /
+UpBlock2D, so the only attentions are the mid block's, one head of dim 32 -- the other cases' heads
+are narrower than 32, where mapo's bf16 attention keeps its float32 kernel -- over a 16x20 latent,
+cross_attention_dim 32).
 """
 
 
@@ -383,8 +414,15 @@ def main():
         case = CASES[name]
         cj = build_case(name, case, a.out)
         s = cj["summary"]
-        print(f"{name}: params {cj['params']} ({cj['param_tensors']} tensors); "
-              f"mapo loss {s['mapo']['loss']:.6f} arg {[round(x, 3) for x in s['mapo']['sigmoid_arg']]}; "
+        line = (f"{name}: params {cj['params']} ({cj['param_tensors']} tensors); "
+                f"mapo loss {s['mapo']['loss']:.6f} arg {[round(x, 3) for x in s['mapo']['sigmoid_arg']]}")
+        if case.get("bf16_only"):
+            print(line + " (MaPO only)")
+            if s["mapo"]["missing_grads"]:
+                print(f"  WARNING {name}/mapo: no gradient for {s['mapo']['missing_grads']}",
+                      file=sys.stderr)
+            continue
+        print(line + "; "
               f"dpo loss {s['dpo']['loss']:.6f} inside {[round(x, 3) for x in s['dpo']['inside']]}; "
               f"sft {s['sft']['loss']:.6f}; adamw losses {[round(x, 6) for x in s['adamw']['losses']]}")
         for k in ("mapo", "dpo", "sft"):
