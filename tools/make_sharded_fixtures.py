@@ -42,6 +42,8 @@ from safetensors.torch import save_file  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
+import make_clip_fixtures  # noqa: E402  (perturb: the text encoder fixtures' weight draw)
+
 hf_logging.set_verbosity_error()
 torch.set_num_threads(1)
 torch.use_deterministic_algorithms(True)
@@ -77,18 +79,7 @@ def perturbed_clip():
                          hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=8,
                          bos_token_id=62, eos_token_id=63, pad_token_id=0)
     m = CLIPTextModelWithProjection(cfg).eval()
-    g = torch.Generator().manual_seed(44)
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            if "layer_norm" in n:
-                base = 1.0 if n.endswith("weight") else 0.0
-                p.copy_(base + 0.2 * torch.randn(p.shape, generator=g))
-            elif "embedding" in n:
-                p.copy_(0.5 * torch.randn(p.shape, generator=g))
-            elif p.ndim == 2:
-                p.copy_(torch.randn(p.shape, generator=g) / p.shape[1] ** 0.5)
-            else:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    make_clip_fixtures.perturb(m, torch.Generator().manual_seed(44))
     return m
 
 

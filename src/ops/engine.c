@@ -349,8 +349,7 @@ static op *matmul_op_build(const int64_t key[12]) {
        rather than a transposing one. Its B, when already bf16 (x16, row-major), is read
        as it is (no reorder into a blocked layout). */
     const int dw = kind == K_MM_DW || kind == K_MM_DW16;
-    dnnl_memory_desc_t ap = dw && p == MAPO_BF16 ? md_strides(2, ad, dt, as)
-                                                 : md_tag(2, ad, dt, dnnl_ab);
+    dnnl_memory_desc_t ap = dw ? md_strides(2, ad, dt, as) : md_tag(2, ad, dt, dnnl_ab);
     dnnl_memory_desc_t bp = kind == K_MM_DW16 ? bu : md_tag(2, bd, dt, dnnl_format_tag_any);
     dnnl_memory_desc_t c = md_tag(2, cd_, dnnl_f32, dnnl_ab);
     dnnl_memory_desc_t bias = md_tag(2, biasd, dnnl_f32, dnnl_ab);

@@ -149,14 +149,10 @@ static char *thread_buffer(int t, size_t bytes) {
     return engine_grow(&g_tbuf[t], &g_tbytes[t], bytes);
 }
 
-/* bytes of one float32 score tile of T rows, rounded to a cache line */
-static size_t tile_bytes(int T, int Nk) {
-    return ((size_t)T * Nk * sizeof(float) + 63) & ~(size_t)63;
-}
-
-/* bytes of a dense float32 [rows, Dh] buffer, rounded to a cache line */
-static size_t rows_bytes(int rows, int Dh) {
-    return ((size_t)rows * Dh * sizeof(float) + 63) & ~(size_t)63;
+/* bytes of a dense float32 [rows, cols] buffer (a score tile, an output block), rounded to a
+   cache line */
+static size_t f32_bytes(int rows, int cols) {
+    return ((size_t)rows * cols * sizeof(float) + 63) & ~(size_t)63;
 }
 
 /* Rows of a query tile: the whole query side when the score tile stays within 2^16 floats
@@ -266,8 +262,8 @@ void attention_forward_mp(mapo_precision p, float *out, float *lse, const float 
 #pragma omp parallel num_threads(nt)
     {
         const int t = omp_get_thread_num();
-        const size_t tile = tile_bytes(T, Nk);
-        const size_t ob = rows_bytes(T, Dh);
+        const size_t tile = f32_bytes(T, Nk);
+        const size_t ob = f32_bytes(T, Dh);
         char *buf = thread_buffer(t, 2 * tile + ob + scr);
         float *S = (float *)buf, *O = (float *)(buf + 2 * tile);
         bf16 *P = (bf16 *)(buf + tile);
@@ -309,8 +305,8 @@ void attention_backward_mp(mapo_precision p, float *dq, float *dk, float *dv, co
 #pragma omp parallel num_threads(nt)
     {
         const int t = omp_get_thread_num();
-        const size_t tile = tile_bytes(T, Nk);
-        const size_t qb = rows_bytes(T, Dh), kb = rows_bytes(Nk, Dh);
+        const size_t tile = f32_bytes(T, Nk);
+        const size_t qb = f32_bytes(T, Dh), kb = f32_bytes(Nk, Dh);
         char *buf = thread_buffer(t, 3 * tile + qb + 2 * kb + scr);
         float *S = (float *)buf, *dP = (float *)(buf + tile);
         bf16 *Pb = (bf16 *)(buf + 2 * tile); /* P, then dS; read transposed by dV, dK */

@@ -35,9 +35,9 @@ static inline float fma_f32(float a, float b, float c) {
 #endif
 }
 
-/* adamw_step on g * gcoef; g zeroed after reading when zero_g (g is then writable) */
+/* adamw_step on g * gcoef; gz (g itself, or NULL) zeroed after each gradient is read */
 static void adamw_core(float *p, const float *g, float *m, float *v, size_t n, int64_t step,
-                       double lr, const adamw_config *c, float gcoef, int zero_g) {
+                       double lr, const adamw_config *c, float gcoef, float *gz) {
     const double stepd = (double)step; /* torch keeps step in a float32 tensor: exact */
     const double bc1 = 1.0 - pow(c->beta1, stepd);
     const double bc2 = 1.0 - pow(c->beta2, stepd);
@@ -56,7 +56,7 @@ static void adamw_core(float *p, const float *g, float *m, float *v, size_t n, i
         float pi = p[i];
         if (decay_on) pi = pi * decay;
         const float gi = g[i] * gcoef, mo = m[i]; /* grad_scale's product; x * 1 == x */
-        if (zero_g) ((float *)g)[i] = 0.0f;
+        if (gz) gz[i] = 0.0f;
         const float diff = gi - mo;
         const float mi = w1_small ? fma_f32(w1, diff, mo) : fma_f32(w1m1, diff, gi);
         const float vb = v[i] * b2;
@@ -72,12 +72,12 @@ static void adamw_core(float *p, const float *g, float *m, float *v, size_t n, i
 
 void adamw_step(float *p, const float *g, float *m, float *v, size_t n, int64_t step,
                 double lr, const adamw_config *c) {
-    adamw_core(p, g, m, v, n, step, lr, c, 1.0f, 0);
+    adamw_core(p, g, m, v, n, step, lr, c, 1.0f, NULL);
 }
 
 void adamw_step_clip_zero(float *p, float *g, float *m, float *v, size_t n, int64_t step,
                           double lr, const adamw_config *c, float gcoef) {
-    adamw_core(p, g, m, v, n, step, lr, c, gcoef, 1);
+    adamw_core(p, g, m, v, n, step, lr, c, gcoef, g);
 }
 
 /* Sum of squares in double over fixed chunks, the chunk sums added in order: the result
