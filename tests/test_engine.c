@@ -18,6 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../src/ops/layout.h"
+#include "mapo/bf16.h"
 #include "mapo/ops.h"
 #include "testutil.h"
 
@@ -147,7 +149,46 @@ static void test_conv_bf16(void **st) {
     conv_case(1, 24, 6, 10, 40, 1, 1, 0); /* shortcut / proj 1x1 */
     conv_case(3, 4, 16, 16, 32, 3, 1, 1); /* conv_in: 4 channels */
     conv_case(2, 32, 5, 5, 4, 3, 1, 1);   /* conv_out */
+    conv_case(2, 64, 16, 16, 64, 3, 1, 1); /* a UNet block's shape: AMX picks NHWC (layout.c) */
     conv_case(2, 8, 9, 7, 16, 3, 1, 1);   /* again: the cached primitive */
+}
+
+/* layout.c's transposes against the index formula, element by element: full 16x16 tiles and
+   partial ones (C, HW not multiples of 16); bf16 rounding as mapo_bf16_bits, on values that
+   include ties, NaN, infinities and subnormals; accumulation into non-zero values. */
+static void layout_case(int64_t B, int64_t C, int64_t HW) {
+    const int64_t n = B * C * HW;
+    float *x = rnd(n, 3.0), *acc = rnd(n, 1.0), *back = malloc(n * 4);
+    uint16_t *h = malloc(n * 2), *h2 = malloc(n * 2), *x16 = malloc(n * 2);
+    const uint32_t special[] = {0x3f808000u, 0x3f818000u, 0x7fc00001u, 0xff800000u,
+                                0x00012345u, 0x80008000u, 0x7f7fffffu, 0};
+    for (int i = 0; i < 8 && i < n; i++) memcpy(&x[i * (n / 8)], &special[i], 4);
+    for (int64_t i = 0; i < n; i++) x16[i] = (uint16_t)(i * 2654435761u >> 7);
+    layout_nchw_to_nhwc_bf16(h, x, B, C, HW);
+    layout_nchw_to_nhwc_u16(h2, x16, B, C, HW);
+    memcpy(back, acc, n * 4);
+    layout_nhwc_to_nchw_f32(back, x, B, C, HW, 1);
+    float *plain = malloc(n * 4);
+    layout_nhwc_to_nchw_f32(plain, x, B, C, HW, 0);
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t p = 0; p < HW; p++) {
+                const int64_t nchw = (b * C + c) * HW + p, nhwc = (b * HW + p) * C + c;
+                assert_int_equal(h[nhwc], mapo_bf16_bits(x[nchw]));
+                assert_int_equal(h2[nhwc], x16[nchw]);
+                const float want = acc[nchw] + x[nhwc];
+                assert_memory_equal(&back[nchw], &want, 4);
+                assert_memory_equal(&plain[nchw], &x[nhwc], 4);
+            }
+    free(x), free(acc), free(back), free(h), free(h2), free(x16), free(plain);
+}
+
+static void test_layout(void **st) {
+    (void)st;
+    layout_case(2, 64, 256); /* full tiles only */
+    layout_case(3, 37, 53);  /* partial tiles on both edges */
+    layout_case(1, 4, 1024); /* conv_in's 4 channels */
+    layout_case(2, 16, 7);
 }
 
 static void linear_case(int64_t N, int in, int out, int bias) {
@@ -394,6 +435,7 @@ static void test_probe(void **st) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_conv_bf16),
+        cmocka_unit_test(test_layout),
         cmocka_unit_test(test_linear_bf16),
         cmocka_unit_test(test_attention_bf16),
         cmocka_unit_test(test_norms),

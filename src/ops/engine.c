@@ -29,6 +29,7 @@
 #include "mapo/common.h"
 #include "mapo/ops.h"
 #include "engine_internal.h"
+#include "layout.h"
 
 #define MAX_IN 2
 
@@ -90,9 +91,15 @@ static void prim_exec(const prim_t *p, int na, dnnl_exec_arg_t *args) {
 }
 
 /* ------------------------------------------------------------------ one cached problem */
+/* How an operand goes between mapo's buffer and the primitive's (io.xpose): a oneDNN reorder,
+   or one of layout.c's transposes between NCHW and NHWC. */
+enum { XP_NONE, XP_IN_F32, XP_IN_U16, XP_OUT, XP_OUT_ACC };
+
 typedef struct {
-    dnnl_memory_t user, prim;  /* prim == user when no reorder is needed */
+    dnnl_memory_t user, prim;  /* prim == user when no conversion is needed */
     prim_t reorder;            /* user -> prim (inputs) or prim -> user (output); .p NULL: none */
+    int xpose;                 /* XP_NONE, or the layout.c transpose that replaces the reorder */
+    int64_t dims[4];           /* B, C, H, W of a transposed operand */
     size_t prim_bytes;
     int arg;
 } io;
@@ -135,6 +142,25 @@ static prim_t reorder_new(const dnnl_memory_desc_t *from, const dnnl_memory_desc
     return prim_make(pd);
 }
 
+/* The layout.c transpose that converts between a user buffer umd and the primitive's pmd, when
+   one does: NCHW (float32, or bf16 bits for an input) against the primitive's NHWC (bf16 for
+   an input, float32 for an output). XP_NONE otherwise. */
+static int io_xpose(const dnnl_memory_desc_t *umd, const dnnl_memory_desc_t *pmd, int is_out,
+                    int accumulate) {
+    if (umd->ndims != 4) return XP_NONE;
+    const dnnl_memory_desc_t nchw = md_tag(4, umd->dims, umd->data_type, dnnl_nchw);
+    const dnnl_memory_desc_t nhwc = md_tag(4, umd->dims, pmd->data_type, dnnl_nhwc);
+    if (!dnnl_memory_desc_equal(umd, &nchw) || !dnnl_memory_desc_equal(pmd, &nhwc))
+        return XP_NONE;
+    if (is_out)
+        return umd->data_type == dnnl_f32 && pmd->data_type == dnnl_f32
+                   ? (accumulate ? XP_OUT_ACC : XP_OUT)
+                   : XP_NONE;
+    if (pmd->data_type != dnnl_bf16) return XP_NONE;
+    return umd->data_type == dnnl_f32 ? XP_IN_F32
+                                      : umd->data_type == dnnl_bf16 ? XP_IN_U16 : XP_NONE;
+}
+
 /* Wire argument `arg` of the primitive (descriptor pd) to a user buffer described by umd.
    Inputs are reordered user -> primitive layout when they differ; the output always goes
    through a reorder when `accumulate` (+= into the user buffer) or the layouts differ. */
@@ -150,7 +176,39 @@ static void io_init(io *x, const_dnnl_primitive_desc_t pd, int arg,
     }
     DN(dnnl_memory_create(&x->prim, pmd, g_eng, DNNL_MEMORY_NONE));
     x->prim_bytes = dnnl_memory_desc_get_size(pmd);
+    x->xpose = io_xpose(umd, pmd, is_out, accumulate);
+    if (x->xpose) {
+        memcpy(x->dims, umd->dims, sizeof x->dims);
+        return;
+    }
     x->reorder = is_out ? reorder_new(pmd, umd, accumulate) : reorder_new(umd, pmd, 0);
+}
+
+static void exec2(const prim_t *p, dnnl_memory_t src, dnnl_memory_t dst) {
+    dnnl_exec_arg_t a[3] = {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, dst}};
+    prim_exec(p, 2, a);
+}
+
+/* x's conversion (x->reorder or x->xpose) from its user buffer to its primitive buffer (an
+   input), or back (the output) */
+static void io_convert(const io *x, int is_out) {
+    if (x->reorder.p) {
+        if (is_out)
+            exec2(&x->reorder, x->prim, x->user);
+        else
+            exec2(&x->reorder, x->user, x->prim);
+        return;
+    }
+    void *u, *p;
+    DN(dnnl_memory_get_data_handle(x->user, &u));
+    DN(dnnl_memory_get_data_handle(x->prim, &p));
+    const int64_t B = x->dims[0], C = x->dims[1], HW = x->dims[2] * x->dims[3];
+    switch (x->xpose) {
+    case XP_IN_F32: layout_nchw_to_nhwc_bf16(p, u, B, C, HW); break;
+    case XP_IN_U16: layout_nchw_to_nhwc_u16(p, u, B, C, HW); break;
+    case XP_OUT: layout_nhwc_to_nchw_f32(u, p, B, C, HW, 0); break;
+    case XP_OUT_ACC: layout_nhwc_to_nchw_f32(u, p, B, C, HW, 1); break;
+    }
 }
 
 static void op_finish(op *o, dnnl_primitive_desc_t pd, int nin, const int *in_args,
@@ -163,11 +221,6 @@ static void op_finish(op *o, dnnl_primitive_desc_t pd, int nin, const int *in_ar
     o->bias_arg = bias_arg;
     if (bias_arg) DN(dnnl_memory_create(&o->bias, bias_md, g_eng, DNNL_MEMORY_NONE));
     o->prim = prim_make(pd);
-}
-
-static void exec2(const prim_t *p, dnnl_memory_t src, dnnl_memory_t dst) {
-    dnnl_exec_arg_t a[3] = {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, dst}};
-    prim_exec(p, 2, a);
 }
 
 /* The primitive-side copies (bf16 operands, blocked outputs) live in one grow-only buffer per
@@ -201,9 +254,9 @@ static int bind_inputs(op *o, const void *const *in, dnnl_exec_arg_t *args) {
     for (int i = 0; i < o->nin; i++) {
         io *x = &o->in[i];
         DN(dnnl_memory_set_data_handle(x->user, (void *)in[i]));
-        if (x->reorder.p) {
+        if (x->prim != x->user) {
             DN(dnnl_memory_set_data_handle(x->prim, engine_workspace(i, x->prim_bytes)));
-            exec2(&x->reorder, x->user, x->prim);
+            io_convert(x, 0);
         }
         args[i] = (dnnl_exec_arg_t){x->arg, x->prim};
     }
@@ -216,7 +269,7 @@ static void op_run(op *o, const void *const *in, void *out, const float *bias) {
     int na = bind_inputs(o, in, args);
     io *y = &o->out;
     DN(dnnl_memory_set_data_handle(y->user, out));
-    if (y->reorder.p)
+    if (y->prim != y->user)
         DN(dnnl_memory_set_data_handle(y->prim, engine_workspace(WS_OUT, y->prim_bytes)));
     args[na++] = (dnnl_exec_arg_t){y->arg, y->prim};
     if (o->bias_arg && bias) {
@@ -224,7 +277,10 @@ static void op_run(op *o, const void *const *in, void *out, const float *bias) {
         args[na++] = (dnnl_exec_arg_t){o->bias_arg, o->bias};
     }
     prim_exec(&o->prim, na, args);
-    if (y->reorder.p) exec2(&y->reorder, y->prim, y->user);
+    if (y->prim != y->user) {
+        DN(dnnl_stream_wait(g_strm));
+        io_convert(y, 1);
+    }
     DN(dnnl_stream_wait(g_strm));
 }
 
