@@ -93,7 +93,7 @@ static void prim_exec(const prim_t *p, int na, dnnl_exec_arg_t *args) {
 /* ------------------------------------------------------------------ one cached problem */
 /* How an operand goes between mapo's buffer and the primitive's (io.xpose): a oneDNN reorder,
    or one of layout.c's transposes between NCHW and NHWC. */
-enum { XP_NONE, XP_IN_F32, XP_IN_U16, XP_OUT, XP_OUT_ACC };
+enum { XP_NONE, XP_IN_F32, XP_IN_U16, XP_OUT, XP_OUT_ACC, XP_IN_ROUND };
 
 typedef struct {
     dnnl_memory_t user, prim;  /* prim == user when no conversion is needed */
@@ -142,11 +142,22 @@ static prim_t reorder_new(const dnnl_memory_desc_t *from, const dnnl_memory_desc
     return prim_make(pd);
 }
 
-/* The layout.c transpose that converts between a user buffer umd and the primitive's pmd, when
-   one does: NCHW (float32, or bf16 bits for an input) against the primitive's NHWC (bf16 for
-   an input, float32 for an output). XP_NONE otherwise. */
+/* mapo's own conversion between a user buffer umd and the primitive's pmd, when one applies:
+   a float32 input the primitive reads as bf16 in the same layout (mapo_round_bf16 over the
+   dense buffer), or a layout.c transpose between NCHW (float32, or bf16 bits for an input) and
+   the primitive's NHWC (bf16 for an input, float32 for an output). XP_NONE otherwise. */
 static int io_xpose(const dnnl_memory_desc_t *umd, const dnnl_memory_desc_t *pmd, int is_out,
                     int accumulate) {
+    if (!is_out && umd->data_type == dnnl_f32 && pmd->data_type == dnnl_bf16) {
+        /* the same layout in bf16 over a dense buffer: rounding in memory order */
+        dnnl_memory_desc_t b = *umd;
+        b.data_type = dnnl_bf16;
+        int64_t n = 1;
+        for (int i = 0; i < umd->ndims; i++) n *= umd->dims[i];
+        if (dnnl_memory_desc_equal(&b, pmd) &&
+            dnnl_memory_desc_get_size(umd) == (size_t)n * sizeof(float))
+            return XP_IN_ROUND;
+    }
     if (umd->ndims != 4) return XP_NONE;
     const dnnl_memory_desc_t nchw = md_tag(4, umd->dims, umd->data_type, dnnl_nchw);
     const dnnl_memory_desc_t nhwc = md_tag(4, umd->dims, pmd->data_type, dnnl_nhwc);
@@ -178,7 +189,7 @@ static void io_init(io *x, const_dnnl_primitive_desc_t pd, int arg,
     x->prim_bytes = dnnl_memory_desc_get_size(pmd);
     x->xpose = io_xpose(umd, pmd, is_out, accumulate);
     if (x->xpose) {
-        memcpy(x->dims, umd->dims, sizeof x->dims);
+        for (int i = 0; i < 4; i++) x->dims[i] = i < umd->ndims ? umd->dims[i] : 1;
         return;
     }
     x->reorder = is_out ? reorder_new(pmd, umd, accumulate) : reorder_new(umd, pmd, 0);
@@ -208,6 +219,7 @@ static void io_convert(const io *x, int is_out) {
     case XP_IN_U16: layout_nchw_to_nhwc_u16(p, u, B, C, HW); break;
     case XP_OUT: layout_nhwc_to_nchw_f32(u, p, B, C, HW, 0); break;
     case XP_OUT_ACC: layout_nhwc_to_nchw_f32(u, p, B, C, HW, 1); break;
+    case XP_IN_ROUND: mapo_round_bf16(p, u, B * C * HW); break;
     }
 }
 
