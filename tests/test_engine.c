@@ -117,7 +117,7 @@ static void conv_case(int B, int Cin, int H, int W, int Cout, int K, int stride,
     assert_memory_equal(db, dbf, Cout * 4);
     /* from an input kept in bf16: the same numbers bit for bit (the same rounding) */
     uint16_t *x16 = malloc(nx * 2);
-    mapo_round_bf16(x16, x, nx);
+    mapo_round_bf16_nhwc(x16, x, B, Cin, (int64_t)H * W);
     float *dx3 = copyf(dx0, nx), *dw3 = copyf(dw0, nw), *db3 = copyf(db0, Cout);
     conv2d_backward_bf16x(dx3, dw3, db3, dy, x16, w, B, Cin, H, W, Cout, K, stride, pad);
     assert_memory_equal(dx3, dx, nx * 4);
@@ -165,6 +165,10 @@ static void layout_case(int64_t B, int64_t C, int64_t HW) {
     for (int i = 0; i < 8 && i < n; i++) memcpy(&x[i * (n / 8)], &special[i], 4);
     for (int64_t i = 0; i < n; i++) x16[i] = (uint16_t)(i * 2654435761u >> 7);
     layout_nchw_to_nhwc_bf16(h, x, B, C, HW);
+    uint16_t *h3 = malloc(n * 2);
+    mapo_round_bf16_nhwc(h3, x, B, C, HW); /* ops.h's name for it */
+    assert_memory_equal(h3, h, n * 2);
+    free(h3);
     layout_nchw_to_nhwc_u16(h2, x16, B, C, HW);
     memcpy(back, acc, n * 4);
     layout_nhwc_to_nchw_f32(back, x, B, C, HW, 1);

@@ -27,7 +27,9 @@ typedef struct tensor {
     int64_t numel;
     int32_t readers;       /* recorded backwards that read this tensor's data */
     uint16_t *bf16;        /* its bf16 copy, kept for the weight gradients of the bf16
-                              convolutions / linears that consume it (graph-owned), or NULL */
+                              convolutions / linears that consume it (graph-owned), or NULL;
+                              in NHWC order for a convolution's input (bf16_nhwc) */
+    uint8_t bf16_nhwc;
     uint8_t requires_grad; /* gradient flows into this tensor */
     uint8_t is_param;      /* data/grad are borrowed, never freed here */
 } tensor;

@@ -131,7 +131,8 @@ void conv2d_forward_bf16x(float *y, const uint16_t *x16, const float *w, const f
 void linear_forward_bf16x(float *y, const uint16_t *x16, const float *w, const float *b,
                           int64_t N, int in, int out);
 /* The weight gradients of the bf16 convolution / linear from an input already rounded to bf16
-   (x16: bf16 bit patterns, round to nearest even, in x's layout); dx and db as above. The same
+   (x16: bf16 bit patterns, round to nearest even; a linear's in x's layout, a convolution's in
+   NHWC order as mapo_round_bf16_nhwc writes it); dx and db as above. The same
    numbers as conv2d_backward_mp / linear_backward_mp with MAPO_BF16 and the float32 x, while
    a caller keeps half the bytes for backward. */
 void conv2d_backward_bf16x(float *dx, float *dw, float *db, const float *dy, const uint16_t *x16,
@@ -141,6 +142,9 @@ void linear_backward_bf16x(float *dx, float *dw, float *db, const float *dy, con
                            const float *w, int64_t N, int in, int out);
 /* dst = bf16(src), round to nearest even (NaN stays NaN) */
 void mapo_round_bf16(uint16_t *dst, const float *src, int64_t n);
+/* the same rounding of an NCHW tensor, written in NHWC order (dst[b][p][c] = bf16(src[b][c][p])):
+   the x16 of the bf16 convolutions */
+void mapo_round_bf16_nhwc(uint16_t *dst, const float *src, int64_t B, int64_t C, int64_t HW);
 /* exp in place over a row (the vectorised exp of the float kernels; inputs <= 88) */
 void mapo_vexpf(float *x, int n);
 /* 1 when the machine does p natively and fast (bf16: AVX512-BF16 or AMX on the CPU). */

@@ -242,12 +242,24 @@ static unsigned mm_reads(const graph *g, const tensor *w) {
 }
 /* x's bf16 copy for a bf16 forward (made here when the backward will read it; NULL in float32
    or when no consumer made one): the forward then reads it instead of converting x again */
-static const uint16_t *mm_bf16_input(graph *g, tensor *x, const tensor *w) {
+/* A convolution's copy is in NHWC order (nhwc), the layout its bf16 primitives read. */
+static const uint16_t *mm_bf16_input(graph *g, tensor *x, const tensor *w, int nhwc) {
     if (g->precision == MAPO_F32) return NULL;
     if (!x->bf16 && g->grad_enabled && w->requires_grad) {
         x->bf16 = xmalloc((size_t)x->numel * sizeof(uint16_t));
-        mapo_round_bf16(x->bf16, x->data, x->numel);
+        if (nhwc)
+            mapo_round_bf16_nhwc(x->bf16, x->data, x->shape[0], x->shape[1],
+                                 x->shape[2] * x->shape[3]);
+        else
+            mapo_round_bf16(x->bf16, x->data, x->numel);
+        x->bf16_nhwc = (uint8_t)nhwc;
         account(g, x->numel * (int64_t)sizeof(uint16_t));
+    }
+    if (x->bf16 && x->bf16_nhwc != nhwc) {
+        /* no model feeds one tensor to both a convolution and a linear layer */
+        fprintf(stderr, "mapo: error: internal: a tensor feeds a convolution and a linear layer "
+                        "in bf16\n");
+        exit(2);
     }
     return x->bf16;
 }
@@ -259,7 +271,7 @@ tensor *t_conv2d(graph *g, tensor *x, tensor *w, tensor *b, int stride, int pad)
     int Cout = w->shape[0], K = w->shape[2];
     int Ho = (H + 2 * pad - K) / stride + 1, Wo = (W + 2 * pad - K) / stride + 1;
     tensor *y = graph_new4(g, B, Cout, Ho, Wo);
-    const uint16_t *x16 = mm_bf16_input(g, x, w);
+    const uint16_t *x16 = mm_bf16_input(g, x, w, 1);
     if (x16)
         conv2d_forward_bf16x(y->data, x16, w->data, b ? b->data : NULL, B, Cin, H, W, Cout, K,
                              stride, pad);
@@ -293,7 +305,7 @@ tensor *t_linear(graph *g, tensor *x, tensor *w, tensor *b) {
     memcpy(shape, x->shape, sizeof shape);
     shape[x->ndim - 1] = w->shape[0];
     tensor *y = graph_new(g, x->ndim, shape);
-    const uint16_t *x16 = mm_bf16_input(g, x, w);
+    const uint16_t *x16 = mm_bf16_input(g, x, w, 0);
     if (x16)
         linear_forward_bf16x(y->data, x16, w->data, b ? b->data : NULL, rows_of(x),
                              (int)w->shape[1], (int)w->shape[0]);

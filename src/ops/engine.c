@@ -370,7 +370,7 @@ static op *conv_op_build(const int64_t key[12]) {
     if (kind == K_CONV_FWD || kind == K_CONV_FWD16) {
         const int a[2] = {DNNL_ARG_SRC, DNNL_ARG_WEIGHTS};
         const dnnl_memory_desc_t u[2] = {
-            kind == K_CONV_FWD16 ? md_tag(4, g.x.dims, dnnl_bf16, dnnl_nchw) : g.x, g.w};
+            kind == K_CONV_FWD16 ? md_tag(4, g.x.dims, dnnl_bf16, dnnl_nhwc) : g.x, g.w};
         op_finish(o, fwd, 2, a, u, DNNL_ARG_DST, &g.y, 0, with_bias ? DNNL_ARG_BIAS : 0, &g.b);
         return o;
     }
@@ -391,7 +391,7 @@ static op *conv_op_build(const int64_t key[12]) {
         DN(dnnl_primitive_desc_create(&pd, &cd, attr, g_eng, fwd));
         const int a[2] = {DNNL_ARG_SRC, DNNL_ARG_DIFF_DST};
         const dnnl_memory_desc_t u[2] = {
-            kind == K_CONV_BWD_W16 ? md_tag(4, g.x.dims, dnnl_bf16, dnnl_nchw) : g.x, g.y};
+            kind == K_CONV_BWD_W16 ? md_tag(4, g.x.dims, dnnl_bf16, dnnl_nhwc) : g.x, g.y};
         op_finish(o, pd, 2, a, u, DNNL_ARG_DIFF_WEIGHTS, &g.w, 1, 0, NULL);
     }
     dnnl_primitive_attr_destroy(attr);
@@ -584,6 +584,9 @@ void linear_backward_bf16x(float *dx, float *dw, float *db, const float *dy, con
 void mapo_round_bf16(uint16_t *dst, const float *src, int64_t n) {
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; i++) dst[i] = mapo_bf16_bits(src[i]);
+}
+void mapo_round_bf16_nhwc(uint16_t *dst, const float *src, int64_t B, int64_t C, int64_t HW) {
+    layout_nchw_to_nhwc_bf16(dst, src, B, C, HW);
 }
 
 /* 1 when oneDNN's effective ISA includes every feature of `need` */
