@@ -275,13 +275,32 @@ static void attention_case(int B, int H, int Nq, int Nk, int Dh) {
     float *o = malloc(nq * 4), *of = malloc(nq * 4), *l = malloc((size_t)B * H * Nq * 4);
     float *lf = malloc((size_t)B * H * Nq * 4);
     double *o64 = malloc(nq * 8), *l64 = malloc((size_t)B * H * Nq * 8);
-    attention_forward_mp(MAPO_BF16, o, l, q, k, v, B, H, Nq, Nk, Dh, scale);
+    attention_forward_mp(MAPO_BF16, o, l, q, k, v, B, H, Nq, Nk, Dh, scale, NULL);
     attention_forward(of, lf, q, k, v, B, H, Nq, Nk, Dh, scale);
     attention_forward_f64(o64, l64, q64, k64, v64, B, H, Nq, Nk, Dh, scale);
     float *dq0 = rnd(nq, 0.1), *dk0 = rnd(nk, 0.1), *dv0 = rnd(nk, 0.1);
     float *dq = copyf(dq0, nq), *dk = copyf(dk0, nk), *dv = copyf(dv0, nk);
     double *dq64 = calloc(nq, 8), *dk64 = calloc(nk, 8), *dv64 = calloc(nk, 8);
-    attention_backward_mp(MAPO_BF16, dq, dk, dv, g, o, l, q, k, v, B, H, Nq, Nk, Dh, scale);
+    attention_backward_mp(MAPO_BF16, dq, dk, dv, g, o, l, q, k, v, B, H, Nq, Nk, Dh, scale, NULL);
+    /* q, k, v kept in bf16 by the forward for the backward (which then gets no q, k, v):
+       the same bits; none kept where the float32 kernel runs (head dims below 32) */
+    const int64_t nkeep = attention_kept_bf16(MAPO_BF16, B, H, Nq, Nk, Dh);
+    assert_true(nkeep == (Dh >= 32 ? (int64_t)B * H * (Nq + 2 * Nk) * Dh : 0));
+    assert_true(attention_kept_bf16(MAPO_F32, B, H, Nq, Nk, Dh) == 0);
+    if (nkeep) {
+        uint16_t *kept = malloc(nkeep * 2);
+        float *o2 = malloc(nq * 4), *l2 = malloc((size_t)B * H * Nq * 4);
+        float *dq2 = copyf(dq0, nq), *dk2 = copyf(dk0, nk), *dv2 = copyf(dv0, nk);
+        attention_forward_mp(MAPO_BF16, o2, l2, q, k, v, B, H, Nq, Nk, Dh, scale, kept);
+        attention_backward_mp(MAPO_BF16, dq2, dk2, dv2, g, o2, l2, NULL, NULL, NULL, B, H, Nq,
+                              Nk, Dh, scale, kept);
+        assert_memory_equal(o2, o, nq * 4);
+        assert_memory_equal(l2, l, (size_t)B * H * Nq * 4);
+        assert_memory_equal(dq2, dq, nq * 4);
+        assert_memory_equal(dk2, dk, nk * 4);
+        assert_memory_equal(dv2, dv, nk * 4);
+        free(kept), free(o2), free(l2), free(dq2), free(dk2), free(dv2);
+    }
     attention_backward_f64(dq64, dk64, dv64, g64, o64, l64, q64, k64, v64, B, H, Nq, Nk, Dh,
                            scale);
     /* compare the accumulated part: got - start against the float64 gradient */

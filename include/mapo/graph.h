@@ -95,6 +95,11 @@ tensor *t_linear(graph *g, tensor *x, tensor *w, tensor *b);
 tensor *t_group_norm(graph *g, tensor *x, tensor *gamma, tensor *beta, int groups, double eps);
 tensor *t_layer_norm(graph *g, tensor *x, tensor *gamma, tensor *beta, double eps);
 tensor *t_silu(graph *g, tensor *x);
+/* silu(group_norm(x)) as one op: the GroupNorm's output is not kept for the SiLU's backward but
+   recomputed from x (group_norm_apply), so gradients are bit-identical to the two ops and one
+   activation less is held per pair */
+tensor *t_group_norm_silu(graph *g, tensor *x, tensor *gamma, tensor *beta, int groups,
+                          double eps);
 tensor *t_geglu(graph *g, tensor *x);
 /* q [B,Nq,C], k,v [B,Nk,C], C = heads*Dh */
 tensor *t_attention(graph *g, tensor *q, tensor *k, tensor *v, int heads);

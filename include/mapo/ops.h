@@ -34,6 +34,10 @@ void group_norm_forward##S(T *y, T *mean, T *rstd, const T *x, const T *gamma,  
 void group_norm_backward##S(T *dx, T *dgamma, T *dbeta, const T *dy, const T *x,         \
                             const T *mean, const T *rstd, const T *gamma, int B, int C,   \
                             int64_t HW, int G);                                           \
+/* GroupNorm's output from x and the forward's saved mean / rstd: the forward's y, bit for   \
+   bit (either precision's forward: they differ only in how they sum the statistics) */   \
+void group_norm_apply##S(T *y, const T *x, const T *mean, const T *rstd, const T *gamma,  \
+                         const T *beta, int B, int C, int64_t HW, int G);                 \
 /* LayerNorm over the last dim of x[N,C]; gamma/beta [C]; saves mean/rstd [N]. */        \
 void layer_norm_forward##S(T *y, T *mean, T *rstd, const T *x, const T *gamma,           \
                            const T *beta, int64_t N, int C, double eps);                  \
@@ -116,13 +120,18 @@ void layer_norm_backward_mp(mapo_precision p, float *dx, float *dgamma, float *d
                             const float *dy, const float *x, const float *mean,
                             const float *rstd, const float *gamma, int64_t N, int C);
 /* The memory-efficient attention above with bf16 operands for its products (the softmax and
-   every output / gradient float32). */
+   every output / gradient float32). Its backward reads q, k and v only as those bf16
+   operands, so the forward can keep them for it (keep: attention_kept_bf16 elements, or NULL)
+   and the backward take them (kept: the forward's keep; q, k, v are then not read and may be
+   NULL) instead of the float32 tensors: the same bits, at half their bytes. */
+int64_t attention_kept_bf16(mapo_precision p, int B, int H, int Nq, int Nk, int Dh);
 void attention_forward_mp(mapo_precision p, float *out, float *lse, const float *q,
                           const float *k, const float *v, int B, int H, int Nq, int Nk, int Dh,
-                          double scale);
+                          double scale, uint16_t *keep);
 void attention_backward_mp(mapo_precision p, float *dq, float *dk, float *dv, const float *dout,
                            const float *out, const float *lse, const float *q, const float *k,
-                           const float *v, int B, int H, int Nq, int Nk, int Dh, double scale);
+                           const float *v, int B, int H, int Nq, int Nk, int Dh, double scale,
+                           const uint16_t *kept);
 /* The bf16 convolution / linear forward from an input already rounded to bf16 (x16 as below):
    the same numbers as conv2d_forward_mp / linear_forward_mp with MAPO_BF16 and the float32 x,
    without converting x again for every consumer. */

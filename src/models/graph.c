@@ -338,6 +338,43 @@ tensor *t_group_norm(graph *g, tensor *x, tensor *gamma, tensor *beta, int group
     return y;
 }
 
+/* The two ops' backwards in turn, the SiLU's input (the GroupNorm's output) recomputed: its
+   gradient starts from zeros as a fresh activation gradient does, so the bits are the two
+   ops'. */
+static void group_norm_silu_bw(graph *g, node *n) {
+    tensor *x = n->in[0];
+    const int B = (int)x->shape[0], C = (int)x->shape[1], G = n->i[0];
+    const int64_t HW = x->numel / ((int64_t)B * C), bytes = x->numel * (int64_t)sizeof(float);
+    float *h = xmalloc((size_t)bytes), *dh = xcalloc((size_t)x->numel, sizeof(float));
+    account(g, 2 * bytes);
+    group_norm_apply(h, x->data, n->saved[0], n->saved[1], n->in[1]->data, n->in[2]->data, B,
+                     C, HW, G);
+    silu_backward(dh, n->out->grad, h, x->numel);
+    free(h);
+    group_norm_backward_mp(g->precision, gin(g, n, 0), gin(g, n, 1), gin(g, n, 2), dh, x->data,
+                           n->saved[0], n->saved[1], n->in[1]->data, B, C, HW, G);
+    free(dh);
+    account(g, -2 * bytes);
+}
+tensor *t_group_norm_silu(graph *g, tensor *x, tensor *gamma, tensor *beta, int groups,
+                          double eps) {
+    const int B = x->shape[0], C = x->shape[1];
+    const int64_t HW = x->numel / ((int64_t)B * C);
+    tensor *y = graph_new(g, x->ndim, x->shape);
+    float *h = xmalloc((size_t)x->numel * sizeof(float));
+    account(g, x->numel * (int64_t)sizeof(float));
+    float *mean = save_buf(g, (int64_t)B * groups), *rstd = save_buf(g, (int64_t)B * groups);
+    group_norm_forward_mp(g->precision, h, mean, rstd, x->data, gamma->data, beta->data, B, C,
+                          HW, groups, eps);
+    silu_forward(y->data, h, x->numel);
+    free(h);
+    account(g, -x->numel * (int64_t)sizeof(float));
+    node *n = record(g, group_norm_silu_bw, y, x, gamma, beta, NULL);
+    keep_saved(g, n, mean, rstd);
+    if (n) n->i[0] = groups;
+    return y;
+}
+
 static void layer_norm_bw(graph *g, node *n) {
     tensor *x = n->in[0];
     layer_norm_backward_mp(g->precision, gin(g, n, 0), gin(g, n, 1), gin(g, n, 2),
@@ -387,7 +424,7 @@ static void attention_bw(graph *g, node *n) {
     int B = q->shape[0], Nq = q->shape[1], Nk = k->shape[1], C = q->shape[2], H = n->i[0];
     attention_backward_mp(g->precision, gin(g, n, 0), gin(g, n, 1), gin(g, n, 2), n->out->grad,
                           n->out->data, n->saved[0], q->data, k->data, n->in[2]->data, B, H, Nq,
-                          Nk, C / H, n->d[0]);
+                          Nk, C / H, n->d[0], (const uint16_t *)n->saved[1]);
 }
 tensor *t_attention(graph *g, tensor *q, tensor *k, tensor *v, int heads) {
     int B = q->shape[0], Nq = q->shape[1], Nk = k->shape[1], C = q->shape[2];
@@ -395,11 +432,15 @@ tensor *t_attention(graph *g, tensor *q, tensor *k, tensor *v, int heads) {
     double scale = 1.0 / sqrt((double)Dh);
     tensor *y = graph_new(g, 3, q->shape);
     float *P = save_buf(g, (int64_t)B * heads * Nq); /* row log-sum-exp */
+    /* in bf16, q, k and v as the backward's products read them, in place of the tensors */
+    const int64_t nkeep =
+        g->grad_enabled ? attention_kept_bf16(g->precision, B, heads, Nq, Nk, Dh) : 0;
+    float *keep = nkeep ? save_buf(g, (nkeep + 1) / 2) : NULL;
     attention_forward_mp(g->precision, y->data, P, q->data, k->data, v->data, B, heads, Nq, Nk,
-                         Dh, scale);
-    node *n = record(g, attention_bw, y, q, k, v, NULL);
+                         Dh, scale, (uint16_t *)keep);
+    node *n = record_r(g, attention_bw, y, q, k, v, NULL, keep ? 0u : 0xfu);
     if (n) y->readers++; /* its backward reads the output as well */
-    keep_saved(g, n, P, NULL);
+    keep_saved(g, n, P, keep);
     if (n) {
         n->i[0] = heads;
         n->d[0] = scale;

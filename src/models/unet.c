@@ -203,21 +203,17 @@ void unet_free(unet *u) {
 static tensor *resnet_forward(unet *u, graph *g, const unet_resnet *r, tensor *x,
                               tensor *temb_act) {
     const unet_config *c = &u->cfg;
-    tensor *h = t_group_norm(g, x, PV(r->n1w), PV(r->n1b), c->norm_groups, c->norm_eps);
-    tensor *a = t_silu(g, h);
-    graph_release(g, h);
-    h = t_conv2d(g, a, PV(r->c1w), PV(r->c1b), 1, 1);
+    tensor *a = t_group_norm_silu(g, x, PV(r->n1w), PV(r->n1b), c->norm_groups, c->norm_eps);
+    tensor *h = t_conv2d(g, a, PV(r->c1w), PV(r->c1b), 1, 1);
     graph_release(g, a);
     tensor *tp = t_linear(g, temb_act, PV(r->tw), PV(r->tb)); /* [B, Cout] */
     a = t_add_channel_bias(g, h, tp);
     graph_release(g, h);
     graph_release(g, tp);
-    h = t_group_norm(g, a, PV(r->n2w), PV(r->n2b), c->norm_groups, c->norm_eps);
+    tensor *s = t_group_norm_silu(g, a, PV(r->n2w), PV(r->n2b), c->norm_groups, c->norm_eps);
     graph_release(g, a);
-    a = t_silu(g, h);
-    graph_release(g, h);
-    h = t_conv2d(g, a, PV(r->c2w), PV(r->c2b), 1, 1);
-    graph_release(g, a);
+    h = t_conv2d(g, s, PV(r->c2w), PV(r->c2b), 1, 1);
+    graph_release(g, s);
     tensor *sc = x;
     if (r->sw >= 0) sc = t_conv2d(g, x, PV(r->sw), PV(r->sb), 1, 0);
     tensor *y = t_add(g, sc, h);
@@ -466,11 +462,9 @@ tensor *unet_forward(unet *u, graph *g, const unet_inputs *in) {
         }
     }
     graph_release(g, temb);
-    tensor *nn = t_group_norm(g, h, PV(u->norm_out_w), PV(u->norm_out_b), c->norm_groups,
-                              c->norm_eps);
+    tensor *a = t_group_norm_silu(g, h, PV(u->norm_out_w), PV(u->norm_out_b), c->norm_groups,
+                                  c->norm_eps);
     graph_release(g, h);
-    tensor *a = t_silu(g, nn);
-    graph_release(g, nn);
     tensor *out = t_conv2d(g, a, PV(u->conv_out_w), PV(u->conv_out_b), 1, 1);
     graph_release(g, a);
     return out;

@@ -203,9 +203,8 @@ static void add_rows(float *dst, int64_t ld, const float *src, int rows, int Dh,
 
 /* x [B, N, H*Dh] float32 -> bf16 packed per (b, h): [B*H, N, Dh] (the products read K and V
    transposed through their strides) */
-static bf16 *pack(int slot, const float *x, int B, int H, int N, int Dh) {
+static bf16 *pack_into(bf16 *p, const float *x, int B, int H, int N, int Dh) {
     const int ld = H * Dh;
-    bf16 *p = engine_workspace(slot, (size_t)B * H * N * Dh * sizeof(bf16));
 #pragma omp parallel for schedule(static)
     for (int bh = 0; bh < B * H; bh++) {
         const float *src = x + (int64_t)(bh / H) * N * ld + (bh % H) * Dh;
@@ -213,6 +212,15 @@ static bf16 *pack(int slot, const float *x, int B, int H, int N, int Dh) {
         for (int n = 0; n < N; n++) round_tile(dst + (int64_t)n * Dh, src + (int64_t)n * ld, Dh);
     }
     return p;
+}
+static bf16 *pack(int slot, const float *x, int B, int H, int N, int Dh) {
+    return pack_into(engine_workspace(slot, (size_t)B * H * N * Dh * sizeof(bf16)), x, B, H, N,
+                     Dh);
+}
+
+int64_t attention_kept_bf16(mapo_precision p, int B, int H, int Nq, int Nk, int Dh) {
+    if (p == MAPO_F32 || Dh < BF16_MIN_DH) return 0;
+    return (int64_t)B * H * (Nq + 2 * (int64_t)Nk) * Dh;
 }
 
 /* softmax rows of S [tq, Nk], written to P as bf16 (each row rounded while it is in L1);
@@ -245,7 +253,7 @@ static int min_threads(const int *ids, int n) {
 
 void attention_forward_mp(mapo_precision p, float *out, float *lse, const float *q,
                           const float *k, const float *v, int B, int H, int Nq, int Nk, int Dh,
-                          double scale) {
+                          double scale, uint16_t *keep) {
     if (p == MAPO_F32 || Dh < BF16_MIN_DH) {
         attention_forward(out, lse, q, k, v, B, H, Nq, Nk, Dh, scale);
         return;
@@ -256,9 +264,11 @@ void attention_forward_mp(mapo_precision p, float *out, float *lse, const float 
     const int ids[4] = {full.qk, full.pv, last.qk, last.pv};
     const size_t scr = scratch_max(ids, 4);
     const int nt = min_threads(ids, 4);
-    const bf16 *Qp = pack(WS_ATT_Q, q, B, H, Nq, Dh);
-    const bf16 *Kp = pack(WS_ATT_K, k, B, H, Nk, Dh);
-    const bf16 *Vp = pack(WS_ATT_V, v, B, H, Nk, Dh);
+    const int64_t nq = (int64_t)B * H * Nq * Dh, nk = (int64_t)B * H * Nk * Dh;
+    const bf16 *Qp = keep ? pack_into(keep, q, B, H, Nq, Dh) : pack(WS_ATT_Q, q, B, H, Nq, Dh);
+    const bf16 *Kp = keep ? pack_into(keep + nq, k, B, H, Nk, Dh) : pack(WS_ATT_K, k, B, H, Nk, Dh);
+    const bf16 *Vp =
+        keep ? pack_into(keep + nq + nk, v, B, H, Nk, Dh) : pack(WS_ATT_V, v, B, H, Nk, Dh);
 #pragma omp parallel num_threads(nt)
     {
         const int t = omp_get_thread_num();
@@ -286,7 +296,8 @@ void attention_forward_mp(mapo_precision p, float *out, float *lse, const float 
 
 void attention_backward_mp(mapo_precision p, float *dq, float *dk, float *dv, const float *dout,
                            const float *out, const float *lse, const float *q, const float *k,
-                           const float *v, int B, int H, int Nq, int Nk, int Dh, double scale) {
+                           const float *v, int B, int H, int Nq, int Nk, int Dh, double scale,
+                           const uint16_t *kept) {
     if (p == MAPO_F32 || Dh < BF16_MIN_DH) {
         attention_backward(dq, dk, dv, dout, out, lse, q, k, v, B, H, Nq, Nk, Dh, scale);
         return;
@@ -298,9 +309,10 @@ void attention_backward_mp(mapo_precision p, float *dq, float *dk, float *dv, co
                          last.qk, last.ptdo, last.dovt, last.dsk, last.dstq};
     const size_t scr = scratch_max(ids, 10);
     const int nt = min_threads(ids, 10);
-    const bf16 *Qp = pack(WS_ATT_Q, q, B, H, Nq, Dh);
-    const bf16 *Kp = pack(WS_ATT_K, k, B, H, Nk, Dh);
-    const bf16 *Vp = pack(WS_ATT_V, v, B, H, Nk, Dh);
+    const int64_t nq = (int64_t)B * H * Nq * Dh, nk = (int64_t)B * H * Nk * Dh;
+    const bf16 *Qp = kept ? kept : pack(WS_ATT_Q, q, B, H, Nq, Dh);
+    const bf16 *Kp = kept ? kept + nq : pack(WS_ATT_K, k, B, H, Nk, Dh);
+    const bf16 *Vp = kept ? kept + nq + nk : pack(WS_ATT_V, v, B, H, Nk, Dh);
     const bf16 *Gp = pack(WS_ATT_DO, dout, B, H, Nq, Dh);
 #pragma omp parallel num_threads(nt)
     {
