@@ -34,6 +34,9 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
+# AdamW's element loop vectorises only without sqrtf's errno path (src/train/adamw_update.c)
+$(BUILD)/src/train/adamw_update.o: CFLAGS += -fno-math-errno
+
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libmapo.a tests/testutil.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libmapo.a $(LDLIBS) $(TEST_LDLIBS)

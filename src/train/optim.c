@@ -25,15 +25,8 @@
 
 #include "mapo/common.h"
 
-/* a*b + c rounded once to float: the FMA instruction where the target has one, otherwise
-   through double (exact product; see above) */
-static inline float fma_f32(float a, float b, float c) {
-#ifdef __FMA__
-    return fmaf(a, b, c);
-#else
-    return (float)((double)a * (double)b + (double)c);
-#endif
-}
+#include "adamw_update.h"
+
 
 /* adamw_step on g * gcoef; gz (g itself, or NULL) zeroed after each gradient is read */
 static void adamw_core(float *p, const float *g, float *m, float *v, size_t n, int64_t step,
@@ -43,31 +36,20 @@ static void adamw_core(float *p, const float *g, float *m, float *v, size_t n, i
     const double bc2 = 1.0 - pow(c->beta2, stepd);
     const double step_size = lr / bc1;
     const double bc2_sqrt = pow(bc2, 0.5); /* Python's bias_correction2 ** 0.5 */
-    const int decay_on = c->weight_decay != 0;
-    const float decay = (float)(1.0 - lr * c->weight_decay);
-    const float w1 = (float)(1.0 - c->beta1);
-    const int w1_small = fabsf(w1) < 0.5f;
-    const float w1m1 = w1 - 1.0f;
-    const float b2 = (float)c->beta2, w2 = (float)(1.0 - c->beta2);
-    const float bc2s = (float)bc2_sqrt, epsf = (float)c->eps, neg_ss = (float)(-step_size);
-    const long long nn = (long long)n;
+    adamw_k k;
+    k.decay = c->weight_decay != 0 ? (float)(1.0 - lr * c->weight_decay) : 1.0f;
+    k.w1 = (float)(1.0 - c->beta1);
+    k.w1_small = fabsf(k.w1) < 0.5f;
+    k.w1m1 = k.w1 - 1.0f;
+    k.b2 = (float)c->beta2, k.w2 = (float)(1.0 - c->beta2);
+    k.bc2s = (float)bc2_sqrt, k.epsf = (float)c->eps, k.neg_ss = (float)(-step_size);
+    k.gcoef = gcoef;
+    const long long nn = (long long)n, chunk = 16384;
+    const long long nc = (nn + chunk - 1) / chunk;
 #pragma omp parallel for schedule(static) if (nn > 65536)
-    for (long long i = 0; i < nn; i++) {
-        float pi = p[i];
-        if (decay_on) pi = pi * decay;
-        const float gi = g[i] * gcoef, mo = m[i]; /* grad_scale's product; x * 1 == x */
-        if (gz) gz[i] = 0.0f;
-        const float diff = gi - mo;
-        const float mi = w1_small ? fma_f32(w1, diff, mo) : fma_f32(w1m1, diff, gi);
-        const float vb = v[i] * b2;
-        const float wg = w2 * gi;
-        const float vi = fma_f32(wg, gi, vb);
-        const float den = sqrtf(vi) / bc2s + epsf;
-        const float upd = (neg_ss * mi) / den;
-        p[i] = pi + upd;
-        m[i] = mi;
-        v[i] = vi;
-    }
+    for (long long t = 0; t < nc; t++)
+        adamw_update_range(&k, p, g, m, v, t * chunk,
+                           t * chunk + chunk < nn ? t * chunk + chunk : nn, gz);
 }
 
 void adamw_step(float *p, const float *g, float *m, float *v, size_t n, int64_t step,
