@@ -172,19 +172,30 @@ static void layout_case(int64_t B, int64_t C, int64_t HW) {
     layout_nchw_to_nhwc_u16(h2, x16, B, C, HW);
     memcpy(back, acc, n * 4);
     layout_nhwc_to_nchw_f32(back, x, B, C, HW, 1);
-    float *plain = malloc(n * 4);
+    float *plain = malloc(n * 4), *fwd = malloc(n * 4), *fwda = malloc(n * 4);
     layout_nhwc_to_nchw_f32(plain, x, B, C, HW, 0);
+    layout_nchw_to_nhwc_f32(fwd, x, B, C, HW, 0);
+    memcpy(fwda, acc, n * 4);
+    layout_nchw_to_nhwc_f32(fwda, x, B, C, HW, 1);
     for (int64_t b = 0; b < B; b++)
         for (int64_t c = 0; c < C; c++)
             for (int64_t p = 0; p < HW; p++) {
                 const int64_t nchw = (b * C + c) * HW + p, nhwc = (b * HW + p) * C + c;
                 assert_int_equal(h[nhwc], mapo_bf16_bits(x[nchw]));
                 assert_int_equal(h2[nhwc], x16[nchw]);
-                const float want = acc[nchw] + x[nhwc];
+                const float want = acc[nchw] + x[nhwc], wantf = acc[nhwc] + x[nchw];
                 assert_memory_equal(&back[nchw], &want, 4);
                 assert_memory_equal(&plain[nchw], &x[nhwc], 4);
+                assert_memory_equal(&fwd[nhwc], &x[nchw], 4);
+                assert_memory_equal(&fwda[nhwc], &wantf, 4);
             }
-    free(x), free(acc), free(back), free(h), free(h2), free(x16), free(plain);
+    /* ops.h's float transposes are these */
+    nchw_to_nhwc_tiled(plain, x, (int)B, (int)C, HW, 0);
+    assert_memory_equal(plain, fwd, n * 4);
+    nhwc_to_nchw_tiled(fwd, x, (int)B, (int)C, HW, 0);
+    nhwc_to_nchw(fwda, x, (int)B, (int)C, HW);
+    assert_memory_equal(fwd, fwda, n * 4);
+    free(x), free(acc), free(back), free(h), free(h2), free(x16), free(plain), free(fwd), free(fwda);
 }
 
 static void test_layout(void **st) {

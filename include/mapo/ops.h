@@ -149,6 +149,10 @@ void conv2d_backward_bf16x(float *dx, float *dw, float *db, const float *dy, con
                            int stride, int pad);
 void linear_backward_bf16x(float *dx, float *dw, float *db, const float *dy, const uint16_t *x16,
                            const float *w, int64_t N, int in, int out);
+/* nchw_to_nhwc / nhwc_to_nchw in float (x[B,C,HW] <-> y[B,HW,C]) by 16x16 register tiles,
+   y = or, when accumulate, y += the transpose: the same values (copies, one add) */
+void nchw_to_nhwc_tiled(float *y, const float *x, int B, int C, int64_t HW, int accumulate);
+void nhwc_to_nchw_tiled(float *y, const float *x, int B, int C, int64_t HW, int accumulate);
 /* dst = bf16(src), round to nearest even (NaN stays NaN) */
 void mapo_round_bf16(uint16_t *dst, const float *src, int64_t n);
 /* the same rounding of an NCHW tensor, written in NHWC order (dst[b][p][c] = bf16(src[b][c][p])):

@@ -520,17 +520,13 @@ static void to_nhwc_bw(graph *g, node *n) {
     float *dx = gin(g, n, 0);
     int B = x->shape[0], C = x->shape[1];
     int64_t HW = x->shape[2] * x->shape[3];
-    /* dx += transpose(dy): transpose into a scratch then add */
-    float *tmp = xmalloc(x->numel * sizeof(float));
-    nhwc_to_nchw(tmp, n->out->grad, B, C, HW);
-    accumulate(dx, tmp, x->numel);
-    free(tmp);
+    nhwc_to_nchw_tiled(dx, n->out->grad, B, C, HW, 1); /* dx += transpose(dy) */
 }
 tensor *t_nchw_to_nhwc(graph *g, tensor *x) {
     int B = x->shape[0], C = x->shape[1];
     int64_t HW = x->shape[2] * x->shape[3];
     tensor *y = graph_new(g, 3, (int64_t[]){B, HW, C});
-    nchw_to_nhwc(y->data, x->data, B, C, HW);
+    nchw_to_nhwc_tiled(y->data, x->data, B, C, HW, 0);
     record_r(g, to_nhwc_bw, y, x, NULL, NULL, NULL, 0);
     return y;
 }
@@ -540,15 +536,12 @@ static void to_nchw_bw(graph *g, node *n) {
     float *dx = gin(g, n, 0);
     int B = x->shape[0], C = x->shape[2];
     int64_t HW = x->shape[1];
-    float *tmp = xmalloc(x->numel * sizeof(float));
-    nchw_to_nhwc(tmp, n->out->grad, B, C, HW);
-    accumulate(dx, tmp, x->numel);
-    free(tmp);
+    nchw_to_nhwc_tiled(dx, n->out->grad, B, C, HW, 1); /* dx += transpose(dy) */
 }
 tensor *t_nhwc_to_nchw(graph *g, tensor *x, int64_t H, int64_t W) {
     int B = x->shape[0], C = x->shape[2];
     tensor *y = graph_new4(g, B, C, H, W);
-    nhwc_to_nchw(y->data, x->data, B, C, H * W);
+    nhwc_to_nchw_tiled(y->data, x->data, B, C, H * W, 0);
     record_r(g, to_nchw_bw, y, x, NULL, NULL, NULL, 0);
     return y;
 }

@@ -12,10 +12,13 @@
 #include <stdint.h>
 
 #include "mapo/bf16.h"
+#include "mapo/ops.h"
 #include "layout.h"
 
 enum { T = 16 };
-typedef enum { TO_NHWC_BF16, TO_NHWC_U16, TO_NCHW_F32, TO_NCHW_F32_ACC } xpose_kind;
+typedef enum {
+    TO_NHWC_BF16, TO_NHWC_U16, TO_NHWC_F32, TO_NHWC_F32_ACC, TO_NCHW_F32, TO_NCHW_F32_ACC
+} xpose_kind;
 
 typedef struct {
     xpose_kind kind;
@@ -37,6 +40,12 @@ static void tile_scalar(const xpose *x, int64_t b, int64_t c0, int64_t nc, int64
                 break;
             case TO_NHWC_U16:
                 ((uint16_t *)x->dst)[nhwc] = ((const uint16_t *)x->src)[nchw];
+                break;
+            case TO_NHWC_F32:
+                ((float *)x->dst)[nhwc] = ((const float *)x->src)[nchw];
+                break;
+            case TO_NHWC_F32_ACC:
+                ((float *)x->dst)[nhwc] += ((const float *)x->src)[nchw];
                 break;
             case TO_NCHW_F32:
                 ((float *)x->dst)[nchw] = ((const float *)x->src)[nhwc];
@@ -93,21 +102,29 @@ static inline __m256i bf16_16(__m512 v) {
 static void tile_avx512(const xpose *x, int64_t b, int64_t c0, int64_t p0) {
     const int64_t C = x->C, HW = x->HW, img = b * C * HW;
     __m512 r[T];
-    if (x->kind == TO_NHWC_BF16 || x->kind == TO_NHWC_U16) {
-        for (int i = 0; i < T; i++) {
-            const int64_t at = img + (c0 + i) * HW + p0;
-            r[i] = x->kind == TO_NHWC_BF16
-                       ? _mm512_loadu_ps((const float *)x->src + at)
-                       : _mm512_castsi512_ps(_mm512_cvtepu16_epi32(
-                             _mm256_loadu_si256((const __m256i *)((const uint16_t *)x->src + at))));
-        }
+    if (x->kind == TO_NHWC_U16) {
+        for (int i = 0; i < T; i++)
+            r[i] = _mm512_castsi512_ps(_mm512_cvtepu16_epi32(_mm256_loadu_si256(
+                (const __m256i *)((const uint16_t *)x->src + img + (c0 + i) * HW + p0))));
+        tr16(r);
+        for (int j = 0; j < T; j++)
+            _mm256_storeu_si256((__m256i *)((uint16_t *)x->dst + img + (p0 + j) * C + c0),
+                                _mm512_cvtepi32_epi16(_mm512_castps_si512(r[j])));
+        return;
+    }
+    if (x->kind == TO_NHWC_BF16 || x->kind == TO_NHWC_F32 || x->kind == TO_NHWC_F32_ACC) {
+        for (int i = 0; i < T; i++)
+            r[i] = _mm512_loadu_ps((const float *)x->src + img + (c0 + i) * HW + p0);
         tr16(r);
         for (int j = 0; j < T; j++) {
-            uint16_t *d = (uint16_t *)x->dst + img + (p0 + j) * C + c0;
-            _mm256_storeu_si256((__m256i *)d,
-                                x->kind == TO_NHWC_BF16
-                                    ? bf16_16(r[j])
-                                    : _mm512_cvtepi32_epi16(_mm512_castps_si512(r[j])));
+            const int64_t at = img + (p0 + j) * C + c0;
+            if (x->kind == TO_NHWC_BF16) {
+                _mm256_storeu_si256((__m256i *)((uint16_t *)x->dst + at), bf16_16(r[j]));
+                continue;
+            }
+            float *d = (float *)x->dst + at;
+            _mm512_storeu_ps(d, x->kind == TO_NHWC_F32_ACC ? _mm512_add_ps(_mm512_loadu_ps(d), r[j])
+                                                           : r[j]);
         }
         return;
     }
@@ -145,7 +162,18 @@ void layout_nchw_to_nhwc_u16(uint16_t *dst, const uint16_t *src, int64_t B, int6
                              int64_t HW) {
     run(&(xpose){TO_NHWC_U16, dst, src, C, HW}, B);
 }
+void layout_nchw_to_nhwc_f32(float *dst, const float *src, int64_t B, int64_t C, int64_t HW,
+                             int accumulate) {
+    run(&(xpose){accumulate ? TO_NHWC_F32_ACC : TO_NHWC_F32, dst, src, C, HW}, B);
+}
 void layout_nhwc_to_nchw_f32(float *dst, const float *src, int64_t B, int64_t C, int64_t HW,
                              int accumulate) {
     run(&(xpose){accumulate ? TO_NCHW_F32_ACC : TO_NCHW_F32, dst, src, C, HW}, B);
+}
+
+void nchw_to_nhwc_tiled(float *y, const float *x, int B, int C, int64_t HW, int accumulate) {
+    layout_nchw_to_nhwc_f32(y, x, B, C, HW, accumulate);
+}
+void nhwc_to_nchw_tiled(float *y, const float *x, int B, int C, int64_t HW, int accumulate) {
+    layout_nhwc_to_nchw_f32(y, x, B, C, HW, accumulate);
 }

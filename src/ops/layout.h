@@ -12,6 +12,9 @@ void layout_nchw_to_nhwc_bf16(uint16_t *dst, const float *src, int64_t B, int64_
 /* dst[b][p][c] = src[b][c][p], bf16 bit patterns */
 void layout_nchw_to_nhwc_u16(uint16_t *dst, const uint16_t *src, int64_t B, int64_t C,
                              int64_t HW);
+/* dst[b][p][c] = src[b][c][p], or += when accumulate */
+void layout_nchw_to_nhwc_f32(float *dst, const float *src, int64_t B, int64_t C, int64_t HW,
+                             int accumulate);
 /* dst[b][c][p] = src[b][p][c], or += when accumulate */
 void layout_nhwc_to_nchw_f32(float *dst, const float *src, int64_t B, int64_t C, int64_t HW,
                              int accumulate);
