@@ -150,7 +150,7 @@ static double mid_attention_bf16_diff(const unet_config *c, const debug_batch *b
             memset(dk, 0, nk * 4), memset(dv, 0, nk * 4);
             attention_forward_mp(pr, o[p], l[p], q, k, v, b->n, H, Nq, Nk, Dh, scale, NULL);
             attention_backward_mp(pr, dq[p], dk, dv, g, o[p], l[p], q, k, v, b->n, H, Nq, Nk, Dh,
-                                  scale, NULL);
+                                  scale, NULL, 0);
         }
         diff = fmin(diff, fmin(rel_err_f32(o[0], o[1], nq), rel_err_f32(dq[0], dq[1], nq)));
         for (int p = 0; p < 2; p++) free(o[p]), free(l[p]), free(dq[p]);

@@ -47,6 +47,18 @@ static float *copyf(const float *p, int64_t n) {
     memcpy(q, p, n * sizeof(float));
     return q;
 }
+/* n NaNs: a gradient buffer nothing wrote yet, whose every element an assigning op must set */
+static float *nans(int64_t n) {
+    float *q = malloc(n * sizeof(float));
+    for (int64_t i = 0; i < n; i++) q[i] = NAN;
+    return q;
+}
+/* an assigned gradient equals the one added to zeros (as numbers: 0 + -0 is +0) */
+static void same_values(const char *what, const float *got, const float *want, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        if (!(got[i] == want[i]))
+            fail_msg("%s[%lld]: %.9g, want %.9g", what, (long long)i, got[i], want[i]);
+}
 
 /* |got - start - ref| <= 1.25 * ((1+u)^2 - 1 + K 2^-24) * abs + 4 * 2^-24 * |ref + start|
    per element (start: the gradient's value before accumulation). Returns the worst ratio. */
@@ -119,8 +131,15 @@ static void conv_case(int B, int Cin, int H, int W, int Cout, int K, int stride,
     uint16_t *x16 = malloc(nx * 2);
     mapo_round_bf16_nhwc(x16, x, B, Cin, (int64_t)H * W);
     float *dx3 = copyf(dx0, nx), *dw3 = copyf(dw0, nw), *db3 = copyf(db0, Cout);
-    conv2d_backward_bf16x(dx3, dw3, db3, dy, x16, w, B, Cin, H, W, Cout, K, stride, pad);
+    conv2d_backward_bf16x(dx3, dw3, db3, dy, x16, w, B, Cin, H, W, Cout, K, stride, pad, 0);
     assert_memory_equal(dx3, dx, nx * 4);
+    { /* dx assigned: the gradient added to zeros */
+        float *dxa = nans(nx), *dxz = calloc(nx, 4);
+        conv2d_backward_bf16x(dxa, NULL, NULL, dy, x16, w, B, Cin, H, W, Cout, K, stride, pad, 1);
+        conv2d_backward_bf16x(dxz, NULL, NULL, dy, x16, w, B, Cin, H, W, Cout, K, stride, pad, 0);
+        same_values("conv dx assigned", dxa, dxz, nx);
+        free(dxa), free(dxz);
+    }
     assert_memory_equal(dw3, dw, nw * 4);
     assert_memory_equal(db3, db, Cout * 4);
     float *y3 = malloc(ny * 4);
@@ -244,8 +263,15 @@ static void linear_case(int64_t N, int in, int out, int bias) {
     uint16_t *x16 = malloc(N * in * 2);
     mapo_round_bf16(x16, x, N * in);
     float *dx3 = copyf(dx0, N * in), *dw3 = copyf(dw0, nw), *db3 = copyf(db0, out);
-    linear_backward_bf16x(dx3, dw3, bias ? db3 : NULL, dy, x16, w, N, in, out);
+    linear_backward_bf16x(dx3, dw3, bias ? db3 : NULL, dy, x16, w, N, in, out, 0);
     assert_memory_equal(dx3, dx, N * in * 4);
+    { /* dx assigned: the gradient added to zeros */
+        float *dxa = nans(N * in), *dxz = calloc(N * in, 4);
+        linear_backward_bf16x(dxa, NULL, NULL, dy, x16, w, N, in, out, 1);
+        linear_backward_bf16x(dxz, NULL, NULL, dy, x16, w, N, in, out, 0);
+        same_values("linear dx assigned", dxa, dxz, N * in);
+        free(dxa), free(dxz);
+    }
     assert_memory_equal(dw3, dw, nw * 4);
     assert_memory_equal(db3, db, out * 4);
     float *y3 = malloc(N * out * 4);
@@ -292,7 +318,20 @@ static void attention_case(int B, int H, int Nq, int Nk, int Dh) {
     float *dq0 = rnd(nq, 0.1), *dk0 = rnd(nk, 0.1), *dv0 = rnd(nk, 0.1);
     float *dq = copyf(dq0, nq), *dk = copyf(dk0, nk), *dv = copyf(dv0, nk);
     double *dq64 = calloc(nq, 8), *dk64 = calloc(nk, 8), *dv64 = calloc(nk, 8);
-    attention_backward_mp(MAPO_BF16, dq, dk, dv, g, o, l, q, k, v, B, H, Nq, Nk, Dh, scale, NULL);
+    attention_backward_mp(MAPO_BF16, dq, dk, dv, g, o, l, q, k, v, B, H, Nq, Nk, Dh, scale, NULL,
+                          0);
+    { /* dq, dk, dv assigned (either kernel): the gradients added to zeros */
+        float *a[3] = {nans(nq), nans(nk), nans(nk)};
+        float *z[3] = {calloc(nq, 4), calloc(nk, 4), calloc(nk, 4)};
+        attention_backward_mp(MAPO_BF16, a[0], a[1], a[2], g, o, l, q, k, v, B, H, Nq, Nk, Dh,
+                              scale, NULL, 1);
+        attention_backward_mp(MAPO_BF16, z[0], z[1], z[2], g, o, l, q, k, v, B, H, Nq, Nk, Dh,
+                              scale, NULL, 0);
+        for (int i = 0; i < 3; i++) {
+            same_values("attention gradient assigned", a[i], z[i], i ? nk : nq);
+            free(a[i]), free(z[i]);
+        }
+    }
     /* q, k, v kept in bf16 by the forward for the backward (which then gets no q, k, v):
        the same bits; none kept where the float32 kernel runs (head dims below 32) */
     const int64_t nkeep = attention_kept_bf16(MAPO_BF16, B, H, Nq, Nk, Dh);
@@ -304,7 +343,7 @@ static void attention_case(int B, int H, int Nq, int Nk, int Dh) {
         float *dq2 = copyf(dq0, nq), *dk2 = copyf(dk0, nk), *dv2 = copyf(dv0, nk);
         attention_forward_mp(MAPO_BF16, o2, l2, q, k, v, B, H, Nq, Nk, Dh, scale, kept);
         attention_backward_mp(MAPO_BF16, dq2, dk2, dv2, g, o2, l2, NULL, NULL, NULL, B, H, Nq,
-                              Nk, Dh, scale, kept);
+                              Nk, Dh, scale, kept, 0);
         assert_memory_equal(o2, o, nq * 4);
         assert_memory_equal(l2, l, (size_t)B * H * Nq * 4);
         assert_memory_equal(dq2, dq, nq * 4);

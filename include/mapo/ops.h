@@ -123,7 +123,8 @@ void layer_norm_backward_mp(mapo_precision p, float *dx, float *dgamma, float *d
    every output / gradient float32). Its backward reads q, k and v only as those bf16
    operands, so the forward can keep them for it (keep: attention_kept_bf16 elements, or NULL)
    and the backward take them (kept: the forward's keep; q, k, v are then not read and may be
-   NULL) instead of the float32 tensors: the same bits, at half their bytes. */
+   NULL) instead of the float32 tensors: the same bits, at half their bytes. assign (bf16
+   kernel only; the float32 kernel always adds): dq, dk and dv = instead of +=. */
 int64_t attention_kept_bf16(mapo_precision p, int B, int H, int Nq, int Nk, int Dh);
 void attention_forward_mp(mapo_precision p, float *out, float *lse, const float *q,
                           const float *k, const float *v, int B, int H, int Nq, int Nk, int Dh,
@@ -131,7 +132,7 @@ void attention_forward_mp(mapo_precision p, float *out, float *lse, const float 
 void attention_backward_mp(mapo_precision p, float *dq, float *dk, float *dv, const float *dout,
                            const float *out, const float *lse, const float *q, const float *k,
                            const float *v, int B, int H, int Nq, int Nk, int Dh, double scale,
-                           const uint16_t *kept);
+                           const uint16_t *kept, int assign);
 /* The bf16 convolution / linear forward from an input already rounded to bf16 (x16 as below):
    the same numbers as conv2d_forward_mp / linear_forward_mp with MAPO_BF16 and the float32 x,
    without converting x again for every consumer. */
@@ -143,12 +144,13 @@ void linear_forward_bf16x(float *y, const uint16_t *x16, const float *w, const f
    (x16: bf16 bit patterns, round to nearest even; a linear's in x's layout, a convolution's in
    NHWC order as mapo_round_bf16_nhwc writes it); dx and db as above. The same
    numbers as conv2d_backward_mp / linear_backward_mp with MAPO_BF16 and the float32 x, while
-   a caller keeps half the bytes for backward. */
+   a caller keeps half the bytes for backward. dx_assign: dx = instead of dx += (a gradient
+   buffer nothing wrote yet need not be zeroed first). */
 void conv2d_backward_bf16x(float *dx, float *dw, float *db, const float *dy, const uint16_t *x16,
                            const float *w, int B, int Cin, int H, int W, int Cout, int K,
-                           int stride, int pad);
+                           int stride, int pad, int dx_assign);
 void linear_backward_bf16x(float *dx, float *dw, float *db, const float *dy, const uint16_t *x16,
-                           const float *w, int64_t N, int in, int out);
+                           const float *w, int64_t N, int in, int out, int dx_assign);
 /* nchw_to_nhwc / nhwc_to_nchw in float (x[B,C,HW] <-> y[B,HW,C]) by 16x16 register tiles,
    y = or, when accumulate, y += the transpose: the same values (copies, one add) */
 void nchw_to_nhwc_tiled(float *y, const float *x, int B, int C, int64_t HW, int accumulate);

@@ -204,6 +204,22 @@ static float *gin(graph *g, node *n, int k) {
     tensor *t = n->in[k];
     return (t && t->requires_grad) ? graph_grad(g, t) : NULL;
 }
+/* Input k's gradient for a backward that can write it instead of adding to it: in bf16, a
+   buffer no earlier backward wrote is handed out unzeroed with *assign = 1, and the caller
+   must then write every element (its first write is an assignment). Float32 always gets a
+   zeroed buffer to add to, as it always did: 0 + v is not v when v is -0, and float32 keeps
+   its bits. */
+static float *gin_assign(graph *g, node *n, int k, int *assign) {
+    tensor *t = n->in[k];
+    *assign = 0;
+    if (!t || !t->requires_grad) return NULL;
+    if (!t->grad && g->precision != MAPO_F32) {
+        t->grad = xmalloc((size_t)t->numel * sizeof(float));
+        account(g, t->numel * (int64_t)sizeof(float));
+        *assign = 1;
+    }
+    return graph_grad(g, t);
+}
 
 void graph_backward(graph *g, tensor *out) {
     (void)out;
@@ -221,12 +237,14 @@ void graph_backward(graph *g, tensor *out) {
 /* ------------------------------------------------------------------ conv2d */
 static void conv2d_bw(graph *g, node *n) {
     tensor *x = n->in[0], *w = n->in[1];
-    if (n->xb) /* bf16: the weight gradient reads the input's bf16 copy */
-        conv2d_backward_bf16x(gin(g, n, 0), gin(g, n, 1), gin(g, n, 2), n->out->grad, n->xb,
-                              w->data, (int)x->shape[0], (int)x->shape[1], (int)x->shape[2],
+    if (n->xb) { /* bf16: the weight gradient reads the input's bf16 copy */
+        int set;
+        float *dx = gin_assign(g, n, 0, &set);
+        conv2d_backward_bf16x(dx, gin(g, n, 1), gin(g, n, 2), n->out->grad, n->xb, w->data,
+                              (int)x->shape[0], (int)x->shape[1], (int)x->shape[2],
                               (int)x->shape[3], (int)w->shape[0], (int)w->shape[2], n->i[0],
-                              n->i[1]);
-    else
+                              n->i[1], set);
+    } else
         conv2d_backward_mp(g->precision, gin(g, n, 0), gin(g, n, 1), gin(g, n, 2),
                            n->out->grad, x->data, w->data, (int)x->shape[0], (int)x->shape[1],
                            (int)x->shape[2], (int)x->shape[3], (int)w->shape[0],
@@ -292,10 +310,12 @@ static int64_t rows_of(const tensor *x) { return x->numel / x->shape[x->ndim - 1
 
 static void linear_bw(graph *g, node *n) {
     tensor *x = n->in[0], *w = n->in[1];
-    if (n->xb)
-        linear_backward_bf16x(gin(g, n, 0), gin(g, n, 1), gin(g, n, 2), n->out->grad, n->xb,
-                              w->data, rows_of(x), (int)w->shape[1], (int)w->shape[0]);
-    else
+    if (n->xb) {
+        int set;
+        float *dx = gin_assign(g, n, 0, &set);
+        linear_backward_bf16x(dx, gin(g, n, 1), gin(g, n, 2), n->out->grad, n->xb, w->data,
+                              rows_of(x), (int)w->shape[1], (int)w->shape[0], set);
+    } else
         linear_backward_mp(g->precision, gin(g, n, 0), gin(g, n, 1), gin(g, n, 2),
                            n->out->grad, x->data, w->data, rows_of(x), (int)w->shape[1],
                            (int)w->shape[0]);
@@ -420,11 +440,21 @@ tensor *t_geglu(graph *g, tensor *x) {
 
 /* ------------------------------------------------------------------ attention */
 static void attention_bw(graph *g, node *n) {
-    tensor *q = n->in[0], *k = n->in[1];
+    tensor *q = n->in[0], *k = n->in[1], *v = n->in[2];
     int B = q->shape[0], Nq = q->shape[1], Nk = k->shape[1], C = q->shape[2], H = n->i[0];
-    attention_backward_mp(g->precision, gin(g, n, 0), gin(g, n, 1), gin(g, n, 2), n->out->grad,
-                          n->out->data, n->saved[0], q->data, k->data, n->in[2]->data, B, H, Nq,
-                          Nk, C / H, n->d[0], (const uint16_t *)n->saved[1]);
+    /* the kernel assigns all three gradients or adds to all three: it assigns when each is
+       fresh (or not wanted) and q, k, v are distinct tensors; a fresh one is zeroed otherwise */
+    float *d[3];
+    int set[3], all = q != k && q != v && k != v;
+    for (int i = 0; i < 3; i++) {
+        d[i] = gin_assign(g, n, i, &set[i]);
+        all &= set[i] || !d[i];
+    }
+    for (int i = 0; i < 3 && !all; i++)
+        if (set[i]) mapo_zero(d[i], (size_t)n->in[i]->numel * sizeof(float));
+    attention_backward_mp(g->precision, d[0], d[1], d[2], n->out->grad, n->out->data,
+                          n->saved[0], q->data, k->data, v->data, B, H, Nq, Nk, C / H, n->d[0],
+                          (const uint16_t *)n->saved[1], all);
 }
 tensor *t_attention(graph *g, tensor *q, tensor *k, tensor *v, int heads) {
     int B = q->shape[0], Nq = q->shape[1], Nk = k->shape[1], C = q->shape[2];
@@ -468,11 +498,34 @@ static void accumulate(float *dst, const float *src, int64_t n) {
     for (int64_t i = 0; i < n; i++) dst[i] += src[i];
 }
 
-static void add_bw(graph *g, node *n) {
-    for (int k = 0; k < 2; k++) {
-        float *d = gin(g, n, k);
-        if (d) accumulate(d, n->out->grad, n->out->numel);
+/* The gradient dy of an identity path from n's output (same shape) into input k. In bf16 the
+   first input whose gradient nothing wrote yet takes the output's gradient buffer itself
+   (released after this backward anyway; *taken then says so, and dy stays readable), a
+   second such input gets a copy; otherwise dy is added. */
+static void identity_grad(graph *g, node *n, int k, const float *dy, int *taken) {
+    tensor *t = n->in[k];
+    if (!t || !t->requires_grad) return;
+    if (!t->grad && g->precision != MAPO_F32 && !*taken) {
+        t->grad = n->out->grad;
+        n->out->grad = NULL;
+        *taken = 1;
+        return;
     }
+    int set;
+    float *d = gin_assign(g, n, k, &set);
+    const int64_t m = t->numel;
+    if (!set) {
+        accumulate(d, dy, m);
+        return;
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < m; i++) d[i] = dy[i];
+}
+
+static void add_bw(graph *g, node *n) {
+    const float *dy = n->out->grad;
+    int taken = 0;
+    for (int k = 0; k < 2; k++) identity_grad(g, n, k, dy, &taken);
 }
 tensor *t_add(graph *g, tensor *a, tensor *b) {
     tensor *y = graph_new(g, a->ndim, a->shape);
@@ -489,10 +542,11 @@ static void add_channel_bias_bw(graph *g, node *n) {
     tensor *x = n->in[0];
     int B = x->shape[0], C = x->shape[1];
     int64_t HW = x->numel / ((int64_t)B * C);
-    float *dx = gin(g, n, 0);
-    if (dx) accumulate(dx, n->out->grad, x->numel);
+    const float *dy = n->out->grad;
     float *dv = gin(g, n, 1);
-    if (dv) add_channel_bias_backward(dv, n->out->grad, B, C, HW);
+    if (dv) add_channel_bias_backward(dv, dy, B, C, HW);
+    int taken = 0;
+    identity_grad(g, n, 0, dy, &taken);
 }
 tensor *t_add_channel_bias(graph *g, tensor *x, tensor *v) {
     int B = x->shape[0], C = x->shape[1];

@@ -316,9 +316,11 @@ dnnl_memory_desc_t md_strides(int nd, const int64_t *dims, dnnl_data_type_t dt,
 }
 
 /* ..._16: reading operands already in bf16: the forward its input x16; the backward kinds
-   dy16 (and the weight gradients x16), rounded once for both gradients (*_bf16x) */
+   dy16 (and the weight gradients x16), rounded once for both gradients (*_bf16x);
+   K_CONV_BWD_DATA16_SET writes dx instead of adding to it */
 enum { K_CONV_FWD = 1, K_CONV_BWD_DATA, K_CONV_BWD_W, K_MM_FWD, K_MM_DX, K_MM_DW, K_PROBE,
-       K_CONV_BWD_W16, K_MM_DW16, K_CONV_FWD16, K_MM_FWD16, K_CONV_BWD_DATA16, K_MM_DX16 };
+       K_CONV_BWD_W16, K_MM_DW16, K_CONV_FWD16, K_MM_FWD16, K_CONV_BWD_DATA16, K_MM_DX16,
+       K_CONV_BWD_DATA16_SET };
 
 /* conv geometry: user descriptors and the forward descriptor every conv kind starts from */
 typedef struct {
@@ -378,14 +380,15 @@ static op *conv_op_build(const int64_t key[12]) {
     dnnl_convolution_desc_t cd;
     dnnl_primitive_attr_t attr = attr_new(0);
     const dnnl_memory_desc_t y16 = md_tag(4, g.y.dims, dnnl_bf16, dnnl_nhwc);
-    if (kind == K_CONV_BWD_DATA || kind == K_CONV_BWD_DATA16) {
+    if (kind == K_CONV_BWD_DATA || kind == K_CONV_BWD_DATA16 || kind == K_CONV_BWD_DATA16_SET) {
         dnnl_memory_desc_t xa = md_tag(4, g.x.dims, dnnl_f32, dnnl_format_tag_any);
         DN(dnnl_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &xa, &g.wa,
                                                     &g.ya, g.st, g.pl, g.pl));
         DN(dnnl_primitive_desc_create(&pd, &cd, attr, g_eng, fwd));
         const int a[2] = {DNNL_ARG_DIFF_DST, DNNL_ARG_WEIGHTS};
-        const dnnl_memory_desc_t u[2] = {kind == K_CONV_BWD_DATA16 ? y16 : g.y, g.w};
-        op_finish(o, pd, 2, a, u, DNNL_ARG_DIFF_SRC, &g.x, 1, 0, NULL);
+        const dnnl_memory_desc_t u[2] = {kind == K_CONV_BWD_DATA ? g.y : y16, g.w};
+        op_finish(o, pd, 2, a, u, DNNL_ARG_DIFF_SRC, &g.x, kind != K_CONV_BWD_DATA16_SET, 0,
+                  NULL);
     } else {
         dnnl_memory_desc_t wa = md_tag(4, g.w.dims, dnnl_f32, dnnl_format_tag_any);
         DN(dnnl_convolution_backward_weights_desc_init(&cd, dnnl_convolution_direct, &g.xa, &wa,
@@ -565,14 +568,15 @@ void linear_forward_bf16x(float *y, const uint16_t *x16, const float *w, const f
 
 void conv2d_backward_bf16x(float *dx, float *dw, float *db, const float *dy, const uint16_t *x16,
                            const float *w, int B, int Cin, int H, int W, int Cout, int K,
-                           int stride, int pad) {
+                           int stride, int pad, int dx_assign) {
     /* dy rounded once, in NHWC, for both gradients */
     const int Ho = (H + 2 * pad - K) / stride + 1, Wo = (W + 2 * pad - K) / stride + 1;
     const int64_t ny = (int64_t)B * Cout * Ho * Wo;
     uint16_t *dy16 = engine_workspace(WS_DY16, (size_t)ny * sizeof(uint16_t));
     mapo_round_bf16_nhwc(dy16, dy, B, Cout, (int64_t)Ho * Wo);
     if (dx) {
-        op *o = conv_op(K_CONV_BWD_DATA16, B, Cin, H, W, Cout, K, stride, pad, 0);
+        op *o = conv_op(dx_assign ? K_CONV_BWD_DATA16_SET : K_CONV_BWD_DATA16, B, Cin, H, W,
+                        Cout, K, stride, pad, 0);
         const void *in[2] = {dy16, w};
         op_run(o, in, dx, NULL);
     }
@@ -585,13 +589,13 @@ void conv2d_backward_bf16x(float *dx, float *dw, float *db, const float *dy, con
 }
 
 void linear_backward_bf16x(float *dx, float *dw, float *db, const float *dy, const uint16_t *x16,
-                           const float *w, int64_t N, int in, int out) {
+                           const float *w, int64_t N, int in, int out, int dx_assign) {
     /* dy rounded once for both gradients */
     uint16_t *dy16 = engine_workspace(WS_DY16, (size_t)N * out * sizeof(uint16_t));
     mapo_round_bf16(dy16, dy, N * out);
     if (dx) { /* dx[N,in] += dy[N,out] @ w[out,in] */
         const int64_t ds[2] = {out, 1}, ws[2] = {in, 1};
-        op *o = matmul_op(K_MM_DX16, MAPO_BF16, N, out, in, ds, ws, 0, 1);
+        op *o = matmul_op(K_MM_DX16, MAPO_BF16, N, out, in, ds, ws, 0, !dx_assign);
         const void *a[2] = {dy16, w};
         op_run(o, a, dx, NULL);
     }

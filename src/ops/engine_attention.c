@@ -297,8 +297,13 @@ void attention_forward_mp(mapo_precision p, float *out, float *lse, const float 
 void attention_backward_mp(mapo_precision p, float *dq, float *dk, float *dv, const float *dout,
                            const float *out, const float *lse, const float *q, const float *k,
                            const float *v, int B, int H, int Nq, int Nk, int Dh, double scale,
-                           const uint16_t *kept) {
+                           const uint16_t *kept, int assign) {
     if (p == MAPO_F32 || Dh < BF16_MIN_DH) {
+        if (assign) { /* the float32 kernel adds */
+            if (dq) mapo_zero(dq, (size_t)B * Nq * H * Dh * sizeof(float));
+            if (dk) mapo_zero(dk, (size_t)B * Nk * H * Dh * sizeof(float));
+            if (dv) mapo_zero(dv, (size_t)B * Nk * H * Dh * sizeof(float));
+        }
         attention_backward(dq, dk, dv, dout, out, lse, q, k, v, B, H, Nq, Nk, Dh, scale);
         return;
     }
@@ -361,12 +366,12 @@ void attention_backward_mp(mapo_precision p, float *dq, float *dk, float *dv, co
                 }
                 if (dq) {
                     amm_run(op->dsk, t, Pb, Kp + pk, dQt, scratch);
-                    add_rows(dq + qt, ld, dQt, tq, Dh, 1);
+                    add_rows(dq + qt, ld, dQt, tq, Dh, !assign);
                 }
                 if (dk) amm_run(op->dstq, t, Pb, Qp + pt, dKb, scratch);
             }
-            if (dk) add_rows(dk + ko, ld, dKb, Nk, Dh, 1);
-            if (dv) add_rows(dv + ko, ld, dVb, Nk, Dh, 1);
+            if (dk) add_rows(dk + ko, ld, dKb, Nk, Dh, !assign);
+            if (dv) add_rows(dv + ko, ld, dVb, Nk, Dh, !assign);
         }
     }
 }
