@@ -100,7 +100,7 @@ int mixed_precision_parse(const char *s, int *precision) {
                           "AVX-512); use --mixed_precision no", s);
     *precision = MAPO_BF16;
     if (!strcmp(s, "fp16"))
-        mapo_log(1, "note: --mixed_precision fp16: this CPU has no fast fp16 arithmetic; running "
+        mapo_log(1, "note: --mixed_precision fp16: mapo's CPU engine has no fp16 path; running "
                     "as bf16 (the same memory, float32 master weights, no loss scaling needed)\n");
     else if (!mapo_precision_native(MAPO_BF16))
         mapo_log(1, "note: --mixed_precision bf16: this CPU has no bf16 instructions; oneDNN "
