@@ -259,8 +259,8 @@ static unsigned mm_reads(const graph *g, const tensor *w) {
     return w->requires_grad && g->precision == MAPO_F32 ? 0xfu : 0u;
 }
 /* x's bf16 copy for a bf16 forward (made here when the backward will read it; NULL in float32
-   or when no consumer made one): the forward then reads it instead of converting x again */
-/* A convolution's copy is in NHWC order (nhwc), the layout its bf16 primitives read. */
+   or when no consumer made one): the forward then reads it instead of converting x again. A
+   convolution's copy is in NHWC order (nhwc), the layout its bf16 primitives read. */
 static const uint16_t *mm_bf16_input(graph *g, tensor *x, const tensor *w, int nhwc) {
     if (g->precision == MAPO_F32) return NULL;
     if (!x->bf16 && g->grad_enabled && w->requires_grad) {
