@@ -91,15 +91,15 @@ static void prim_exec(const prim_t *p, int na, dnnl_exec_arg_t *args) {
 }
 
 /* ------------------------------------------------------------------ one cached problem */
-/* How an operand goes between mapo's buffer and the primitive's (io.xpose): a oneDNN reorder,
-   or one of layout.c's transposes between NCHW and NHWC. */
+/* How an operand goes between mapo's buffer and the primitive's (io.xpose): a oneDNN reorder
+   (XP_NONE), one of layout.c's transposes between NCHW and NHWC, or mapo_round_bf16. */
 enum { XP_NONE, XP_IN_F32, XP_IN_U16, XP_OUT, XP_OUT_ACC, XP_IN_ROUND };
 
 typedef struct {
     dnnl_memory_t user, prim;  /* prim == user when no conversion is needed */
     prim_t reorder;            /* user -> prim (inputs) or prim -> user (output); .p NULL: none */
-    int xpose;                 /* XP_NONE, or the layout.c transpose that replaces the reorder */
-    int64_t dims[4];           /* B, C, H, W of a transposed operand */
+    int xpose;                 /* XP_NONE, or mapo's conversion that replaces the reorder */
+    int64_t dims[4];           /* B, C, H, W of a converted operand (1s past its dims) */
     size_t prim_bytes;
     int arg;
 } io;
