@@ -1,7 +1,9 @@
 /* layout.h -- transposing copies between mapo's NCHW activations and the NHWC layout oneDNN's
  * bf16 convolutions choose, in 16x16 register tiles (layout.c). They stand in for oneDNN 2.6's
  * generic reorders of these layouts (jit:uni), which moved only ~15-25 GB/s on data that sits
- * in L2. Each is exact (a copy), or rounds to bf16 as mapo_bf16_bits does. */
+ * in L2. The float ones also serve the transformer's NCHW <-> token layout in both precisions
+ * (ops.h's nchw_to_nhwc_tiled / nhwc_to_nchw_tiled). Each is exact (a copy, or one add), or
+ * rounds to bf16 as mapo_bf16_bits does. */
 #ifndef MAPO_LAYOUT_H
 #define MAPO_LAYOUT_H
 #include <stdint.h>
