@@ -123,8 +123,8 @@ void layer_norm_backward_mp(mapo_precision p, float *dx, float *dgamma, float *d
    every output / gradient float32). Its backward reads q, k and v only as those bf16
    operands, so the forward can keep them for it (keep: attention_kept_bf16 elements, or NULL)
    and the backward take them (kept: the forward's keep; q, k, v are then not read and may be
-   NULL) instead of the float32 tensors: the same bits, at half their bytes. assign (bf16
-   kernel only; the float32 kernel always adds): dq, dk and dv = instead of +=. */
+   NULL) instead of the float32 tensors: the same bits, at half their bytes. assign: dq, dk
+   and dv = instead of += (the float32 kernel, which adds, gets them zeroed first). */
 int64_t attention_kept_bf16(mapo_precision p, int B, int H, int Nq, int Nk, int Dh);
 void attention_forward_mp(mapo_precision p, float *out, float *lse, const float *q,
                           const float *k, const float *v, int B, int H, int Nq, int Nk, int Dh,
@@ -152,7 +152,8 @@ void conv2d_backward_bf16x(float *dx, float *dw, float *db, const float *dy, con
 void linear_backward_bf16x(float *dx, float *dw, float *db, const float *dy, const uint16_t *x16,
                            const float *w, int64_t N, int in, int out, int dx_assign);
 /* nchw_to_nhwc / nhwc_to_nchw in float (x[B,C,HW] <-> y[B,HW,C]) by 16x16 register tiles,
-   y = or, when accumulate, y += the transpose: the same values (copies, one add) */
+   y = or, when accumulate, y += the transpose: the same values (copies, one add). What mapo's
+   models call; the plain kernels above stay as the float twin of the float64 reference. */
 void nchw_to_nhwc_tiled(float *y, const float *x, int B, int C, int64_t HW, int accumulate);
 void nhwc_to_nchw_tiled(float *y, const float *x, int B, int C, int64_t HW, int accumulate);
 /* dst = bf16(src), round to nearest even (NaN stays NaN) */

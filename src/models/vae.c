@@ -8,8 +8,8 @@
  * conv_out). All GroupNorms use eps 1e-6, output_scale_factor and rescale_output_factor are 1.
  *
  * Kernels: group_norm_forward, silu_forward, attention_forward, linear_forward,
- * upsample_nearest2x_forward, nchw_to_nhwc / nhwc_to_nchw and conv2d_forward (1x1 convs) from
- * ops.h. 3x3 convolutions use a local im2col + GEMM in bands of output rows (conv3x3_banded):
+ * upsample_nearest2x_forward, nchw_to_nhwc_tiled / nhwc_to_nchw_tiled and conv2d_forward
+ * (1x1 convs) from ops.h. 3x3 convolutions use a local im2col + GEMM in bands of output rows (conv3x3_banded):
  * ops.h's conv2d_forward builds the im2col matrix of a whole sample, Cin * 9 * H * W floats,
  * which for the decoder's last block at 1024x1024 (Cin = 128) is 4.7 GB; the banded version
  * computes the same sums with a scratch of at most conv_scratch bytes (default 64 MiB) and
@@ -669,7 +669,7 @@ static float *attention(vae *v, const vae_attn *a, float *x, int C, int H, int W
     float *xn = mem_new(v, n);
     gn(v, xn, x, C, HW, a->gw, a->gb, 0);
     float *t = mem_new(v, n);
-    nchw_to_nhwc(t, xn, 1, C, HW);
+    nchw_to_nhwc_tiled(t, xn, 1, C, HW, 0);
     mem_del(v, xn, n);
     float *q = mem_new(v, n), *k = mem_new(v, n), *val = mem_new(v, n);
     linear_forward(q, t, P(v, a->qw), P(v, a->qb), HW, C, C);
@@ -688,7 +688,7 @@ static float *attention(vae *v, const vae_attn *a, float *x, int C, int H, int W
     linear_forward(p, o, P(v, a->ow), P(v, a->ob), HW, C, C);
     mem_del(v, o, n);
     float *y = mem_new(v, n);
-    nhwc_to_nchw(y, p, 1, C, HW);
+    nhwc_to_nchw_tiled(y, p, 1, C, HW, 0);
     mem_del(v, p, n);
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; i++) y[i] = y[i] + x[i];
