@@ -38,6 +38,7 @@ if [ "${SKIP_SDXL:-0}" != 1 ]; then
     --mixed_precision bf16 --report_to none 2>"$W/sdxl_train.log" >/dev/null
   read -r kb secs <"$W/sdxl_train.time"
   echo "sdxl_1024_lora_ckpt_bf16      $(grep -o 'memory plan.*' "$W/sdxl_train.log" | head -1)"
+  echo "sdxl_1024_lora_ckpt_bf16      $(grep -o 'peak activations.*' "$W/sdxl_train.log" | head -1)"
   step=$(python3 -c "import json,sys; print(round(1 / json.loads(open(sys.argv[1]).readline())['pairs_per_s'], 1))" "$W/sdxl_out/train_log.jsonl" 2>/dev/null || echo "?")
   echo "sdxl_1024_lora_ckpt_bf16      measured peak RSS $(python3 -c "print(f'{$kb/1048576:.1f}')") GiB, wall $secs s (load + plan + 1 step + save), step about $step s"
 fi

@@ -170,5 +170,8 @@ int mapo_precision_available(mapo_precision p);
 /* The engine's matrix-product ceiling: GFLOP/s of an n x n x n product in precision p, best of
    reps runs (the utilisation probe of mapo bench). */
 double mapo_gemm_ceiling_gflops(mapo_precision p, int n, int reps);
+/* Bytes the bf16 engine's grow-only workspaces hold now (operand copies, outputs,
+   scratchpads, the attention's packs and per-thread tiles): memory outside the tape. */
+size_t mapo_engine_workspace_bytes(void);
 
 #endif

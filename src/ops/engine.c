@@ -258,6 +258,11 @@ static size_t g_ws_bytes[WS_SLOTS];
 void *engine_workspace(int slot, size_t bytes) {
     return engine_grow(&g_ws[slot], &g_ws_bytes[slot], bytes);
 }
+size_t mapo_engine_workspace_bytes(void) {
+    size_t s = engine_attention_buffer_bytes();
+    for (int i = 0; i < WS_SLOTS; i++) s += g_ws_bytes[i];
+    return s;
+}
 
 /* Bind o's inputs to the user buffers in[] (reordered into the workspace slot of each input
    when the primitive wants another layout or type) and fill their exec args; returns their

@@ -148,6 +148,11 @@ static size_t g_tbytes[MAXT];
 static char *thread_buffer(int t, size_t bytes) {
     return engine_grow(&g_tbuf[t], &g_tbytes[t], bytes);
 }
+size_t engine_attention_buffer_bytes(void) {
+    size_t s = 0;
+    for (int t = 0; t < MAXT; t++) s += g_tbytes[t];
+    return s;
+}
 
 /* bytes of a dense float32 [rows, cols] buffer (a score tile, an output block), rounded to a
    cache line */

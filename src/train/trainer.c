@@ -616,7 +616,9 @@ int train_run(const train_config *given) {
         if (!rc) rc = watchers_end(ws, nw, &view, step, how);
         mapo_interrupt_disarm();
         if (!rc && how == RUN_DONE)
-            mapo_log(1, "peak activations %.1f MiB per micro-batch\n", r.act_peak / 1048576.0);
+            mapo_log(1, "peak activations %.1f MiB per micro-batch; the engine's workspaces "
+                        "%.1f MiB\n",
+                     r.act_peak / 1048576.0, mapo_engine_workspace_bytes() / 1048576.0);
     }
     watchers_free(ws, nw);
     run_close(&r);
