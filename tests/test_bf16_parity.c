@@ -42,8 +42,9 @@
  * for head dims >= BF16_MIN_DH = 32 and keeps the float32 kernel below. sd15, sdxl and mixed
  * have heads of dim 1..8, so on them the comparison covers convolutions and linear layers with
  * a float32 attention. attn32 (tools/make_unet_fixtures.py: one 32-channel block, the mid
- * block's self- and cross-attention with one head of dim 32, a 16x20 latent so the
- * self-attention's 320 queries take two query tiles) is held to the same bounds with the bf16
+ * block's self- and cross-attention with one head of dim 32, a 16x20 latent: the
+ * self-attention's 320 queries take two query tiles where a score tile holds 2^16 floats, one
+ * where it holds 2^17 (engine_attention.c's tile_floats follows the L2; test_engine splits) is held to the same bounds with the bf16
  * attention in the loop. That it is: its head dim is asserted >= 32, and the attention at the
  * model's exact shapes (B, heads, Nq, Nk, Dh of its mid block) is run in bf16 and in float32
  * on random q, k, v, dout, and its output and dq must differ by >= MIN_BF16_DIFF relative

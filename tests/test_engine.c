@@ -300,8 +300,10 @@ static void test_linear_bf16(void **st) {
    few u of the float64 result in relative L2 (measured, printed: 0.55-0.81u). We allow 4u per
    tensor; a wrong scale, a transposed operand or a lost accumulation gives errors of order 1
    (dropping dK's product: error 1). The tile sizes of the
-   engine are exercised with Nq = 200 rows against Nk = 77 and 300 keys (whole and split query
-   tiles, a partial last tile). */
+   engine are exercised with Nq = 200 rows against Nk = 77 and 300 keys (one whole query tile:
+   a score tile holds at least 2^14 floats, engine_attention.c's tile_floats) and 4,200 keys
+   (split query tiles, a partial last one: at most 2^18 / 4200 = 62 rows fit, so the tiles are
+   the 64-row minimum, 64 + 64 + 64 + 8, whatever the machine's L2). */
 static void attention_case(int B, int H, int Nq, int Nk, int Dh) {
     const int ld = H * Dh;
     const int64_t nq = (int64_t)B * Nq * ld, nk = (int64_t)B * Nk * ld;
@@ -380,11 +382,12 @@ static void attention_case(int B, int H, int Nq, int Nk, int Dh) {
 
 static void test_attention_bf16(void **st) {
     (void)st;
-    attention_case(2, 2, 200, 300, 32); /* split query tiles and a partial last one */
-    attention_case(2, 3, 200, 77, 32);  /* cross-attention: 77 text tokens, whole tile */
+    attention_case(1, 2, 200, 4200, 32); /* split query tiles and a partial last one */
+    attention_case(2, 2, 200, 300, 32);  /* one whole query tile */
+    attention_case(2, 3, 200, 77, 32);   /* cross-attention: 77 text tokens, whole tile */
     attention_case(2, 3, 50, 77, 16);   /* head dim 16: the float32 kernel, bit for bit */
     attention_case(1, 1, 64, 64, 64);   /* head dim 64 */
-    attention_case(2, 2, 200, 300, 32); /* again: the cached products */
+    attention_case(2, 2, 200, 300, 32);  /* again: the cached products */
 }
 
 /* ---- GroupNorm / LayerNorm: MAPO_F32 is the float kernel bit for bit; MAPO_BF16 (the sums in

@@ -82,7 +82,8 @@ CASES = {
     # other cases' heads are narrower than 32, where mapo's bf16 attention keeps its float32
     # kernel (BF16_MIN_DH, src/ops/engine_attention.c). Here the mid block's attentions have one
     # head of dim 32 over a 16x20 latent (self-attention 320 x 320: two query tiles of the bf16
-    # kernel, 192 + 128 rows; cross-attention 320 x 7). One block keeps it small (182,820
+    # kernel, 192 + 128 rows, where a score tile holds 2^16 floats, one on a 2 MiB L2;
+    # cross-attention 320 x 7). One block keeps it small (182,820
     # parameters: a 32-channel UNet's floor is the 128-wide time embedding and the mid block).
     "attn32": dict(
         seed=4004, close=0.05, H=16, W=20, P=0, prediction_type="epsilon", bf16_only=True,

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "engine_internal.h"
 #include "mapo/bf16.h"
@@ -160,11 +161,27 @@ static size_t f32_bytes(int rows, int cols) {
     return ((size_t)rows * cols * sizeof(float) + 63) & ~(size_t)63;
 }
 
-/* Rows of a query tile: the whole query side when the score tile stays within 2^16 floats
-   (256 KiB, in L2), else a multiple of 16 rows (at least 64) that does. Larger tiles spilled the
-   cache; smaller ones paid oneDNN's per-call cost (~10-20 us) too often. */
+/* Floats of a score tile: a sixteenth of the per-core L2 (the backward holds three tiles, S,
+   dP and the bf16 P / dS, plus its dQ, dK, dV blocks: about three quarters of L2), between
+   2^14 and 2^18; 2^16 (256 KiB) when the C library does not report the L2. On this Xeon's
+   2 MiB L2, 2^17 made a bench_unet_dh64.json bf16 step 2-3% faster than 2^16 (fewer, larger
+   products; docs/BENCHMARKS.md); on a 1 MiB L2 (Zen 4) it stays 2^16. */
+static int64_t tile_floats(void) {
+    static int64_t f;
+    if (!f) {
+        const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+        int64_t v = l2 > 0 ? (int64_t)l2 / 16 : (int64_t)1 << 16;
+        v = v < (1 << 14) ? 1 << 14 : v > (1 << 18) ? 1 << 18 : v;
+        f = v;
+    }
+    return f;
+}
+
+/* Rows of a query tile: the whole query side when the score tile stays within tile_floats(),
+   else a multiple of 16 rows (at least 64) that does. Larger tiles spill L2; smaller ones pay
+   oneDNN's per-call cost more often. */
 static int tile_rows(int Nq, int Nk) {
-    int64_t t = ((int64_t)1 << 16) / Nk;
+    int64_t t = tile_floats() / Nk;
     if (t >= Nq) return Nq;
     t = t < 64 ? 64 : t & ~(int64_t)15;
     return (int)(t < Nq ? t : Nq);
