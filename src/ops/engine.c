@@ -10,7 +10,8 @@
  *   conv backward weights dw += conv_bwd_weights(bf16 x, bf16 dy)
  *   linear               y  = bf16 x @ bf16 w^T + b             (oneDNN matmul)
  *   linear backward      dx += bf16 dy @ bf16 w, dw += bf16 dy^T @ bf16 x (matmul, sum post-op)
- *   bias gradients       db += sum(dy) in float32 (kernels.c, exact as in the float path)
+ *   bias gradients       db += sum(dy): a convolution's in float32 (kernels.c, exact as in the
+ *                        float path), a linear's in double over row blocks (round_bf16_colsum)
  *
  * Each distinct problem (kind, shapes) builds its primitive and the reorders between mapo's
  * plain float32 layouts (NCHW, OIHW, row-major) and the blocked bf16 layouts the primitive
@@ -535,6 +536,51 @@ void linear_forward_mp(mapo_precision p, float *y, const float *x, const float *
     op_run(o, a, y, b);
 }
 
+/* dy16 = dy [N, out] rounded to bf16 (dy16 NULL: not) and, when db, db += dy's column sums, in
+   one pass over dy
+   (a separate float32 column sum read dy again, and with 64-column blocks ran out = 64 on one
+   thread). The sums run in double over fixed blocks of COLSUM_ROWS rows and the blocks' sums
+   are added in block order, so db does not depend on the thread count; the float32 kernel's
+   in-order double sum can differ from it in the last bit of the float result. */
+#define COLSUM_ROWS 128
+static void round_bf16_colsum(uint16_t *dy16, float *db, const float *dy, int64_t N, int out) {
+    if (!db) {
+        mapo_round_bf16(dy16, dy, N * out);
+        return;
+    }
+    const int64_t nb = (N + COLSUM_ROWS - 1) / COLSUM_ROWS;
+    double *part = engine_workspace(WS_COLSUM, (size_t)nb * out * sizeof(double));
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < nb; b++) {
+        double *acc = part + b * out;
+        const int64_t r1 = (b + 1) * COLSUM_ROWS < N ? (b + 1) * COLSUM_ROWS : N;
+        for (int c = 0; c < out; c++) acc[c] = 0;
+        for (int64_t r = b * COLSUM_ROWS; r < r1; r++) {
+            const float *row = dy + r * out;
+            uint16_t *o = dy16 ? dy16 + r * out : NULL;
+            if (!o) {
+#pragma omp simd
+                for (int c = 0; c < out; c++) acc[c] += row[c];
+                continue;
+            }
+#pragma omp simd
+            for (int c = 0; c < out; c++) {
+                acc[c] += row[c];
+                o[c] = mapo_bf16_bits(row[c]);
+            }
+        }
+    }
+    const int ncb = (out + 63) / 64;
+#pragma omp parallel for schedule(static)
+    for (int cb = 0; cb < ncb; cb++) {
+        const int c0 = cb * 64, c1 = c0 + 64 < out ? c0 + 64 : out;
+        double s[64] = {0};
+        for (int64_t b = 0; b < nb; b++)
+            for (int c = c0; c < c1; c++) s[c - c0] += part[b * out + c];
+        for (int c = c0; c < c1; c++) db[c] += (float)s[c - c0];
+    }
+}
+
 void linear_backward_mp(mapo_precision p, float *dx, float *dw, float *db, const float *dy,
                         const float *x, const float *w, int64_t N, int in, int out) {
     if (p == MAPO_F32) {
@@ -553,7 +599,7 @@ void linear_backward_mp(mapo_precision p, float *dx, float *dw, float *db, const
         const void *a[2] = {dy, x};
         op_run(o, a, dw, NULL);
     }
-    if (db) linear_backward(NULL, NULL, db, dy, x, w, N, in, out);
+    if (db) round_bf16_colsum(NULL, db, dy, N, out);
 }
 
 void conv2d_forward_bf16x(float *y, const uint16_t *x16, const float *w, const float *b, int B,
@@ -595,9 +641,9 @@ void conv2d_backward_bf16x(float *dx, float *dw, float *db, const float *dy, con
 
 void linear_backward_bf16x(float *dx, float *dw, float *db, const float *dy, const uint16_t *x16,
                            const float *w, int64_t N, int in, int out, int dx_assign) {
-    /* dy rounded once for both gradients */
+    /* dy rounded once for both gradients, the bias gradient summed in the same pass */
     uint16_t *dy16 = engine_workspace(WS_DY16, (size_t)N * out * sizeof(uint16_t));
-    mapo_round_bf16(dy16, dy, N * out);
+    round_bf16_colsum(dy16, db, dy, N, out);
     if (dx) { /* dx[N,in] += dy[N,out] @ w[out,in] */
         const int64_t ds[2] = {out, 1}, ws[2] = {in, 1};
         op *o = matmul_op(K_MM_DX16, MAPO_BF16, N, out, in, ds, ws, 0, !dx_assign);
@@ -610,7 +656,6 @@ void linear_backward_bf16x(float *dx, float *dw, float *db, const float *dy, con
         const void *a[2] = {dy16, x16};
         op_run(o, a, dw, NULL);
     }
-    if (db) linear_backward(NULL, NULL, db, dy, NULL, w, N, in, out);
 }
 
 void mapo_round_bf16(uint16_t *dst, const float *src, int64_t n) {

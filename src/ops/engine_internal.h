@@ -25,7 +25,7 @@ dnnl_memory_desc_t md_strides(int nd, const int64_t *dims, dnnl_data_type_t dt,
 dnnl_primitive_attr_t attr_new(int sum);
 /* Grow-only buffers mapped apart from the heap, one per slot. */
 enum { WS_IN0, WS_IN1, WS_OUT, WS_SCRATCH, WS_ATT_Q, WS_ATT_K, WS_ATT_V, WS_ATT_DO, WS_DY16,
-       WS_SLOTS };
+       WS_COLSUM, WS_SLOTS };
 void *engine_workspace(int slot, size_t bytes);
 /* *buf grown (mapped anew, old contents dropped) to at least bytes; *have its size */
 void *engine_grow(void **buf, size_t *have, size_t bytes);
