@@ -29,6 +29,7 @@
 #include "mapo/bf16.h"
 #include "mapo/common.h"
 #include "mapo/ops.h"
+#include "blocked.h"
 #include "engine_internal.h"
 #include "layout.h"
 
@@ -93,13 +94,16 @@ static void prim_exec(const prim_t *p, int na, dnnl_exec_arg_t *args) {
 
 /* ------------------------------------------------------------------ one cached problem */
 /* How an operand goes between mapo's buffer and the primitive's (io.xpose): a oneDNN reorder
-   (XP_NONE), one of layout.c's transposes between NCHW and NHWC, or mapo_round_bf16. */
-enum { XP_NONE, XP_IN_F32, XP_IN_U16, XP_OUT, XP_OUT_ACC, XP_IN_ROUND };
+   (XP_NONE), one of layout.c's transposes between NCHW and NHWC, mapo_round_bf16, or
+   blocked.c's map between a plain float32 buffer and a blocked layout (io.map). */
+enum { XP_NONE, XP_IN_F32, XP_IN_U16, XP_OUT, XP_OUT_ACC, XP_IN_ROUND, XP_IN_BLOCKED,
+       XP_OUT_BLOCKED, XP_OUT_BLOCKED_ACC };
 
 typedef struct {
     dnnl_memory_t user, prim;  /* prim == user when no conversion is needed */
     prim_t reorder;            /* user -> prim (inputs) or prim -> user (output); .p NULL: none */
     int xpose;                 /* XP_NONE, or mapo's conversion that replaces the reorder */
+    blocked_map *map;          /* XP_*_BLOCKED's */
     int64_t dims[4];           /* B, C, H, W of a converted operand (1s past its dims) */
     size_t prim_bytes;
     int arg;
@@ -189,6 +193,9 @@ static void io_init(io *x, const_dnnl_primitive_desc_t pd, int arg,
     DN(dnnl_memory_create(&x->prim, pmd, g_eng, DNNL_MEMORY_NONE));
     x->prim_bytes = dnnl_memory_desc_get_size(pmd);
     x->xpose = io_xpose(umd, pmd, is_out, accumulate);
+    if (!x->xpose && pmd->data_type == (is_out ? dnnl_f32 : dnnl_bf16) &&
+        (x->map = blocked_map_new(umd, pmd)))
+        x->xpose = !is_out ? XP_IN_BLOCKED : accumulate ? XP_OUT_BLOCKED_ACC : XP_OUT_BLOCKED;
     if (x->xpose) {
         for (int i = 0; i < 4; i++) x->dims[i] = i < umd->ndims ? umd->dims[i] : 1;
         return;
@@ -221,6 +228,9 @@ static void io_convert(const io *x, int is_out) {
     case XP_OUT: layout_nhwc_to_nchw_f32(u, p, B, C, HW, 0); break;
     case XP_OUT_ACC: layout_nhwc_to_nchw_f32(u, p, B, C, HW, 1); break;
     case XP_IN_ROUND: mapo_round_bf16(p, u, B * C * HW); break;
+    case XP_IN_BLOCKED: blocked_from_plain_bf16(x->map, p, u); break;
+    case XP_OUT_BLOCKED: blocked_to_plain_f32(x->map, u, p, 0); break;
+    case XP_OUT_BLOCKED_ACC: blocked_to_plain_f32(x->map, u, p, 1); break;
     }
 }
 

@@ -88,17 +88,6 @@ static inline void tr16(__m512 r[T]) {
     for (int i = 0; i < T; i++) r[i] = t[i];
 }
 
-/* mapo_bf16_bits on 16 lanes */
-static inline __m256i bf16_16(__m512 v) {
-    const __m512i x = _mm512_castps_si512(v);
-    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_srli_epi32(
-        _mm512_add_epi32(_mm512_add_epi32(x, _mm512_set1_epi32(0x7fff)), odd), 16);
-    r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q),
-                              _mm512_set1_epi32(0x7fc0));
-    return _mm512_cvtepi32_epi16(r);
-}
-
 static void tile_avx512(const xpose *x, int64_t b, int64_t c0, int64_t p0) {
     const int64_t C = x->C, HW = x->HW, img = b * C * HW;
     __m512 r[T];
@@ -119,7 +108,7 @@ static void tile_avx512(const xpose *x, int64_t b, int64_t c0, int64_t p0) {
         for (int j = 0; j < T; j++) {
             const int64_t at = img + (p0 + j) * C + c0;
             if (x->kind == TO_NHWC_BF16) {
-                _mm256_storeu_si256((__m256i *)((uint16_t *)x->dst + at), bf16_16(r[j]));
+                _mm256_storeu_si256((__m256i *)((uint16_t *)x->dst + at), mapo_bf16_16(r[j]));
                 continue;
             }
             float *d = (float *)x->dst + at;
