@@ -441,6 +441,42 @@ static void same_bits(const char *what, const float *a, const float *b, int64_t 
     if (memcmp(a, b, n * sizeof(float))) fail_msg("%s: MAPO_F32 differs from the float kernel", what);
 }
 
+/* The bf16 norm backward (norms_vred.c) sums dgamma / dbeta in the passes that compute dx:
+   asked for dx alone, or for dgamma and dbeta alone, each must come out as in the full call,
+   bit for bit, and the full call must give the same bits on one thread. */
+typedef void (*norm_bw_fn)(const void *ctx, float *dx, float *dg, float *db);
+static void bf16_norm_variants(const char *what, norm_bw_fn run, const void *ctx, const float *dx,
+                               const float *dg, const float *db, const float *dx0,
+                               const float *dg0, const float *db0, int64_t n, int C) {
+    float *a = copyf(dx0, n), *g = copyf(dg0, C), *b = copyf(db0, C);
+    run(ctx, a, NULL, NULL);
+    run(ctx, NULL, g, b);
+    if (memcmp(a, dx, n * 4) || memcmp(g, dg, C * 4) || memcmp(b, db, C * 4))
+        fail_msg("%s bf16: dx alone or dgamma / dbeta alone differ from the full call", what);
+    memcpy(a, dx0, n * 4), memcpy(g, dg0, C * 4), memcpy(b, db0, C * 4);
+    const int nt = omp_get_max_threads();
+    omp_set_num_threads(1);
+    run(ctx, a, g, b);
+    omp_set_num_threads(nt);
+    if (memcmp(a, dx, n * 4) || memcmp(g, dg, C * 4) || memcmp(b, db, C * 4))
+        fail_msg("%s bf16: one thread differs from %d", what, nt);
+    free(a), free(g), free(b);
+}
+typedef struct {
+    const float *dy, *x, *m, *r, *ga;
+    int B, C, G;
+    int64_t HW, N;
+} norm_ctx;
+static void gn_bw16(const void *c_, float *dx, float *dg, float *db) {
+    const norm_ctx *c = c_;
+    group_norm_backward_mp(MAPO_BF16, dx, dg, db, c->dy, c->x, c->m, c->r, c->ga, c->B, c->C,
+                           c->HW, c->G);
+}
+static void ln_bw16(const void *c_, float *dx, float *dg, float *db) {
+    const norm_ctx *c = c_;
+    layer_norm_backward_mp(MAPO_BF16, dx, dg, db, c->dy, c->x, c->m, c->r, c->ga, c->N, c->C);
+}
+
 static void group_norm_case(int B, int C, int64_t HW, int G) {
     const int64_t n = (int64_t)B * C * HW, ng = (int64_t)B * G;
     float *x = rnd(n, 2.0), *ga = rnd(C, 1.0), *be = rnd(C, 0.5), *dy = rnd(n, 1.0);
@@ -471,6 +507,8 @@ static void group_norm_case(int B, int C, int64_t HW, int G) {
     norm_check("group_norm dx", dx[2], dx[0], dx64, n);
     norm_check("group_norm dgamma", dg[2], dg[0], dg64, C);
     norm_check("group_norm dbeta", db[2], db[0], db64, C);
+    const norm_ctx gc = {dy, x, m[2], r[2], ga, B, C, G, HW, 0};
+    bf16_norm_variants("group_norm", gn_bw16, &gc, dx[2], dg[2], db[2], dx0, dg0, db0, n, C);
     for (int k = 0; k < 3; k++) {
         free(y[k]), free(m[k]), free(r[k]), free(dx[k]), free(dg[k]), free(db[k]);
     }
@@ -509,6 +547,8 @@ static void layer_norm_case(int64_t N, int C) {
     norm_check("layer_norm dx", dx[2], dx[0], dx64, n);
     norm_check("layer_norm dgamma", dg[2], dg[0], dg64, C);
     norm_check("layer_norm dbeta", db[2], db[0], db64, C);
+    const norm_ctx lc = {dy, x, m[2], r[2], ga, 0, C, 0, 0, N};
+    bf16_norm_variants("layer_norm", ln_bw16, &lc, dx[2], dg[2], db[2], dx0, dg0, db0, n, C);
     for (int k = 0; k < 3; k++) {
         free(y[k]), free(m[k]), free(r[k]), free(dx[k]), free(dg[k]), free(db[k]);
     }

@@ -9,6 +9,7 @@
 
 #include "mapo/common.h"
 #include "mapo/ops.h"
+#include "norms_vred.h"
 
 /* exp over a row, written so gcc vectorises it (AVX2 / AVX-512): x = n ln2 + r with
    |r| <= ln2/2, exp(r) by a degree-6 Taylor polynomial (relative error < 2e-7 on that range,
@@ -199,20 +200,14 @@ static void vexp_inplace_f64(double *x, int n) {
 #undef RED1
 #undef RED2
 
-/* the norms with vectorised sums (norms.inc), for MAPO_BF16; ops.h declares only their _mp
-   entry points below */
+/* the norms' forward with vectorised sums (norms.inc), for MAPO_BF16; their backward is
+   norms_vred.c's; ops.h declares only the _mp entry points below */
 void group_norm_forward_vred(float *y, float *mean, float *rstd, const float *x,
                              const float *gamma, const float *beta, int B, int C, int64_t HW,
                              int G, double eps);
-void group_norm_backward_vred(float *dx, float *dgamma, float *dbeta, const float *dy,
-                              const float *x, const float *mean, const float *rstd,
-                              const float *gamma, int B, int C, int64_t HW, int G);
 void layer_norm_forward_vred(float *y, float *mean, float *rstd, const float *x,
                              const float *gamma, const float *beta, int64_t N, int C,
                              double eps);
-void layer_norm_backward_vred(float *dx, float *dgamma, float *dbeta, const float *dy,
-                              const float *x, const float *mean, const float *rstd,
-                              const float *gamma, int64_t N, int C);
 #define REAL float
 #define SFX _vred
 #define RED1(a) PRAGMA_(omp simd reduction(+ : a))
@@ -220,7 +215,9 @@ void layer_norm_backward_vred(float *dx, float *dgamma, float *dbeta, const floa
 #define CAT_(a, b) a##b
 #define CAT(a, b) CAT_(a, b)
 #define FN(name) CAT(name, SFX)
+#define NORMS_FORWARD_ONLY
 #include "norms.inc"
+#undef NORMS_FORWARD_ONLY
 #undef FN
 #undef CAT
 #undef CAT_
@@ -235,7 +232,7 @@ void group_norm_backward_mp(mapo_precision p, float *dx, float *dgamma, float *d
                             const float *dy, const float *x, const float *mean,
                             const float *rstd, const float *gamma, int B, int C, int64_t HW,
                             int G) {
-    (p == MAPO_F32 ? group_norm_backward : group_norm_backward_vred)(dx, dgamma, dbeta, dy, x,
+    (p == MAPO_F32 ? group_norm_backward : group_norm_backward_fused)(dx, dgamma, dbeta, dy, x,
                                                                      mean, rstd, gamma, B, C, HW,
                                                                      G);
 }
@@ -247,6 +244,6 @@ void layer_norm_forward_mp(mapo_precision p, float *y, float *mean, float *rstd,
 void layer_norm_backward_mp(mapo_precision p, float *dx, float *dgamma, float *dbeta,
                             const float *dy, const float *x, const float *mean,
                             const float *rstd, const float *gamma, int64_t N, int C) {
-    (p == MAPO_F32 ? layer_norm_backward : layer_norm_backward_vred)(dx, dgamma, dbeta, dy, x,
+    (p == MAPO_F32 ? layer_norm_backward : layer_norm_backward_fused)(dx, dgamma, dbeta, dy, x,
                                                                      mean, rstd, gamma, N, C);
 }
