@@ -39,9 +39,9 @@
  * (emulated); two float32 runs agree to ~1e-6. A silent fallback to float32 fails here.
  *
  * The attention: mapo's bf16 attention (src/ops/engine_attention.c) runs its bf16 kernel only
- * for head dims >= BF16_MIN_DH = 32 and keeps the float32 kernel below. sd15, sdxl and mixed
- * have heads of dim 1..8, so on them the comparison covers convolutions and linear layers with
- * a float32 attention. attn32 (tools/make_unet_fixtures.py: one 32-channel block, the mid
+ * for head dims >= BF16_MIN_DH = 32; below, float32 products (src/ops/attention_small.c up to
+ * head dim 16, the float32 kernel above). sd15, sdxl and mixed have heads of dim 1..8, so on
+ * them the comparison covers convolutions and linear layers with a float32 attention. attn32 (tools/make_unet_fixtures.py: one 32-channel block, the mid
  * block's self- and cross-attention with one head of dim 32, a 16x20 latent: the
  * self-attention's 320 queries take two query tiles where a score tile holds 2^16 floats, one
  * where it holds 2^17 (engine_attention.c's tile_floats follows the L2; test_engine splits) is held to the same bounds with the bf16
@@ -172,7 +172,7 @@ static void run_case(const char *cs, int bf16_attention) {
     int dh;
     const double att_diff = mid_attention_bf16_diff(&u.cfg, &b, &dh);
     printf("  %-6s mid-block attention head dim %d: bf16 vs float32 kernel %.2e%s\n", cs, dh,
-           att_diff, att_diff > 0 ? "" : " (the float32 kernel: head dim < BF16_MIN_DH)");
+           att_diff, dh >= 32 ? "" : " (float32 products: head dim < BF16_MIN_DH)");
     if (bf16_attention) {
         /* BF16_MIN_DH (src/ops/engine_attention.c) = 32: narrower heads keep float32 */
         if (dh < 32) fail_msg("%s: head dim %d < 32 does not take the bf16 attention", cs, dh);

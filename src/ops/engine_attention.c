@@ -20,18 +20,20 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "attention_small.h"
 #include "engine_internal.h"
 #include "mapo/bf16.h"
 #include "mapo/common.h"
 #include "mapo/ops.h"
 
-#define MAXT 256
+#define MAXT ENGINE_MAXT
 
 typedef uint16_t bf16;
 
 /* Below this head dimension the products are too thin for the matrix engines (K = Dh in Q K^T):
    at head dim 8 the bf16 attention made a bench_unet.json step 23% slower than the float32
-   kernel (0.62 s against 0.50 s), so small heads keep the float32 attention. */
+   kernel (0.62 s against 0.50 s), so narrower heads keep float32 products (attention_small.c
+   up to head dim 16, the float32 kernel above). */
 #define BF16_MIN_DH 32
 
 static void round_tile(bf16 *dst, const float *src, int64_t n) {
@@ -143,10 +145,11 @@ static size_t scratch_max(const int *ids, int n) {
 }
 
 /* Per-thread tile buffers: grow-only, mapped apart from the heap (allocated per call on the
-   training thread they scattered holes between the activations), one per thread index. */
+   training thread they scattered holes between the activations), one per thread index; shared
+   with attention_small.c, which runs instead of this file's kernels, never inside them. */
 static void *g_tbuf[MAXT];
 static size_t g_tbytes[MAXT];
-static char *thread_buffer(int t, size_t bytes) {
+char *engine_thread_buffer(int t, size_t bytes) {
     return engine_grow(&g_tbuf[t], &g_tbytes[t], bytes);
 }
 size_t engine_attention_buffer_bytes(void) {
@@ -276,6 +279,10 @@ static int min_threads(const int *ids, int n) {
 void attention_forward_mp(mapo_precision p, float *out, float *lse, const float *q,
                           const float *k, const float *v, int B, int H, int Nq, int Nk, int Dh,
                           double scale, uint16_t *keep) {
+    if (p != MAPO_F32 && Dh < BF16_MIN_DH && attention_small_applies(Dh)) {
+        attention_small_forward(out, lse, q, k, v, B, H, Nq, Nk, Dh, scale);
+        return;
+    }
     if (p == MAPO_F32 || Dh < BF16_MIN_DH) {
         attention_forward(out, lse, q, k, v, B, H, Nq, Nk, Dh, scale);
         return;
@@ -296,7 +303,7 @@ void attention_forward_mp(mapo_precision p, float *out, float *lse, const float 
         const int t = omp_get_thread_num();
         const size_t tile = f32_bytes(T, Nk);
         const size_t ob = f32_bytes(T, Dh);
-        char *buf = thread_buffer(t, 2 * tile + ob + scr);
+        char *buf = engine_thread_buffer(t, 2 * tile + ob + scr);
         float *S = (float *)buf, *O = (float *)(buf + 2 * tile);
         bf16 *P = (bf16 *)(buf + tile);
         void *scratch = buf + 2 * tile + ob;
@@ -320,6 +327,11 @@ void attention_backward_mp(mapo_precision p, float *dq, float *dk, float *dv, co
                            const float *out, const float *lse, const float *q, const float *k,
                            const float *v, int B, int H, int Nq, int Nk, int Dh, double scale,
                            const uint16_t *kept, int assign) {
+    if (p != MAPO_F32 && Dh < BF16_MIN_DH && attention_small_applies(Dh)) {
+        attention_small_backward(dq, dk, dv, dout, out, lse, q, k, v, B, H, Nq, Nk, Dh, scale,
+                                 assign);
+        return;
+    }
     if (p == MAPO_F32 || Dh < BF16_MIN_DH) {
         if (assign) { /* the float32 kernel adds */
             if (dq) mapo_zero(dq, (size_t)B * Nq * H * Dh * sizeof(float));
@@ -346,7 +358,7 @@ void attention_backward_mp(mapo_precision p, float *dq, float *dk, float *dv, co
         const int t = omp_get_thread_num();
         const size_t tile = f32_bytes(T, Nk);
         const size_t qb = f32_bytes(T, Dh), kb = f32_bytes(Nk, Dh);
-        char *buf = thread_buffer(t, 3 * tile + qb + 2 * kb + scr);
+        char *buf = engine_thread_buffer(t, 3 * tile + qb + 2 * kb + scr);
         float *S = (float *)buf, *dP = (float *)(buf + tile);
         bf16 *Pb = (bf16 *)(buf + 2 * tile); /* P, then dS; read transposed by dV, dK */
         float *dQt = (float *)(buf + 3 * tile), *dKb = (float *)(buf + 3 * tile + qb),

@@ -29,6 +29,10 @@ enum { WS_IN0, WS_IN1, WS_OUT, WS_SCRATCH, WS_ATT_Q, WS_ATT_K, WS_ATT_V, WS_ATT_
 void *engine_workspace(int slot, size_t bytes);
 /* *buf grown (mapped anew, old contents dropped) to at least bytes; *have its size */
 void *engine_grow(void **buf, size_t *have, size_t bytes);
+/* thread t's grow-only buffer of at least bytes (engine_attention.c; t < ENGINE_MAXT): the
+   attention kernels' per-thread tiles */
+#define ENGINE_MAXT 256
+char *engine_thread_buffer(int t, size_t bytes);
 /* bytes of the attention's per-thread buffers (engine_attention.c) */
 size_t engine_attention_buffer_bytes(void);
 /* fn(arg) on a short-lived thread (its allocations come from another malloc arena) */
