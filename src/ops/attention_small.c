@@ -165,6 +165,17 @@ static float exp_row(float *s, int Nk, int nkp, float shift) {
     return _mm512_reduce_add_ps(acc);
 }
 
+/* the start of (batch, head) bh: its offsets in q / out (*qo) and in k / v (*ko), and its K^T,
+   V^T packed into bf */
+static void head_begin(const bufs *bf, int bh, int H, int Nq, int Nk, int Dh, const float *k,
+                       const float *v, int64_t *qo, int64_t *ko) {
+    const int b = bh / H, h = bh % H, ld = H * Dh;
+    *qo = (int64_t)b * Nq * ld + h * Dh;
+    *ko = (int64_t)b * Nk * ld + h * Dh;
+    pack_t(bf->kt, k + *ko, Nk, bf->nkp, Dh, ld);
+    pack_t(bf->vt, v + *ko, Nk, bf->nkp, Dh, ld);
+}
+
 void attention_small_forward(float *out, float *lse, const float *q, const float *k,
                              const float *v, int B, int H, int Nq, int Nk, int Dh, double scale) {
     const int ld = H * Dh;
@@ -174,10 +185,8 @@ void attention_small_forward(float *out, float *lse, const float *q, const float
         const int nkp = bf.nkp;
 #pragma omp for schedule(static)
         for (int bh = 0; bh < B * H; bh++) {
-            const int b = bh / H, h = bh % H;
-            const int64_t qo = (int64_t)b * Nq * ld + h * Dh, ko = (int64_t)b * Nk * ld + h * Dh;
-            pack_t(bf.kt, k + ko, Nk, nkp, Dh, ld);
-            pack_t(bf.vt, v + ko, Nk, nkp, Dh, ld);
+            int64_t qo, ko;
+            head_begin(&bf, bh, H, Nq, Nk, Dh, k, v, &qo, &ko);
             for (int i0 = 0; i0 < Nq; i0 += RB) {
                 const int rr = Nq - i0 < RB ? Nq - i0 : RB;
                 float qs[RB][ATT_SMALL_MAX_DH], o[RB][ATT_SMALL_MAX_DH], inv[RB];
@@ -219,10 +228,8 @@ void attention_small_backward(float *dq, float *dk, float *dv, const float *dout
         const size_t tb = (size_t)Dh * nkp * sizeof(float);
 #pragma omp for schedule(static)
         for (int bh = 0; bh < B * H; bh++) {
-            const int b = bh / H, h = bh % H;
-            const int64_t qo = (int64_t)b * Nq * ld + h * Dh, ko = (int64_t)b * Nk * ld + h * Dh;
-            pack_t(bf.kt, k + ko, Nk, nkp, Dh, ld);
-            pack_t(bf.vt, v + ko, Nk, nkp, Dh, ld);
+            int64_t qo, ko;
+            head_begin(&bf, bh, H, Nq, Nk, Dh, k, v, &qo, &ko);
             memset(bf.dkt, 0, tb);
             memset(bf.dvt, 0, tb);
             for (int i0 = 0; i0 < Nq; i0 += RB) {
