@@ -547,9 +547,8 @@ void linear_forward_mp(mapo_precision p, float *y, const float *x, const float *
 }
 
 /* dy16 = dy [N, out] rounded to bf16 (dy16 NULL: not) and, when db, db += dy's column sums, in
-   one pass over dy
-   (a separate float32 column sum read dy again, and with 64-column blocks ran out = 64 on one
-   thread). The sums run in double over fixed blocks of COLSUM_ROWS rows and the blocks' sums
+   one pass over dy (a separate float32 column sum read dy again, and with 64-column blocks ran
+   out = 64 on one thread). The sums run in double over fixed blocks of COLSUM_ROWS rows and the blocks' sums
    are added in block order, so db does not depend on the thread count; the float32 kernel's
    in-order double sum can differ from it in the last bit of the float result. */
 #define COLSUM_ROWS 128

@@ -167,7 +167,7 @@ static size_t f32_bytes(int rows, int cols) {
 /* Floats of a score tile: a sixteenth of the per-core L2 (the backward holds three tiles, S,
    dP and the bf16 P / dS, plus its dQ, dK, dV blocks: about three quarters of L2), between
    2^14 and 2^18; 2^16 (256 KiB) when the C library does not report the L2. On this Xeon's
-   2 MiB L2, 2^17 made a bench_unet_dh64.json bf16 step 2-3% faster than 2^16 (fewer, larger
+   2 MiB L2, 2^17 made a bench_unet_dh64.json bf16 step 1.5-3% faster than 2^16 (fewer, larger
    products; docs/BENCHMARKS.md); on a 1 MiB L2 (Zen 4) it stays 2^16. */
 static int64_t tile_floats(void) {
     static int64_t f;
