@@ -9,7 +9,8 @@
  *
  * Kernels: group_norm_forward, silu_forward, attention_forward, linear_forward,
  * upsample_nearest2x_forward, nchw_to_nhwc_tiled / nhwc_to_nchw_tiled and conv2d_forward
- * (1x1 convs) from ops.h. 3x3 convolutions use a local im2col + GEMM in bands of output rows (conv3x3_banded):
+ * (1x1 convs) from ops.h. 3x3 convolutions use a local im2col + GEMM in bands of output rows
+ * (conv3x3_banded):
  * ops.h's conv2d_forward builds the im2col matrix of a whole sample, Cin * 9 * H * W floats,
  * which for the decoder's last block at 1024x1024 (Cin = 128) is 4.7 GB; the banded version
  * computes the same sums with a scratch of at most conv_scratch bytes (default 64 MiB) and

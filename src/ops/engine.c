@@ -548,9 +548,10 @@ void linear_forward_mp(mapo_precision p, float *y, const float *x, const float *
 
 /* dy16 = dy [N, out] rounded to bf16 (dy16 NULL: not) and, when db, db += dy's column sums, in
    one pass over dy (a separate float32 column sum read dy again, and with 64-column blocks ran
-   out = 64 on one thread). The sums run in double over fixed blocks of COLSUM_ROWS rows and the blocks' sums
-   are added in block order, so db does not depend on the thread count; the float32 kernel's
-   in-order double sum can differ from it in the last bit of the float result. */
+   out = 64 on one thread). The sums run in double over fixed blocks of COLSUM_ROWS rows and
+   the blocks' sums are added in block order, so db does not depend on the thread count; the
+   float32 kernel's in-order double sum can differ from it in the last bit of the float
+   result. */
 #define COLSUM_ROWS 128
 static void round_bf16_colsum(uint16_t *dy16, float *db, const float *dy, int64_t N, int out) {
     if (!db) {
@@ -567,15 +568,10 @@ static void round_bf16_colsum(uint16_t *dy16, float *db, const float *dy, int64_
         for (int64_t r = b * COLSUM_ROWS; r < r1; r++) {
             const float *row = dy + r * out;
             uint16_t *o = dy16 ? dy16 + r * out : NULL;
-            if (!o) {
-#pragma omp simd
-                for (int c = 0; c < out; c++) acc[c] += row[c];
-                continue;
-            }
 #pragma omp simd
             for (int c = 0; c < out; c++) {
                 acc[c] += row[c];
-                o[c] = mapo_bf16_bits(row[c]);
+                if (o) o[c] = mapo_bf16_bits(row[c]);
             }
         }
     }

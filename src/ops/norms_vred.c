@@ -106,18 +106,14 @@ void layer_norm_backward_fused(float *dx, float *dgamma, float *dbeta, const flo
             sd /= C;
             sdx /= C;
             float *dxs = dx + r * C;
-            if (!pg) {
-#pragma omp simd
-                for (int c = 0; c < C; c++)
-                    dxs[c] += (float)(rs * (dys[c] * gamma[c] - sd - (xs[c] - mu) * rs * sdx));
-                continue;
-            }
 #pragma omp simd
             for (int c = 0; c < C; c++) {
                 const double xh = (xs[c] - mu) * rs;
                 dxs[c] += (float)(rs * (dys[c] * gamma[c] - sd - xh * sdx));
-                pg[c] += dys[c] * xh;
-                pb[c] += dys[c];
+                if (pg) {
+                    pg[c] += dys[c] * xh;
+                    pb[c] += dys[c];
+                }
             }
         }
     }

@@ -27,7 +27,6 @@
 
 #include "adamw_update.h"
 
-
 /* adamw_step on g * gcoef; gz (g itself, or NULL) zeroed after each gradient is read */
 static void adamw_core(float *p, const float *g, float *m, float *v, size_t n, int64_t step,
                        double lr, const adamw_config *c, float gcoef, float *gz) {
