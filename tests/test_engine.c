@@ -335,8 +335,10 @@ static void test_linear_bf16(void **st) {
 /* Below head dimension 32 bf16 runs float32 products (attention_small.c, or the float32 kernel
    where that does not apply): each output and gradient is a sum over keys or queries of
    products of float32 roundings, within a few units of 2^-24 of the float64 result in relative
-   L2 (measured, printed: up to ~6 units); 64 units allows for the longest sums here while a
-   bf16-sized error (2^-9 = 32768 units) or a lost term fails. */
+   L2 (measured, printed: up to ~15 units, and 26 for dk at 1,100 keys, where dS = P (dP - D)
+   cancels: dk's error grows with the key count, ~43 units at 2,100 keys and ~83 at 4,200, for
+   the kernel before the base-2 scores alike, so the cases stay at 1,100 keys or fewer); 64
+   units allows for that while a bf16-sized error (2^-9 = 32768 units) or a lost term fails. */
 #define SMALL_HEAD_UNITS 64
 /* the narrow-head kernel asked for some gradients only, or for dq / dk / dv assigned: the same
    bits as the call asking for all three, added to the same starting values */
@@ -447,6 +449,38 @@ static void attention_case(int B, int H, int Nq, int Nk, int Dh) {
     for (size_t i = 0; i < sizeof dbufs / sizeof *dbufs; i++) free(dbufs[i]);
 }
 
+#ifdef __AVX512F__
+#include "../src/ops/exp16.h"
+/* exp2_16_masked, the narrow-head attention's exp: within 4 float32 units of 2^x in double on
+   a grid of step 1/4096 from -126 to 127 (the reduction x = n + f and the scaling by 2^n are
+   exact; the fitted polynomial's error is at most 1.6 units on [-1/2, 1/2] with float32 Horner
+   steps, docs/PRECISION.md); 0 below -126 and on the lanes outside the mask. A coefficient
+   wrong in its fourth digit is off by hundreds of units. */
+static void test_exp2(void **st) {
+    (void)st;
+    double worst = 0;
+    for (int i = 0; i < 253 * 4096; i += 16) {
+        float x[16], y[16];
+        for (int l = 0; l < 16; l++) x[l] = -126.0f + (float)(i + l) / 4096.0f;
+        _mm512_storeu_ps(y, exp2_16_masked(_mm512_loadu_ps(x), 0xffff));
+        for (int l = 0; l < 16; l++) {
+            const double want = exp2((double)x[l]), e = fabs((double)y[l] - want) / want;
+            if (e > worst) worst = e;
+        }
+    }
+    printf("  exp2_16_masked: worst relative error %.2f float32 units over [-126, 127)\n",
+           worst / U_F32);
+    assert_true(worst <= 4 * U_F32);
+    float x[16], y[16];
+    for (int l = 0; l < 16; l++) x[l] = l < 8 ? 0.5f : (l == 8 ? -126.5f : -1e30f);
+    _mm512_storeu_ps(y, exp2_16_masked(_mm512_loadu_ps(x), 0x5555));
+    for (int l = 0; l < 16; l++) {
+        const double want = l < 8 && l % 2 == 0 ? sqrt(2.0) : 0.0;
+        assert_true(fabs(y[l] - want) <= 4 * U_F32 * want);
+    }
+}
+#endif
+
 static void test_attention_bf16(void **st) {
     (void)st;
     attention_case(1, 2, 200, 4200, 32); /* split query tiles and a partial last one */
@@ -455,6 +489,8 @@ static void test_attention_bf16(void **st) {
     attention_case(2, 3, 50, 77, 16);   /* head dim 16: the narrow-head kernel */
     attention_case(2, 4, 201, 300, 8);  /* bench_unet.json's heads; rows not a multiple of 4 */
     attention_case(1, 2, 37, 5, 1);     /* head dim 1, five keys */
+    attention_case(1, 2, 37, 1100, 16); /* the narrow-head forward's online softmax over two
+                                           blocks of keys (1,024 and a partial 76) */
     attention_case(1, 1, 64, 64, 24);   /* 24: above the narrow-head kernel, the float32 one */
     attention_case(1, 1, 64, 64, 64);   /* head dim 64 */
     attention_case(2, 2, 200, 300, 32);  /* again: the cached products */
@@ -625,6 +661,9 @@ int main(void) {
         cmocka_unit_test(test_conv_bf16),
         cmocka_unit_test(test_layout),
         cmocka_unit_test(test_linear_bf16),
+#ifdef __AVX512F__
+        cmocka_unit_test(test_exp2),
+#endif
         cmocka_unit_test(test_attention_bf16),
         cmocka_unit_test(test_norms),
         cmocka_unit_test(test_probe),

@@ -27,4 +27,22 @@ static inline __m512 exp16(__m512 x0) {
     const __m512 y = _mm512_mul_ps(p, _mm512_castsi512_ps(e));
     return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x0, lo, _CMP_GE_OQ), y); /* below -87: 0 */
 }
+
+/* 2^x on the lanes of keep, 0 on the others and below -126: x = n + f with n an integer and
+   |f| <= 1/2 (exact), 2^f by a degree-6 polynomial fitted for relative error on [-1/2, 1/2]
+   (at most 1.6 float32 units after float32 Horner steps, tools-free check: docs/PRECISION.md),
+   times 2^n by vscalefps (exact) */
+static inline __m512 exp2_16_masked(__m512 x, __mmask16 keep) {
+    const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_sub_ps(x, n);
+    __m512 p = _mm512_set1_ps(1.5346039435826242e-4f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339993323199451e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618488140404224e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550328642129898e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022646248340607e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931471824645996e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    keep &= _mm512_cmp_ps_mask(x, _mm512_set1_ps(-126.0f), _CMP_GE_OQ);
+    return _mm512_maskz_scalef_ps(keep, p, n);
+}
 #endif
