@@ -22,6 +22,9 @@
 
 #include "attention_small.h"
 #include "engine_internal.h"
+#ifdef __AVX512F__
+#include "exp16.h"
+#endif
 #include "mapo/bf16.h"
 #include "mapo/common.h"
 #include "mapo/ops.h"
@@ -200,7 +203,8 @@ typedef struct { int qk, pv, ptdo, dovt, dsk, dstq; } tile_ops;
 
 static tile_ops tile_ops_get(int tq, int Nk, int Dh, float scale, int backward) {
     tile_ops o = {-1, -1, -1, -1, -1, -1};
-    o.qk = amm_get(tq, Dh, Nk, Dh, 1, 1, Dh, Nk, 1, scale, 0);     /* S = s Q Kt */
+    const float s2 = (float)(scale * M_LOG2E); /* scores in base 2, for exp2 */
+    o.qk = amm_get(tq, Dh, Nk, Dh, 1, 1, Dh, Nk, 1, s2, 0);        /* S = s log2(e) Q Kt */
     if (!backward) {
         o.pv = amm_get(tq, Nk, Dh, Nk, 1, Dh, 1, Dh, 1, 1.0f, 0);  /* O = P V */
         return o;
@@ -248,24 +252,45 @@ int64_t attention_kept_bf16(mapo_precision p, int B, int H, int Nq, int Nk, int 
     return (int64_t)B * H * (Nq + 2 * (int64_t)Nk) * Dh;
 }
 
-/* softmax rows of S [tq, Nk], written to P as bf16 (each row rounded while it is in L1);
-   their log-sum-exp into lse */
+/* s[j] = 2^(s[j] - shift) over a row of n base-2 scores (exp16.h's exp2_16_masked), its bf16
+   copy into p when p is not NULL; returns the row's sum */
+static float exp2_row(float *s, int64_t n, float shift, bf16 *p) {
+    int64_t j = 0;
+    float sum = 0;
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+    const __m512 sh = _mm512_set1_ps(shift);
+    __m512 acc = _mm512_setzero_ps();
+    for (; j < n; j += 16) {
+        const __mmask16 m = n - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - j)) - 1);
+        const __m512 e = exp2_16_masked(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + j), sh), m);
+        _mm512_mask_storeu_ps(s + j, m, e);
+        if (p) _mm256_mask_storeu_epi16(p + j, m, mapo_bf16_16(e));
+        acc = _mm512_add_ps(acc, e);
+    }
+    sum = _mm512_reduce_add_ps(acc);
+#endif
+    for (; j < n; j++) {
+        s[j] = exp2f(s[j] - shift);
+        if (p) p[j] = mapo_bf16_bits(s[j]);
+        sum += s[j];
+    }
+    return sum;
+}
+
+/* softmax rows of the base-2 scores S [tq, Nk] (S = scale log2(e) Q K^T), written to P as
+   bf16 (each row rounded while it is in L1); their log-sum-exp (natural, as the float32
+   kernel's) into lse */
 static void softmax_rows(bf16 *P, float *S, float *lse, int tq, int Nk) {
     for (int i = 0; i < tq; i++) {
         float *s = S + (int64_t)i * Nk, mx = s[0];
         bf16 *p = P + (int64_t)i * Nk;
 #pragma omp simd reduction(max : mx)
         for (int j = 1; j < Nk; j++) mx = s[j] > mx ? s[j] : mx;
-#pragma omp simd
-        for (int j = 0; j < Nk; j++) s[j] -= mx;
-        mapo_vexpf(s, Nk);
-        float sum = 0;
-#pragma omp simd reduction(+ : sum)
-        for (int j = 0; j < Nk; j++) sum += s[j];
+        const float sum = exp2_row(s, Nk, mx, NULL);
         const float inv = 1 / sum;
 #pragma omp simd
         for (int j = 0; j < Nk; j++) p[j] = mapo_bf16_bits(s[j] * inv);
-        lse[i] = mx + logf(sum);
+        lse[i] = (float)(((double)mx + log2((double)sum)) * M_LN2);
     }
 }
 
@@ -376,13 +401,9 @@ void attention_backward_mp(mapo_precision p, float *dq, float *dk, float *dv, co
                 const tile_ops *op = tq == T ? &full : &last;
                 const int64_t qt = qo + (int64_t)r0 * ld, pt = pq + (int64_t)r0 * Dh;
                 amm_run(op->qk, t, Qp + pt, Kp + pk, S, scratch);
-                for (int i = 0; i < tq; i++) { /* P = exp(S - lse), and its bf16 copy */
-                    const float l = lse[(int64_t)bh * Nq + r0 + i];
-                    float *s = S + (int64_t)i * Nk;
-#pragma omp simd
-                    for (int j = 0; j < Nk; j++) s[j] -= l;
-                    mapo_vexpf(s, Nk);
-                    if (dv) round_tile(Pb + (int64_t)i * Nk, s, Nk);
+                for (int i = 0; i < tq; i++) { /* P = 2^(S - lse log2(e)), its bf16 copy */
+                    const float l2 = (float)(lse[(int64_t)bh * Nq + r0 + i] * M_LOG2E);
+                    exp2_row(S + (int64_t)i * Nk, Nk, l2, dv ? Pb + (int64_t)i * Nk : NULL);
                 }
                 if (dv) amm_run(op->ptdo, t, Pb, Gp + pt, dVb, scratch);
                 if (!dq && !dk) continue;
