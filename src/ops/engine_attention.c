@@ -39,6 +39,18 @@ typedef uint16_t bf16;
    up to head dim 16, the float32 kernel above). */
 #define BF16_MIN_DH 32
 
+/* The head dimension of the packed bf16 q, k, v, dout: rounded up to a multiple of 32 with zero
+   columns, so that the products with the head dimension as their inner dimension (Q K^T,
+   dO V^T) run oneDNN's AMX brgemm without a K tail, which it does at less than half the speed:
+   a 64 x 4,096 score tile at head dim 40 (SD 1.5's first level) took 212 us, at 64 (zeros
+   added) 94 us; at head dim 80, 104 against 54 us (128 x 1,024 tiles; one thread, the same
+   primitives outside mapo). The zeros add nothing to the sums. The products whose output
+   columns are the head dimension (P V, P^T dO, dS K, dS^T Q) read their B (V, dO, K, Q) as a
+   dense [rows, Dh] copy (`dense_rows`, per (batch, head) or per tile): with Dh columns in rows
+   of Dp, oneDNN 2.6 leaves brgemm for gemm:jit, several times slower, and with all Dp columns
+   the padding cost them 25% more time in a step (SD 1.5, head dim 40). */
+static int packed_dh(int Dh) { return (Dh + 31) / 32 * 32; }
+
 static void round_tile(bf16 *dst, const float *src, int64_t n) {
 #pragma omp simd
     for (int64_t i = 0; i < n; i++) dst[i] = mapo_bf16_bits(src[i]);
@@ -204,13 +216,14 @@ typedef struct { int qk, pv, ptdo, dovt, dsk, dstq; } tile_ops;
 static tile_ops tile_ops_get(int tq, int Nk, int Dh, float scale, int backward) {
     tile_ops o = {-1, -1, -1, -1, -1, -1};
     const float s2 = (float)(scale * M_LOG2E); /* scores in base 2, for exp2 */
-    o.qk = amm_get(tq, Dh, Nk, Dh, 1, 1, Dh, Nk, 1, s2, 0);        /* S = s log2(e) Q Kt */
+    const int Dp = packed_dh(Dh);                /* the packed operands' row length */
+    o.qk = amm_get(tq, Dp, Nk, Dp, 1, 1, Dp, Nk, 1, s2, 0);        /* S = s log2(e) Q Kt */
     if (!backward) {
         o.pv = amm_get(tq, Nk, Dh, Nk, 1, Dh, 1, Dh, 1, 1.0f, 0);  /* O = P V */
         return o;
     }
     o.ptdo = amm_get(Nk, tq, Dh, 1, Nk, Dh, 1, Dh, 1, 1.0f, 1);    /* dV_bh += Pt dO */
-    o.dovt = amm_get(tq, Dh, Nk, Dh, 1, 1, Dh, Nk, 1, 1.0f, 0);    /* dP = dO Vt */
+    o.dovt = amm_get(tq, Dp, Nk, Dp, 1, 1, Dp, Nk, 1, 1.0f, 0);    /* dP = dO Vt */
     o.dsk = amm_get(tq, Nk, Dh, Nk, 1, Dh, 1, Dh, 1, scale, 0);    /* dQ_tile = s dS K */
     o.dstq = amm_get(Nk, tq, Dh, 1, Nk, Dh, 1, Dh, 1, scale, 1);   /* dK_bh += s dSt Q */
     return o;
@@ -230,26 +243,39 @@ static void add_rows(float *dst, int64_t ld, const float *src, int rows, int Dh,
     }
 }
 
-/* x [B, N, H*Dh] float32 -> bf16 packed per (b, h): [B*H, N, Dh] (the products read K and V
-   transposed through their strides) */
+/* x [B, N, H*Dh] float32 -> bf16 packed per (b, h): [B*H, N, Dp], Dp = packed_dh(Dh), zeros
+   past Dh (the products read K and V transposed through their strides) */
 static bf16 *pack_into(bf16 *p, const float *x, int B, int H, int N, int Dh) {
-    const int ld = H * Dh;
+    const int ld = H * Dh, Dp = packed_dh(Dh);
 #pragma omp parallel for schedule(static)
     for (int bh = 0; bh < B * H; bh++) {
         const float *src = x + (int64_t)(bh / H) * N * ld + (bh % H) * Dh;
-        bf16 *dst = p + (int64_t)bh * N * Dh;
-        for (int n = 0; n < N; n++) round_tile(dst + (int64_t)n * Dh, src + (int64_t)n * ld, Dh);
+        bf16 *dst = p + (int64_t)bh * N * Dp;
+        for (int n = 0; n < N; n++) {
+            bf16 *row = dst + (int64_t)n * Dp;
+            round_tile(row, src + (int64_t)n * ld, Dh);
+            if (Dp > Dh) memset(row + Dh, 0, (size_t)(Dp - Dh) * sizeof *row);
+        }
     }
     return p;
 }
+/* rows of packed operand src [rows, Dp] as a dense [rows, Dh] copy in buf, or src itself when
+   there is no padding */
+static const bf16 *dense_rows(bf16 *buf, const bf16 *src, int rows, int Dh, int Dp) {
+    if (Dp == Dh) return src;
+    for (int i = 0; i < rows; i++)
+        memcpy(buf + (int64_t)i * Dh, src + (int64_t)i * Dp, (size_t)Dh * sizeof *buf);
+    return buf;
+}
+
 static bf16 *pack(int slot, const float *x, int B, int H, int N, int Dh) {
-    return pack_into(engine_workspace(slot, (size_t)B * H * N * Dh * sizeof(bf16)), x, B, H, N,
-                     Dh);
+    return pack_into(engine_workspace(slot, (size_t)B * H * N * packed_dh(Dh) * sizeof(bf16)),
+                     x, B, H, N, Dh);
 }
 
 int64_t attention_kept_bf16(mapo_precision p, int B, int H, int Nq, int Nk, int Dh) {
     if (p == MAPO_F32 || Dh < BF16_MIN_DH) return 0;
-    return (int64_t)B * H * (Nq + 2 * (int64_t)Nk) * Dh;
+    return (int64_t)B * H * (Nq + 2 * (int64_t)Nk) * packed_dh(Dh);
 }
 
 /* s[j] = 2^(s[j] - shift) over a row of n base-2 scores (exp16.h's exp2_16_masked), its bf16
@@ -318,7 +344,8 @@ void attention_forward_mp(mapo_precision p, float *out, float *lse, const float 
     const int ids[4] = {full.qk, full.pv, last.qk, last.pv};
     const size_t scr = scratch_max(ids, 4);
     const int nt = min_threads(ids, 4);
-    const int64_t nq = (int64_t)B * H * Nq * Dh, nk = (int64_t)B * H * Nk * Dh;
+    const int Dp = packed_dh(Dh);
+    const int64_t nq = (int64_t)B * H * Nq * Dp, nk = (int64_t)B * H * Nk * Dp;
     const bf16 *Qp = keep ? pack_into(keep, q, B, H, Nq, Dh) : pack(WS_ATT_Q, q, B, H, Nq, Dh);
     const bf16 *Kp = keep ? pack_into(keep + nq, k, B, H, Nk, Dh) : pack(WS_ATT_K, k, B, H, Nk, Dh);
     const bf16 *Vp =
@@ -327,21 +354,22 @@ void attention_forward_mp(mapo_precision p, float *out, float *lse, const float 
     {
         const int t = omp_get_thread_num();
         const size_t tile = f32_bytes(T, Nk);
-        const size_t ob = f32_bytes(T, Dh);
-        char *buf = engine_thread_buffer(t, 2 * tile + ob + scr);
+        const size_t ob = f32_bytes(T, Dh), vb = f32_bytes(Nk, Dh) / 2;
+        char *buf = engine_thread_buffer(t, 2 * tile + ob + vb + scr);
         float *S = (float *)buf, *O = (float *)(buf + 2 * tile);
-        bf16 *P = (bf16 *)(buf + tile);
-        void *scratch = buf + 2 * tile + ob;
+        bf16 *P = (bf16 *)(buf + tile), *Vd = (bf16 *)(buf + 2 * tile + ob); /* V dense */
+        void *scratch = buf + 2 * tile + ob + vb;
 #pragma omp for schedule(static)
         for (int bh = 0; bh < B * H; bh++) {
             const int64_t qo = (int64_t)(bh / H) * Nq * ld + (bh % H) * Dh;
-            const int64_t pq = (int64_t)bh * Nq * Dh, pk = (int64_t)bh * Nk * Dh;
+            const int64_t pq = (int64_t)bh * Nq * Dp, pk = (int64_t)bh * Nk * Dp;
+            const bf16 *V = dense_rows(Vd, Vp + pk, Nk, Dh, Dp);
             for (int r0 = 0; r0 < Nq; r0 += T) {
                 const int tq = Nq - r0 < T ? Nq - r0 : T;
                 const tile_ops *op = tq == T ? &full : &last;
-                amm_run(op->qk, t, Qp + pq + (int64_t)r0 * Dh, Kp + pk, S, scratch);
+                amm_run(op->qk, t, Qp + pq + (int64_t)r0 * Dp, Kp + pk, S, scratch);
                 softmax_rows(P, S, lse + (int64_t)bh * Nq + r0, tq, Nk);
-                amm_run(op->pv, t, P, Vp + pk, O, scratch);
+                amm_run(op->pv, t, P, V, O, scratch);
                 add_rows(out + qo + (int64_t)r0 * ld, ld, O, tq, Dh, 0);
             }
         }
@@ -373,7 +401,8 @@ void attention_backward_mp(mapo_precision p, float *dq, float *dk, float *dv, co
                          last.qk, last.ptdo, last.dovt, last.dsk, last.dstq};
     const size_t scr = scratch_max(ids, 10);
     const int nt = min_threads(ids, 10);
-    const int64_t nq = (int64_t)B * H * Nq * Dh, nk = (int64_t)B * H * Nk * Dh;
+    const int Dp = packed_dh(Dh);
+    const int64_t nq = (int64_t)B * H * Nq * Dp, nk = (int64_t)B * H * Nk * Dp;
     const bf16 *Qp = kept ? kept : pack(WS_ATT_Q, q, B, H, Nq, Dh);
     const bf16 *Kp = kept ? kept + nq : pack(WS_ATT_K, k, B, H, Nk, Dh);
     const bf16 *Vp = kept ? kept + nq + nk : pack(WS_ATT_V, v, B, H, Nk, Dh);
@@ -383,29 +412,33 @@ void attention_backward_mp(mapo_precision p, float *dq, float *dk, float *dv, co
         const int t = omp_get_thread_num();
         const size_t tile = f32_bytes(T, Nk);
         const size_t qb = f32_bytes(T, Dh), kb = f32_bytes(Nk, Dh);
-        char *buf = engine_thread_buffer(t, 3 * tile + qb + 2 * kb + scr);
+        char *buf = engine_thread_buffer(t, 3 * tile + 2 * qb + 3 * kb + scr);
         float *S = (float *)buf, *dP = (float *)(buf + tile);
         bf16 *Pb = (bf16 *)(buf + 2 * tile); /* P, then dS; read transposed by dV, dK */
-        float *dQt = (float *)(buf + 3 * tile), *dKb = (float *)(buf + 3 * tile + qb),
-              *dVb = (float *)(buf + 3 * tile + qb + kb);
-        void *scratch = buf + 3 * tile + qb + 2 * kb;
+        char *at = buf + 3 * tile;
+        float *dQt = (float *)at, *dKb = (float *)(at + qb), *dVb = (float *)(at + qb + kb);
+        /* dense [rows, Dh] copies of the products' B: K per (batch, head), dO and Q per tile */
+        bf16 *Kd = (bf16 *)(at + qb + 2 * kb), *Gd = (bf16 *)(at + qb + 3 * kb);
+        bf16 *Qd = (bf16 *)(at + qb + 3 * kb + qb / 2);
+        void *scratch = at + 2 * qb + 3 * kb;
 #pragma omp for schedule(static)
         for (int bh = 0; bh < B * H; bh++) {
             const int64_t qo = (int64_t)(bh / H) * Nq * ld + (bh % H) * Dh;
             const int64_t ko = (int64_t)(bh / H) * Nk * ld + (bh % H) * Dh;
-            const int64_t pq = (int64_t)bh * Nq * Dh, pk = (int64_t)bh * Nk * Dh;
+            const int64_t pq = (int64_t)bh * Nq * Dp, pk = (int64_t)bh * Nk * Dp;
             if (dk) memset(dKb, 0, (size_t)Nk * Dh * sizeof(float));
             if (dv) memset(dVb, 0, (size_t)Nk * Dh * sizeof(float));
+            const bf16 *Kn = dq ? dense_rows(Kd, Kp + pk, Nk, Dh, Dp) : NULL;
             for (int r0 = 0; r0 < Nq; r0 += T) {
                 const int tq = Nq - r0 < T ? Nq - r0 : T;
                 const tile_ops *op = tq == T ? &full : &last;
-                const int64_t qt = qo + (int64_t)r0 * ld, pt = pq + (int64_t)r0 * Dh;
+                const int64_t qt = qo + (int64_t)r0 * ld, pt = pq + (int64_t)r0 * Dp;
                 amm_run(op->qk, t, Qp + pt, Kp + pk, S, scratch);
                 for (int i = 0; i < tq; i++) { /* P = 2^(S - lse log2(e)), its bf16 copy */
                     const float l2 = (float)(lse[(int64_t)bh * Nq + r0 + i] * M_LOG2E);
                     exp2_row(S + (int64_t)i * Nk, Nk, l2, dv ? Pb + (int64_t)i * Nk : NULL);
                 }
-                if (dv) amm_run(op->ptdo, t, Pb, Gp + pt, dVb, scratch);
+                if (dv) amm_run(op->ptdo, t, Pb, dense_rows(Gd, Gp + pt, tq, Dh, Dp), dVb, scratch);
                 if (!dq && !dk) continue;
                 amm_run(op->dovt, t, Gp + pt, Vp + pk, dP, scratch);
                 for (int i = 0; i < tq; i++) {
@@ -420,10 +453,10 @@ void attention_backward_mp(mapo_precision p, float *dq, float *dk, float *dv, co
                     for (int j = 0; j < Nk; j++) ds[j] = mapo_bf16_bits(pr[j] * (dp[j] - dr));
                 }
                 if (dq) {
-                    amm_run(op->dsk, t, Pb, Kp + pk, dQt, scratch);
+                    amm_run(op->dsk, t, Pb, Kn, dQt, scratch);
                     add_rows(dq + qt, ld, dQt, tq, Dh, !assign);
                 }
-                if (dk) amm_run(op->dstq, t, Pb, Qp + pt, dKb, scratch);
+                if (dk) amm_run(op->dstq, t, Pb, dense_rows(Qd, Qp + pt, tq, Dh, Dp), dKb, scratch);
             }
             if (dk) add_rows(dk + ko, ld, dKb, Nk, Dh, !assign);
             if (dv) add_rows(dv + ko, ld, dVb, Nk, Dh, !assign);
