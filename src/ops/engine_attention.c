@@ -303,6 +303,24 @@ static float exp2_row(float *s, int64_t n, float shift, bf16 *p) {
     return sum;
 }
 
+/* dst[j] = bf16 of a[j] (b[j] - c) over a row of n (c = 0, b = NULL: of a[j] m), on 16 lanes
+   where the build has AVX-512 (the compiler's own vectorisation of the scalar loop used
+   256-bit lanes and word permutes) */
+static void round_row(bf16 *dst, const float *a, const float *b, float c, float m, int64_t n) {
+    int64_t j = 0;
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+    const __m512 vc = _mm512_set1_ps(c), vm = _mm512_set1_ps(m);
+    for (; j < n; j += 16) {
+        const __mmask16 k = n - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - j)) - 1);
+        const __m512 x = _mm512_maskz_loadu_ps(k, a + j);
+        const __m512 y = b ? _mm512_mul_ps(x, _mm512_sub_ps(_mm512_maskz_loadu_ps(k, b + j), vc))
+                           : _mm512_mul_ps(x, vm);
+        _mm256_mask_storeu_epi16(dst + j, k, mapo_bf16_16(y));
+    }
+#endif
+    for (; j < n; j++) dst[j] = mapo_bf16_bits(b ? a[j] * (b[j] - c) : a[j] * m);
+}
+
 /* softmax rows of the base-2 scores S [tq, Nk] (S = scale log2(e) Q K^T), written to P as
    bf16 (each row rounded while it is in L1); their log-sum-exp (natural, as the float32
    kernel's) into lse */
@@ -313,9 +331,7 @@ static void softmax_rows(bf16 *P, float *S, float *lse, int tq, int Nk) {
 #pragma omp simd reduction(max : mx)
         for (int j = 1; j < Nk; j++) mx = s[j] > mx ? s[j] : mx;
         const float sum = exp2_row(s, Nk, mx, NULL);
-        const float inv = 1 / sum;
-#pragma omp simd
-        for (int j = 0; j < Nk; j++) p[j] = mapo_bf16_bits(s[j] * inv);
+        round_row(p, s, NULL, 0, 1 / sum, Nk);
         lse[i] = (float)(((double)mx + log2((double)sum)) * M_LN2);
     }
 }
@@ -449,8 +465,7 @@ void attention_backward_mp(mapo_precision p, float *dq, float *dk, float *dv, co
                     const float *pr = S + (int64_t)i * Nk, *dp = dP + (int64_t)i * Nk;
                     bf16 *ds = Pb + (int64_t)i * Nk; /* Pb now holds dS */
                     const float dr = (float)di;
-#pragma omp simd
-                    for (int j = 0; j < Nk; j++) ds[j] = mapo_bf16_bits(pr[j] * (dp[j] - dr));
+                    round_row(ds, pr, dp, dr, 1, Nk);
                 }
                 if (dq) {
                     amm_run(op->dsk, t, Pb, Kn, dQt, scratch);
