@@ -41,14 +41,14 @@ typedef uint16_t bf16;
 
 /* The head dimension of the packed bf16 q, k, v, dout: rounded up to a multiple of 32 with zero
    columns, so that the products with the head dimension as their inner dimension (Q K^T,
-   dO V^T) run oneDNN's AMX brgemm without a K tail, which it does at less than half the speed:
-   a 64 x 4,096 score tile at head dim 40 (SD 1.5's first level) took 212 us, at 64 (zeros
-   added) 94 us; at head dim 80, 104 against 54 us (128 x 1,024 tiles; one thread, the same
-   primitives outside mapo). The zeros add nothing to the sums. The products whose output
-   columns are the head dimension (P V, P^T dO, dS K, dS^T Q) read their B (V, dO, K, Q) as a
-   dense [rows, Dh] copy (`dense_rows`, per (batch, head) or per tile): with Dh columns in rows
-   of Dp, oneDNN 2.6 leaves brgemm for gemm:jit, several times slower, and with all Dp columns
-   the padding cost them 25% more time in a step (SD 1.5, head dim 40). */
+   dO V^T) run oneDNN's AMX brgemm without a K tail, which is slow: in a SD 1.5 512 px LoRA
+   bf16 step the 64 x 4,096 score tiles at head dim 40 (its first level) took 2,284 ms, padded
+   to 64 1,534 ms, and the 128 x 1,024 tiles at head dim 80 157 ms, padded to 96 128 ms
+   (ONEDNN_VERBOSE, docs/BENCHMARKS.md). The zeros add nothing to the sums. The products whose
+   output columns are the head dimension (P V, P^T dO, dS K, dS^T Q) read their B (V, dO, K, Q)
+   as a dense [rows, Dh] copy (`dense_rows`, per (batch, head) or per tile): with Dh columns in
+   rows of Dp, oneDNN 2.6 leaves brgemm for gemm:jit, several times slower, and computing all
+   Dp columns cost them 16% more time in that step. */
 static int packed_dh(int Dh) { return (Dh + 31) / 32 * 32; }
 
 static void round_tile(bf16 *dst, const float *src, int64_t n) {

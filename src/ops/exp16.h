@@ -30,7 +30,7 @@ static inline __m512 exp16(__m512 x0) {
 
 /* 2^x on the lanes of keep, 0 on the others and below -126: x = n + f with n an integer and
    |f| <= 1/2 (exact), 2^f by a degree-6 polynomial fitted for relative error on [-1/2, 1/2]
-   (at most 1.6 float32 units after float32 Horner steps, tools-free check: docs/PRECISION.md),
+   (at most 1.6 float32 units after float32 Horner steps: tools/fit_exp2.py, docs/PRECISION.md),
    times 2^n by vscalefps (exact) */
 static inline __m512 exp2_16_masked(__m512 x, __mmask16 keep) {
     const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
