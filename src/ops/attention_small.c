@@ -70,12 +70,13 @@ static bufs bufs_at(int t, int Dh, int Nq, int Nk, int backward) {
     b.kb = key_block(Dh, b.nkp, backward ? BWD_KEY_FLOATS : FWD_KEY_FLOATS);
     const int nqb = (Nq + RB - 1) / RB;
     const size_t m = (size_t)Dh * b.nkp, rows = (size_t)RB * b.kb, blk = (size_t)RB * W;
-    const size_t n = 4 * m + 2 * rows + 3 * nqb * blk + 2 * (size_t)nqb * RB;
+    const size_t nt = backward ? 4 : 2; /* K^T, V^T (and dK^T, dV^T) */
+    const size_t n = nt * m + 2 * rows + 3 * nqb * blk + 2 * (size_t)nqb * RB;
     float *f = (float *)engine_thread_buffer(t, n * sizeof(float));
     b.kt = f, b.vt = f + m;
     b.dkt = backward ? f + 2 * m : NULL;
     b.dvt = backward ? f + 3 * m : NULL;
-    f += 4 * m;
+    f += nt * m;
     b.s = f, b.ds = f + rows;
     f += 2 * rows;
     b.qs = (rowblk *)f, b.g = (rowblk *)(f + nqb * blk), b.acc = (rowblk *)(f + 2 * nqb * blk);
