@@ -122,10 +122,12 @@ void layer_norm_backward_mp(mapo_precision p, float *dx, float *dgamma, float *d
 /* The memory-efficient attention above with bf16 operands for its products (the softmax and
    every output / gradient float32); heads narrower than 32 keep float32 products (a kernel of
    their own up to head dim 16 in bf16 runs, the float32 kernel above). Its backward reads q,
-   k and v only as those bf16 operands, so the forward can keep them for it (keep: attention_kept_bf16 elements, or NULL)
-   and the backward take them (kept: the forward's keep; q, k, v are then not read and may be
-   NULL) instead of the float32 tensors: the same bits, at half their bytes. assign: dq, dk
-   and dv = instead of += (the float32 kernel, which adds, gets them zeroed first). */
+   k and v only as those bf16 operands, so the forward can keep them for it (keep:
+   attention_kept_bf16 elements, or NULL) and the backward take them (kept: the forward's keep;
+   q, k, v are then not read and may be NULL) instead of the float32 tensors: the same bits, at
+   half their bytes where the head dim is a multiple of 32 (the kept rows are padded to one).
+   assign: dq, dk and dv = instead of += (the float32 kernel, which adds, gets them zeroed
+   first). */
 int64_t attention_kept_bf16(mapo_precision p, int B, int H, int Nq, int Nk, int Dh);
 void attention_forward_mp(mapo_precision p, float *out, float *lse, const float *q,
                           const float *k, const float *v, int B, int H, int Nq, int Nk, int Dh,

@@ -106,11 +106,6 @@ static void load_rows(rowblk blk, const float *x, int64_t ld, int rr, int Dh, fl
         for (int d = 0; d < W; d++) blk[r][d] = r < rr && d < Dh ? x[r * ld + d] * mul : 0.0f;
 }
 
-/* the lanes of keys j .. j + 15 of a block whose first nvalid keys are real */
-static inline __mmask16 key_mask(int j, int nvalid) {
-    return j + L <= nvalid ? (__mmask16)0xffff : (__mmask16)((1u << (nvalid - j)) - 1);
-}
-
 /* What rows_times_t does with each row's 16 sums x = sum_d a[r][d] t[d][j]:
    RT_STORE (forward scores) stores them and returns each row's maximum over the real keys in e;
    RT_EXP (the backward's probabilities, e = lse in base 2) stores 2^(x - e[r]), 0 past the
@@ -138,7 +133,7 @@ rows_times_groups(float *s, int lds, const rowblk a, const float *t, int ldt, in
     }
     for (int g = 0; g < KG; g++) {
         const int jg = j + g * L;
-        const __mmask16 m = key_mask(jg, nvalid);
+        const __mmask16 m = tail_mask16(jg, nvalid); /* the block's real keys */
         for (int r = 0; r < RB; r++) {
             __m512 x = acc[r][g];
             if (mode == RT_EXP)
@@ -247,19 +242,6 @@ static void t_add_rows(float *t, int ldt, int nk, const rowblk a, const float *p
     for (; d < Dh; d++) t_add_groups(t, ldt, nk, a, p, lds, d, 1);
 }
 
-/* a row of a block's base-2 scores: 2^(s - shift) on the real keys and 0 on the padding, in
-   one pass; returns the row's sum */
-static float exp_row(float *s, int nk, int nvalid, float shift) {
-    const __m512 sh = _mm512_set1_ps(shift);
-    __m512 acc = _mm512_setzero_ps();
-    for (int j = 0; j < nk; j += L) {
-        const __m512 x = _mm512_sub_ps(_mm512_loadu_ps(s + j), sh);
-        const __m512 e = exp2_16_masked(x, key_mask(j, nvalid));
-        _mm512_storeu_ps(s + j, e);
-        acc = _mm512_add_ps(acc, e);
-    }
-    return _mm512_reduce_add_ps(acc);
-}
 
 /* the start of (batch, head) bh: its offsets in q / out (*qo) and in k / v (*ko), and its K^T,
    V^T packed into bf */
@@ -281,7 +263,7 @@ static void forward_block(const bufs *bf, int ib, int j0, int nk, int Nk, int Dh
                  RT_STORE, bm, NULL, Nk - j0);
     for (int r = 0; r < RB; r++) {
         const float mn = bm[r] > m[r] ? bm[r] : m[r];
-        const float sum = exp_row(bf->s + (int64_t)r * bf->kb, nk, Nk - j0, mn);
+        const float sum = exp2_shift_row(bf->s + (int64_t)r * bf->kb, nk, Nk - j0, mn, NULL);
         if (mn != m[r]) { /* a new maximum: rescale what the earlier blocks summed */
             const float a = j0 ? exp2f(m[r] - mn) : 0.0f;
             l[r] *= a;

@@ -281,26 +281,17 @@ int64_t attention_kept_bf16(mapo_precision p, int B, int H, int Nq, int Nk, int 
 /* s[j] = 2^(s[j] - shift) over a row of n base-2 scores (exp16.h's exp2_16_masked), its bf16
    copy into p when p is not NULL; returns the row's sum */
 static float exp2_row(float *s, int64_t n, float shift, bf16 *p) {
-    int64_t j = 0;
+#ifdef __AVX512F__
+    return exp2_shift_row(s, n, n, shift, p);
+#else
     float sum = 0;
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-    const __m512 sh = _mm512_set1_ps(shift);
-    __m512 acc = _mm512_setzero_ps();
-    for (; j < n; j += 16) {
-        const __mmask16 m = n - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - j)) - 1);
-        const __m512 e = exp2_16_masked(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + j), sh), m);
-        _mm512_mask_storeu_ps(s + j, m, e);
-        if (p) _mm256_mask_storeu_epi16(p + j, m, mapo_bf16_16(e));
-        acc = _mm512_add_ps(acc, e);
-    }
-    sum = _mm512_reduce_add_ps(acc);
-#endif
-    for (; j < n; j++) {
+    for (int64_t j = 0; j < n; j++) {
         s[j] = exp2f(s[j] - shift);
         if (p) p[j] = mapo_bf16_bits(s[j]);
         sum += s[j];
     }
     return sum;
+#endif
 }
 
 /* dst[j] = bf16 of a[j] (b[j] - c) over a row of n (c = 0, b = NULL: of a[j] m), on 16 lanes
@@ -311,7 +302,7 @@ static void round_row(bf16 *dst, const float *a, const float *b, float c, float 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
     const __m512 vc = _mm512_set1_ps(c), vm = _mm512_set1_ps(m);
     for (; j < n; j += 16) {
-        const __mmask16 k = n - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - j)) - 1);
+        const __mmask16 k = tail_mask16(j, n);
         const __m512 x = _mm512_maskz_loadu_ps(k, a + j);
         const __m512 y = b ? _mm512_mul_ps(x, _mm512_sub_ps(_mm512_maskz_loadu_ps(k, b + j), vc))
                            : _mm512_mul_ps(x, vm);
@@ -370,7 +361,7 @@ void attention_forward_mp(mapo_precision p, float *out, float *lse, const float 
     {
         const int t = omp_get_thread_num();
         const size_t tile = f32_bytes(T, Nk);
-        const size_t ob = f32_bytes(T, Dh), vb = f32_bytes(Nk, Dh) / 2;
+        const size_t ob = f32_bytes(T, Dh), vb = Dp > Dh ? f32_bytes(Nk, Dh) / 2 : 0;
         char *buf = engine_thread_buffer(t, 2 * tile + ob + vb + scr);
         float *S = (float *)buf, *O = (float *)(buf + 2 * tile);
         bf16 *P = (bf16 *)(buf + tile), *Vd = (bf16 *)(buf + 2 * tile + ob); /* V dense */
@@ -428,7 +419,8 @@ void attention_backward_mp(mapo_precision p, float *dq, float *dk, float *dv, co
         const int t = omp_get_thread_num();
         const size_t tile = f32_bytes(T, Nk);
         const size_t qb = f32_bytes(T, Dh), kb = f32_bytes(Nk, Dh);
-        char *buf = engine_thread_buffer(t, 3 * tile + 2 * qb + 3 * kb + scr);
+        const size_t db = Dp > Dh ? qb + kb : 0; /* room for the dense copies below */
+        char *buf = engine_thread_buffer(t, 3 * tile + qb + 2 * kb + db + scr);
         float *S = (float *)buf, *dP = (float *)(buf + tile);
         bf16 *Pb = (bf16 *)(buf + 2 * tile); /* P, then dS; read transposed by dV, dK */
         char *at = buf + 3 * tile;
@@ -436,7 +428,7 @@ void attention_backward_mp(mapo_precision p, float *dq, float *dk, float *dv, co
         /* dense [rows, Dh] copies of the products' B: K per (batch, head), dO and Q per tile */
         bf16 *Kd = (bf16 *)(at + qb + 2 * kb), *Gd = (bf16 *)(at + qb + 3 * kb);
         bf16 *Qd = (bf16 *)(at + qb + 3 * kb + qb / 2);
-        void *scratch = at + 2 * qb + 3 * kb;
+        void *scratch = at + qb + 2 * kb + db;
 #pragma omp for schedule(static)
         for (int bh = 0; bh < B * H; bh++) {
             const int64_t qo = (int64_t)(bh / H) * Nq * ld + (bh % H) * Dh;

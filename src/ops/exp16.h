@@ -4,6 +4,9 @@
 #ifndef MAPO_EXP16_H
 #define MAPO_EXP16_H
 #include <immintrin.h>
+#include <stdint.h>
+
+#include "mapo/bf16.h"
 
 /* the same operations in the same order as mapo_vexpf's AVX2 loop (kernels.c), so each lane's
    result is the same bits */
@@ -44,5 +47,34 @@ static inline __m512 exp2_16_masked(__m512 x, __mmask16 keep) {
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
     keep &= _mm512_cmp_ps_mask(x, _mm512_set1_ps(-126.0f), _CMP_GE_OQ);
     return _mm512_maskz_scalef_ps(keep, p, n);
+}
+
+/* the lanes of elements j .. j + 15 that lie below n (n > j) */
+static inline __mmask16 tail_mask16(int64_t j, int64_t n) {
+    return n - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - j)) - 1);
+}
+
+/* s[j] = 2^(s[j] - shift) for j < nvalid and 0 for nvalid <= j < n (the padding of a row whose
+   first nvalid elements are real; nvalid <= n), and its bf16 bits into copy when copy is not
+   NULL, in the same pass; returns the row's sum */
+static inline float exp2_shift_row(float *s, int64_t n, int64_t nvalid, float shift,
+                                   uint16_t *copy) {
+    const __m512 sh = _mm512_set1_ps(shift);
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; j += 16) {
+        const __mmask16 m = tail_mask16(j, n);
+        const __m512 x = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + j), sh);
+        const __m512 e = exp2_16_masked(x, j < nvalid ? tail_mask16(j, nvalid) : 0);
+        _mm512_mask_storeu_ps(s + j, m, e);
+        if (copy) {
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+            _mm256_mask_storeu_epi16(copy + j, m, mapo_bf16_16(e));
+#else
+            for (int64_t i = j; i < n && i < j + 16; i++) copy[i] = mapo_bf16_bits(s[i]);
+#endif
+        }
+        acc = _mm512_add_ps(acc, e);
+    }
+    return _mm512_reduce_add_ps(acc);
 }
 #endif
