@@ -452,11 +452,11 @@ static void attention_case(int B, int H, int Nq, int Nk, int Dh) {
 
 #ifdef __AVX512F__
 #include "../src/ops/exp16.h"
-/* exp2_16_masked, the bf16 attention's exp (both kernels): within 4 float32 units of 2^x in double on
-   a grid of step 1/4096 from -126 to 127 (the reduction x = n + f and the scaling by 2^n are
-   exact; the fitted polynomial's error is at most 1.6 units on [-1/2, 1/2] with float32 Horner
-   steps, tools/fit_exp2.py); 0 below -126 and on the lanes outside the mask. A coefficient
-   wrong in its fourth digit is off by hundreds of units. */
+/* exp2_16_masked, the bf16 attention's exp (both kernels): within 4 float32 units of 2^x in
+   double on a grid of step 1/4096 from -126 to 127 (the reduction x = n + f and the scaling by
+   2^n are exact; the fitted polynomial's error is at most 1.6 units on [-1/2, 1/2] with float32
+   Horner steps, tools/fit_exp2.py); 0 below -126 and on the lanes outside the mask. A
+   coefficient wrong in its fourth digit is off by hundreds of units. */
 static void test_exp2(void **st) {
     (void)st;
     /* static: gcc raises a local float[16]'s alignment to 64 and turns the unaligned loads into
