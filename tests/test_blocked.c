@@ -10,6 +10,8 @@
  *     zero). Inputs are normal floats (no subnormals, no NaN), where oneDNN's rounding
  *     (vcvtneps2bf16, or its emulation) and mapo_bf16_bits agree: round to nearest even;
  *     ties are present (values with 16 trailing zero bits plus a half unit) and must match.
+ *   plain bf16 (the float32 values rounded by mapo_bf16_bits: a weight held in bf16) ->
+ *     blocked bf16: the same bytes as that reorder of the float32 values.
  *   blocked float32 -> plain float32, assigned and accumulated (+=): the same bytes as a
  *     oneDNN reorder (with a sum post-op for +=), the blocked padding holding NaN (never read).
  * A wrong stride, a swapped pair or a block read from the wrong origin moves some element and
@@ -21,6 +23,7 @@
 #include <oneapi/dnnl/dnnl.h>
 
 #include "../src/ops/blocked.h"
+#include "mapo/bf16.h"
 #include "testutil.h"
 
 static dnnl_engine_t eng;
@@ -105,6 +108,25 @@ static void one_case(int nd, const int64_t *dims, dnnl_format_tag_t plain_tag,
     }
     blocked_map_free(m);
 
+    /* plain bf16 (a weight held in bf16: the float32 one rounded) -> blocked bf16: the same
+       bytes as oneDNN's reorder of the float32 buffer. The plain buffer is exactly n elements
+       long, so the vector path's gathers must stop short of its end (ASan builds check). */
+    const dnnl_memory_desc_t pu16 = md_tag(nd, dims, dnnl_bf16, plain_tag);
+    m = blocked_map_new(&pu16, &b16);
+    if (!m) fail_msg("%s: blocked_map_new declined (bf16 plain)", name);
+    uint16_t *plain16 = malloc(n * 2);
+    for (int64_t i = 0; i < n; i++) plain16[i] = mapo_bf16_bits(plain[i]);
+    memset(got, 0xcd, nb16);
+    blocked_from_plain_u16(m, (uint16_t *)got, plain16);
+    if (memcmp(want, got, nb16)) {
+        size_t i = 0;
+        while (want[i] == got[i]) i++;
+        fail_msg("%s: bf16 plain -> bf16 blocked differs from oneDNN's reorder at byte %zu of %zu",
+                 name, i, nb16);
+    }
+    free(plain16);
+    blocked_map_free(m);
+
     /* blocked float32 -> plain float32, assigned and accumulated */
     const dnnl_memory_desc_t b32 = md_tag(nd, dims, dnnl_f32, tag);
     m = blocked_map_new(&pu, &b32);
@@ -166,9 +188,10 @@ static void test_declines(void **st) {
     const dnnl_memory_desc_t blk = md_tag(2, d, dnnl_f32, dnnl_AB16b16a);
     const dnnl_memory_desc_t ab = md_tag(2, d, dnnl_f32, dnnl_ab);
     const dnnl_memory_desc_t ab16 = md_tag(2, d, dnnl_bf16, dnnl_ab);
+    const dnnl_memory_desc_t abh = md_tag(2, d, dnnl_f16, dnnl_ab);
     assert_null(blocked_map_new(&blk, &blk)); /* the "plain" side has inner blocks */
     assert_null(blocked_map_new(&ab, &ab16)); /* nothing blocked: the caller's own copy */
-    assert_null(blocked_map_new(&ab16, &blk)); /* plain side not float32 */
+    assert_null(blocked_map_new(&abh, &blk)); /* plain side neither float32 nor bf16 */
 }
 
 static int setup(void **st) {

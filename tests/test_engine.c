@@ -147,11 +147,23 @@ static void conv_case(int B, int Cin, int H, int W, int Cout, int K, int stride,
     float *y3 = malloc(ny * 4);
     conv2d_forward_bf16x(y3, x16, w, b, B, Cin, H, W, Cout, K, stride, pad);
     assert_memory_equal(y3, y, ny * 4);
-    free(x16), free(dx3), free(dw3), free(db3), free(y3);
     /* dx / dw alone (the other NULL) and F32 backward = the float kernel */
     float *dx2 = copyf(dx0, nx);
     conv2d_backward_mp(MAPO_BF16, dx2, NULL, NULL, dy, x, w, B, Cin, H, W, Cout, K, stride, pad);
     assert_memory_equal(dx2, dx, nx * 4);
+    { /* the weight held in bf16 (a frozen one): the same numbers, from x or from x16 */
+        uint16_t *w16 = malloc(nw * 2);
+        mapo_round_bf16(w16, w, nw);
+        float *y4 = nans(ny), *dx4 = copyf(dx0, nx);
+        conv2d_forward_w16(y4, x, NULL, w16, b, B, Cin, H, W, Cout, K, stride, pad);
+        assert_memory_equal(y4, y, ny * 4);
+        conv2d_forward_w16(y4, NULL, x16, w16, b, B, Cin, H, W, Cout, K, stride, pad);
+        assert_memory_equal(y4, y, ny * 4);
+        conv2d_backward_data_w16(dx4, dy, w16, B, Cin, H, W, Cout, K, stride, pad);
+        assert_memory_equal(dx4, dx, nx * 4);
+        free(w16), free(y4), free(dx4);
+    }
+    free(x16), free(dx3), free(dw3), free(db3), free(y3);
     float *dw32 = copyf(dw0, nw), *dwf2 = copyf(dw0, nw);
     conv2d_backward_mp(MAPO_F32, NULL, dw32, NULL, dy, x, w, B, Cin, H, W, Cout, K, stride, pad);
     conv2d_backward(NULL, dwf2, NULL, dy, x, w, B, Cin, H, W, Cout, K, stride, pad);
@@ -305,6 +317,18 @@ static void linear_case(int64_t N, int in, int out, int bias) {
     float *y3 = malloc(N * out * 4);
     linear_forward_bf16x(y3, x16, w, bias ? b : NULL, N, in, out);
     assert_memory_equal(y3, y, N * out * 4);
+    { /* the weight held in bf16 (a frozen one): the same numbers, from x or from x16 */
+        uint16_t *w16 = malloc(nw * 2);
+        mapo_round_bf16(w16, w, nw);
+        float *y4 = nans(N * out), *dx4 = copyf(dx0, N * in);
+        linear_forward_w16(y4, x, NULL, w16, b, N, in, out);
+        assert_memory_equal(y4, y, N * out * 4);
+        linear_forward_w16(y4, NULL, x16, w16, b, N, in, out);
+        assert_memory_equal(y4, y, N * out * 4);
+        linear_backward_data_w16(dx4, dy, w16, N, in, out);
+        assert_memory_equal(dx4, dx, N * in * 4);
+        free(w16), free(y4), free(dx4);
+    }
     free(x16), free(dx3), free(dw3), free(db3), free(y3);
     float *bufs[] = {x, w, b, dy, y, yf, y32, dx0, dw0, db0, dx, dw, db, dbf};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);

@@ -12,7 +12,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "mapo/bf16.h"
 #include "mapo/common.h"
+#include "mapo/ops.h"
 #include "mapo/pairs.h"
 #include "mapo/safetensors.h"
 #include "mapo/step.h"
@@ -34,10 +36,12 @@ static double cmp(const st_file *f, const char *name, const float *x, int64_t n,
     return e;
 }
 
-static void load(const char *cs, unet *u, debug_batch *b, unet_inputs *in, st_file *exp) {
+/* mode: unet_load_dir's with_grad for the base UNet (0, or PARAMS_FROZEN_BF16) */
+static void load_as(const char *cs, int mode, unet *u, debug_batch *b, unet_inputs *in,
+                    st_file *exp) {
     char p[512];
     snprintf(p, sizeof p, "tests/fixtures/unet/%s/model", cs);
-    if (unet_load_dir(u, p, 0)) fail_msg("%s", mapo_last_error());
+    if (unet_load_dir(u, p, mode)) fail_msg("%s", mapo_last_error());
     snprintf(p, sizeof p, "tests/fixtures/lora/%s", cs); /* a folder: finds the file in it */
     if (unet_lora_load(u, p, 1)) fail_msg("%s", mapo_last_error());
     snprintf(p, sizeof p, "tests/fixtures/unet/%s/batch.safetensors", cs);
@@ -45,6 +49,9 @@ static void load(const char *cs, unet *u, debug_batch *b, unet_inputs *in, st_fi
     debug_batch_inputs(b, in);
     snprintf(p, sizeof p, "tests/fixtures/lora/%s/expect.safetensors", cs);
     if (st_open(exp, p)) fail_msg("%s", mapo_last_error());
+}
+static void load(const char *cs, unet *u, debug_batch *b, unet_inputs *in, st_file *exp) {
+    load_as(cs, 0, u, b, in, exp);
 }
 
 static double cmp_grads(const unet *u, const st_file *f, const char *prefix, double tol,
@@ -216,6 +223,75 @@ static void test_off_merge_save(void **s) {
     unet_free(&u);
 }
 
+/* The frozen base UNet held in bf16 (PARAMS_FROZEN_BF16, what mapo train / bench / sample use
+   in a bf16 run): every weight of two or more dims in bf16 only, the rounding of the float32
+   one; norms and biases float32. A bf16 LoRA step, the adapters-off reference errors and a
+   step with gradient checkpointing give the same bits as with the float32-held base. */
+static void frozen_case(const char *cs) {
+    unet u, h;
+    debug_batch b, b2;
+    unet_inputs in, in2;
+    st_file f, f2;
+    load_as(cs, 0, &u, &b, &in, &f);
+    load_as(cs, PARAMS_FROZEN_BF16, &h, &b2, &in2, &f2);
+    assert_int_equal(h.params.total, u.params.total);
+    size_t n16 = 0;
+    for (int i = 0; i < u.params.n; i++) {
+        const param_info *p = &h.params.p[i];
+        const tensor *v = params_view(&h.params, i);
+        if (p->ndim < 2) {
+            assert_false(p->half);
+            assert_memory_equal(v->data, params_view(&u.params, i)->data, p->numel * 4);
+            continue;
+        }
+        assert_true(p->half && !v->data && v->bf16);
+        const float *w = params_view(&u.params, i)->data;
+        for (int64_t k = 0; k < p->numel; k++)
+            if (v->bf16[k] != mapo_bf16_bits(w[k])) fail_msg("%s[%lld]", p->name, (long long)k);
+        n16 += (size_t)p->numel;
+    }
+    assert_int_equal(h.params.total16, n16);
+    assert_true(n16 > u.params.total / 2);
+    assert_int_equal(params_bytes(&h.params), params_bytes(&u.params) - 2 * n16);
+    objective_cfg oc;
+    objective_cfg_default(&oc);
+    const int64_t np = (int64_t)b.n * u.cfg.out_channels * b.H * b.W;
+    float *pa = malloc(np * 4), *pb = malloc(np * 4);
+    double ea[8], eb[8];
+    objective_stats st;
+    assert_true(b.n <= 8);
+    for (int ck = 0; ck < 2; ck++) {
+        unet *m[2] = {&u, &h};
+        float *pred[2] = {pa, pb};
+        double *err[2] = {ea, eb};
+        for (int k = 0; k < 2; k++) {
+            m[k]->precision = MAPO_BF16;
+            m[k]->grad_ckpt = ck;
+            params_zero_grad(&m[k]->lora);
+            if (preference_step(m[k], &in, b.target, &oc, NULL, 1.0, err[k], &st, pred[k], NULL))
+                fail_msg("%s", mapo_last_error());
+        }
+        assert_memory_equal(pa, pb, np * 4);
+        assert_memory_equal(ea, eb, b.n * sizeof(double));
+        assert_memory_equal(u.lora.grad, h.lora.grad, u.lora.total * 4);
+    }
+    u.lora_on = h.lora_on = 0; /* DPO's reference: the adapters off */
+    model_errors(&u, &in, b.target, ea);
+    model_errors(&h, &in, b.target, eb);
+    assert_memory_equal(ea, eb, b.n * sizeof(double));
+    printf("  %-5s %zu of %zu parameters held in bf16: weights %zu -> %zu bytes, the same bits\n",
+           cs, n16, u.params.total, params_bytes(&u.params), params_bytes(&h.params));
+    free(pa), free(pb);
+    st_close(&f), st_close(&f2);
+    debug_batch_free(&b), debug_batch_free(&b2);
+    unet_free(&u), unet_free(&h);
+}
+static void test_frozen_bf16(void **s) {
+    (void)s;
+    frozen_case("sd15");
+    frozen_case("sdxl");
+}
+
 /* fresh adapters: B = 0 so the output is the base model's; A ~ N(0, 1/r) */
 static void test_fresh_init(void **s) {
     (void)s;
@@ -304,7 +380,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parity_sd15),    cmocka_unit_test(test_parity_sdxl),
         cmocka_unit_test(test_off_merge_save), cmocka_unit_test(test_fresh_init),
-        cmocka_unit_test(test_bad_files),
+        cmocka_unit_test(test_bad_files),      cmocka_unit_test(test_frozen_bf16),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

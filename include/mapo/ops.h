@@ -154,6 +154,22 @@ void conv2d_backward_bf16x(float *dx, float *dw, float *db, const float *dy, con
                            int stride, int pad, int dx_assign);
 void linear_backward_bf16x(float *dx, float *dw, float *db, const float *dy, const uint16_t *x16,
                            const float *w, int64_t N, int in, int out, int dx_assign);
+/* A frozen weight held in bf16 (w16: bf16 bits, OIHW / [out, in], round to nearest even of the
+   float32 weight): the bf16 convolution / linear forward, from x (float32) or, when x16 is not
+   NULL, its bf16 copy as above, and the backward's dx += (no weight gradient: the weight is
+   frozen). The same primitives and bf16 operands as conv2d_forward_mp / conv2d_backward_mp /
+   linear_forward_mp / linear_backward_mp with MAPO_BF16 and the float32 weight (and as
+   the *_bf16x forwards when x16 is given), so the same numbers, while the weight takes half
+   the memory and converts into the primitives' layouts from half the bytes. */
+void conv2d_forward_w16(float *y, const float *x, const uint16_t *x16, const uint16_t *w16,
+                        const float *b, int B, int Cin, int H, int W, int Cout, int K, int stride,
+                        int pad);
+void conv2d_backward_data_w16(float *dx, const float *dy, const uint16_t *w16, int B, int Cin,
+                              int H, int W, int Cout, int K, int stride, int pad);
+void linear_forward_w16(float *y, const float *x, const uint16_t *x16, const uint16_t *w16,
+                        const float *b, int64_t N, int in, int out);
+void linear_backward_data_w16(float *dx, const float *dy, const uint16_t *w16, int64_t N, int in,
+                              int out);
 /* nchw_to_nhwc / nhwc_to_nchw in float (x[B,C,HW] <-> y[B,HW,C]) by 16x16 register tiles,
    y = or, when accumulate, y += the transpose: the same values (copies, one add). What mapo's
    models call; the plain kernels above stay as the float twin of the float64 reference. */

@@ -16,14 +16,17 @@ typedef struct {
     int ndim;
     int64_t shape[TENSOR_MAX_DIMS];
     int64_t numel;
-    size_t offset; /* in floats, into data / grad */
+    size_t offset; /* in floats, into data / grad; in bf16 values into data16 when half */
+    int half;      /* held in bf16 (PARAMS_FROZEN_BF16): data16, no float32 copy */
 } param_info;
 
 typedef struct {
     param_info *p;
     int n, cap;
-    size_t total;   /* floats */
-    float *data;    /* [total] */
+    size_t total;   /* parameters; floats of data and grad unless some are half */
+    size_t total16; /* of them held in bf16 (data16); data holds total - total16 floats */
+    float *data;    /* [total - total16] */
+    uint16_t *data16; /* [total16] bf16 bits, or NULL */
     float *grad;    /* [total] or NULL when frozen */
     tensor *views;  /* [n] tensors into data/grad, valid after params_alloc */
 } param_table;
@@ -41,8 +44,16 @@ int params_add(param_table *t, int ndim, const int64_t *shape, const char *fmt, 
  * existing file, more than that file (or, for a sharded checkpoint's index, its shards
  * together) can hold at 2 bytes (F16 / BF16) a parameter. */
 int params_check_size(const param_table *t, const char *what, const char *weights);
-/* Allocate data (zeroed) and, if with_grad, gradients; build tensor views. */
+/* Allocate data (zeroed) and, if with_grad is 1, gradients; build tensor views. with_grad
+   PARAMS_FROZEN_BF16: no gradients, and every parameter of two or more dims (the convolutions'
+   and linear layers' weights) held in bf16 only (data16; its view's data is NULL and its bf16
+   field points there), as the official LoRA and DPO scripts cast the frozen UNet to the
+   mixed-precision dtype: the bf16 ops read these weights rounded to bf16 anyway, so the
+   results are the same, from half the memory. Norms and biases stay float32. */
+#define PARAMS_FROZEN_BF16 2
 void params_alloc(param_table *t, int with_grad);
+/* bytes of the weights: 4 a float32 parameter, 2 a half one */
+size_t params_bytes(const param_table *t);
 int params_find(const param_table *t, const char *name);
 static inline tensor *params_view(param_table *t, int idx) {
     return idx < 0 ? NULL : &t->views[idx];
@@ -51,7 +62,8 @@ static inline tensor *params_view(param_table *t, int idx) {
  * biases, ones/zeros for norms), from a counter-based stream keyed by seed. */
 void params_init_random(param_table *t, uint64_t seed);
 /* Load every parameter from a safetensors file: every name must be present with the
- * right shape (F32/F16/BF16/F64 accepted); extra tensors are an error unless
+ * right shape (F32/F16/BF16/F64 accepted; a half parameter gets the bf16 rounding of the
+ * float32 value, mapo_bf16_bits); extra tensors are an error unless
  * allow_extra. prefix is prepended to names in the file (e.g. "" or "unet."). path may be a
  * sharded checkpoint's index (st_is_index: *.safetensors.index.json and its shards). */
 int params_load(param_table *t, const char *path, const char *prefix, int allow_extra);
@@ -71,7 +83,8 @@ void weights_close(weights_src *w);
 const st_tensor *weights_find(const weights_src *w, const char *name); /* NULL when absent */
 int weights_count(const weights_src *w);
 const st_tensor *weights_tensor(const weights_src *w, int i);
-/* Save all parameters (F32) atomically. */
+/* Save all parameters (F32) atomically. params_write and params_save take a table without
+ * half parameters (only frozen models hold them, and those are never saved). */
 int params_save(const param_table *t, const char *path);
 /* Add one tensor per parameter to a safetensors writer, named prefix + diffusers name, with
  * data from base + offset: base is t->data (weights), t->grad, or an arena of the same layout

@@ -76,7 +76,9 @@ int cmd_bench(int argc, char **argv) {
     if (objective_parse(loss, &oc.kind)) return -1;
     unet u, ref;
     if (lora < 0 || lora > 4096) return mapo_error("--lora_rank must be in 0..4096");
-    if (unet_init_dir(&u, config, 1, lora == 0)) return -1;
+    /* as mapo train: frozen weights (under LoRA, DPO's reference) held in bf16 in a bf16 run */
+    const int frozen = precision != MAPO_F32 ? PARAMS_FROZEN_BF16 : 0;
+    if (unet_init_dir(&u, config, 1, lora == 0 ? 1 : frozen)) return -1;
     if (lora && unet_lora_add(&u, (int)lora, 1)) return -1;
     u.precision = precision;
     u.grad_ckpt = grad_ckpt;
@@ -84,7 +86,7 @@ int cmd_bench(int argc, char **argv) {
     /* DPO's reference: a second UNet, or with LoRA the same one with adapters off */
     const int refd = oc.kind == OBJ_DPO || oc.kind == OBJ_KTO; /* objectives with a reference */
     int have_ref = refd && !lora, self_ref = refd && lora;
-    if (have_ref && unet_init_dir(&ref, config, 1, 0)) return -1;
+    if (have_ref && unet_init_dir(&ref, config, 1, frozen)) return -1;
     ref.precision = precision;
     const int n = 2 * (int)pairs, H = (int)res, W = (int)res, S = (int)seq;
     const int P = u.cfg.text_time ? u.cfg.proj_class_dim - 6 * u.cfg.add_time_dim : 0;
@@ -124,11 +126,12 @@ int cmd_bench(int argc, char **argv) {
            "\"pairs_per_s\":%.4g,\"step_s\":%.4g,\"fwd_gflop\":%.4g,\"step_gflop\":%.4g,"
            "\"gflop_per_s\":%.4g,\"gemm_ceiling_gflops\":%.4g,\"peak_rss_mb\":%.1f,"
            "\"rss_base_mb\":%.1f,\"train_mem_mb\":%.1f,\"activation_peak_mb\":%.1f,"
-           "\"params\":%zu,\"trained_params\":%zu,\"threads\":%d}\n",
+           "\"params\":%zu,\"trained_params\":%zu,\"weight_bytes\":%zu,\"threads\":%d}\n",
            loss, st.loss, (long long)pairs, (long long)res, precision ? "bf16" : "f32", grad_ckpt,
            pairs / dt, dt, fwd / 1e9, step_flop / 1e9, step_flop / dt / 1e9, ceiling,
            peak / 1048576.0, rss_base / 1048576.0, (peak - rss_base) / 1048576.0,
-           act / 1048576.0, u.params.total, tp->total, omp_get_max_threads());
+           act / 1048576.0, u.params.total, tp->total, params_bytes(&u.params),
+           omp_get_max_threads());
     free(sample); free(target); free(ts); free(ehs); free(te); free(tid);
     free(m); free(v); free(err); free(rerr);
     if (have_ref) unet_free(&ref);

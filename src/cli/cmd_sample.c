@@ -10,6 +10,7 @@
 #include "mapo/common.h"
 #include "mapo/generate.h"
 #include "mapo/image.h"
+#include "mapo/ops.h"
 #include "mapo/safetensors.h"
 #include "mapo/single_file.h"
 
@@ -117,7 +118,9 @@ int cmd_sample(int argc, char **argv) {
     uint8_t *u8 = NULL;
     const char **negs = xcalloc(n, sizeof *negs);
     for (int i = 0; i < n; i++) negs[i] = neg;
-    if (pipeline_load(&p, model, PIPE_TEXT | PIPE_VAE | PIPE_UNET, unet_dir, 0)) {
+    /* bf16: the UNet's weights held in bf16 (PARAMS_FROZEN_BF16, the same images) */
+    if (pipeline_load(&p, model, PIPE_TEXT | PIPE_VAE | PIPE_UNET, unet_dir,
+                      precision != MAPO_F32 ? PARAMS_FROZEN_BF16 : 0)) {
         rc = -1;
         goto done;
     }

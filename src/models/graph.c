@@ -235,9 +235,26 @@ void graph_backward(graph *g, tensor *out) {
 }
 
 /* ------------------------------------------------------------------ conv2d */
+/* w is a frozen weight held in bf16 (params.h, PARAMS_FROZEN_BF16): its bits in w->bf16, no
+   float32 data. Only the bf16 ops read it. */
+static int weight_w16(const graph *g, const tensor *w) {
+    if (w->data || !w->bf16) return 0;
+    if (g->precision == MAPO_F32) {
+        fprintf(stderr, "mapo: error: internal: a weight held in bf16 reached a float32 pass\n");
+        exit(2);
+    }
+    return 1;
+}
+
 static void conv2d_bw(graph *g, node *n) {
     tensor *x = n->in[0], *w = n->in[1];
-    if (n->xb) { /* bf16: the weight gradient reads the input's bf16 copy */
+    if (weight_w16(g, w)) { /* frozen: dx only */
+        float *dx = gin(g, n, 0);
+        if (dx)
+            conv2d_backward_data_w16(dx, n->out->grad, w->bf16, (int)x->shape[0],
+                                     (int)x->shape[1], (int)x->shape[2], (int)x->shape[3],
+                                     (int)w->shape[0], (int)w->shape[2], n->i[0], n->i[1]);
+    } else if (n->xb) { /* bf16: the weight gradient reads the input's bf16 copy */
         int set;
         float *dx = gin_assign(g, n, 0, &set);
         conv2d_backward_bf16x(dx, gin(g, n, 1), gin(g, n, 2), n->out->grad, n->xb, w->data,
@@ -290,7 +307,10 @@ tensor *t_conv2d(graph *g, tensor *x, tensor *w, tensor *b, int stride, int pad)
     int Ho = (H + 2 * pad - K) / stride + 1, Wo = (W + 2 * pad - K) / stride + 1;
     tensor *y = graph_new4(g, B, Cout, Ho, Wo);
     const uint16_t *x16 = mm_bf16_input(g, x, w, 1);
-    if (x16)
+    if (weight_w16(g, w))
+        conv2d_forward_w16(y->data, x->data, x16, w->bf16, b ? b->data : NULL, B, Cin, H, W,
+                           Cout, K, stride, pad);
+    else if (x16)
         conv2d_forward_bf16x(y->data, x16, w->data, b ? b->data : NULL, B, Cin, H, W, Cout, K,
                              stride, pad);
     else
@@ -310,7 +330,12 @@ static int64_t rows_of(const tensor *x) { return x->numel / x->shape[x->ndim - 1
 
 static void linear_bw(graph *g, node *n) {
     tensor *x = n->in[0], *w = n->in[1];
-    if (n->xb) {
+    if (weight_w16(g, w)) { /* frozen: dx only */
+        float *dx = gin(g, n, 0);
+        if (dx)
+            linear_backward_data_w16(dx, n->out->grad, w->bf16, rows_of(x), (int)w->shape[1],
+                                     (int)w->shape[0]);
+    } else if (n->xb) {
         int set;
         float *dx = gin_assign(g, n, 0, &set);
         linear_backward_bf16x(dx, gin(g, n, 1), gin(g, n, 2), n->out->grad, n->xb, w->data,
@@ -326,7 +351,10 @@ tensor *t_linear(graph *g, tensor *x, tensor *w, tensor *b) {
     shape[x->ndim - 1] = w->shape[0];
     tensor *y = graph_new(g, x->ndim, shape);
     const uint16_t *x16 = mm_bf16_input(g, x, w, 0);
-    if (x16)
+    if (weight_w16(g, w))
+        linear_forward_w16(y->data, x->data, x16, w->bf16, b ? b->data : NULL, rows_of(x),
+                           (int)w->shape[1], (int)w->shape[0]);
+    else if (x16)
         linear_forward_bf16x(y->data, x16, w->data, b ? b->data : NULL, rows_of(x),
                              (int)w->shape[1], (int)w->shape[0]);
     else

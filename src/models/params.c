@@ -3,11 +3,13 @@
 
 #include <math.h>
 #include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #include "mapo/common.h"
+#include "mapo/ops.h"
 #include "mapo/rng.h"
 #include "mapo/safetensors.h"
 
@@ -17,6 +19,7 @@ void params_free(param_table *t) {
     for (int i = 0; i < t->n; i++) free(t->p[i].name);
     free(t->p);
     free(t->data);
+    free(t->data16);
     free(t->grad);
     free(t->views);
     memset(t, 0, sizeof *t);
@@ -67,16 +70,60 @@ int params_check_size(const param_table *t, const char *what, const char *weight
 
 void params_alloc(param_table *t, int with_grad) {
     free(t->data);
+    free(t->data16);
     free(t->grad);
     free(t->views);
-    t->data = xcalloc(t->total, sizeof(float));
-    t->grad = with_grad ? xcalloc(t->total, sizeof(float)) : NULL;
+    /* the offsets again: in registration order, half parameters in their own arena */
+    size_t o32 = 0, o16 = 0;
+    for (int i = 0; i < t->n; i++) {
+        param_info *p = &t->p[i];
+        p->half = with_grad == PARAMS_FROZEN_BF16 && p->ndim >= 2;
+        p->offset = p->half ? o16 : o32;
+        *(p->half ? &o16 : &o32) += (size_t)p->numel;
+    }
+    t->total16 = o16;
+    t->data = xcalloc(o32 ? o32 : 1, sizeof(float));
+    t->data16 = o16 ? xcalloc(o16, sizeof(uint16_t)) : NULL;
+    t->grad = with_grad == 1 ? xcalloc(t->total, sizeof(float)) : NULL;
     t->views = xcalloc(t->n, sizeof(tensor));
     for (int i = 0; i < t->n; i++) {
         param_info *p = &t->p[i];
-        tensor_param(&t->views[i], t->data + p->offset, t->grad ? t->grad + p->offset : NULL,
-                     p->ndim, p->shape);
+        tensor_param(&t->views[i], p->half ? NULL : t->data + p->offset,
+                     t->grad ? t->grad + p->offset : NULL, p->ndim, p->shape);
+        if (p->half) t->views[i].bf16 = t->data16 + p->offset;
     }
+}
+
+size_t params_bytes(const param_table *t) {
+    return (t->total - t->total16) * sizeof(float) + t->total16 * sizeof(uint16_t);
+}
+
+/* parameter i = v (numel float32 values): a half one rounded to bf16 */
+static void param_set(param_table *t, int i, const float *v) {
+    const param_info *p = &t->p[i];
+    if (!p->half) {
+        if (v != t->data + p->offset) memcpy(t->data + p->offset, v, p->numel * sizeof(float));
+        return;
+    }
+    mapo_round_bf16(t->data16 + p->offset, v, p->numel);
+}
+
+/* where parameter i's float32 values are built before param_set: its own data, or, for a half
+   one, tmp (grown to fit) */
+static float *param_stage(const param_table *t, int i, float **tmp, size_t *cap) {
+    const param_info *p = &t->p[i];
+    if (!p->half) return t->data + p->offset;
+    if ((size_t)p->numel > *cap) {
+        *cap = (size_t)p->numel;
+        *tmp = xrealloc(*tmp, *cap * sizeof(float));
+    }
+    return *tmp;
+}
+
+static void no_half(const param_table *t, const char *what) {
+    if (!t->total16) return;
+    fprintf(stderr, "mapo: error: internal: %s of a model holding weights in bf16\n", what);
+    exit(2);
 }
 
 int params_find(const param_table *t, const char *name) {
@@ -91,13 +138,16 @@ static int ends_with(const char *s, const char *suf) {
 }
 
 void params_init_random(param_table *t, uint64_t seed) {
+    float *tmp = NULL;
+    size_t cap = 0;
     for (int i = 0; i < t->n; i++) {
         param_info *p = &t->p[i];
-        float *d = t->data + p->offset;
+        float *d = param_stage(t, i, &tmp, &cap);
         int is_norm = strstr(p->name, "norm") != NULL && p->ndim == 1;
         if (is_norm) {
             float v = ends_with(p->name, ".weight") ? 1.0f : 0.0f;
             for (int64_t k = 0; k < p->numel; k++) d[k] = v;
+            param_set(t, i, d);
             continue;
         }
         /* fan_in of the weight this belongs to: for a bias, the matching weight */
@@ -116,7 +166,9 @@ void params_init_random(param_table *t, uint64_t seed) {
         philox_init(&r, seed, 0x9a7a3ULL, (uint64_t)i);
         for (int64_t k = 0; k < p->numel; k++)
             d[k] = (float)((2.0 * philox_uniform(&r) - 1.0) * bound);
+        param_set(t, i, d);
     }
+    free(tmp);
 }
 
 static void shape_str(char *buf, size_t n, int ndim, const int64_t *s) {
@@ -152,8 +204,11 @@ int params_load(param_table *t, const char *path, const char *prefix, int allow_
     if (weights_open(&f, path)) return -1;
     int rc = 0;
     char name[640];
+    float *tmp = NULL;
+    size_t cap = 0;
     for (int i = 0; i < t->n && !rc; i++) {
         param_info *p = &t->p[i];
+        float *d = param_stage(t, i, &tmp, &cap);
         snprintf(name, sizeof name, "%s%s", prefix, p->name);
         const st_tensor *s = weights_find(&f, name);
         if (!s) {
@@ -171,19 +226,20 @@ int params_load(param_table *t, const char *path, const char *prefix, int allow_
                             a, b);
             break;
         }
-        if (st_to_f32(s, t->data + p->offset)) {
+        if (st_to_f32(s, d)) {
             rc = mapo_error_prefix("%s: parameter '%s'", path, name);
             break;
         }
         st_tensor_release(s);
-        float *d = t->data + p->offset;
         for (int64_t k = 0; k < p->numel; k++)
             if (!isfinite(d[k])) {
                 rc = mapo_error("%s: parameter '%s' holds a non-finite value at index %lld", path,
                                 name, (long long)k);
                 break;
             }
+        if (!rc) param_set(t, i, d);
     }
+    free(tmp);
     if (!rc && !allow_extra) {
         size_t pl = strlen(prefix);
         for (int i = 0; i < weights_count(&f); i++) {
@@ -201,6 +257,7 @@ int params_load(param_table *t, const char *path, const char *prefix, int allow_
 }
 
 void params_write(const param_table *t, st_writer *w, const char *prefix, const float *base) {
+    no_half(t, "saving the parameters");
     char name[640];
     for (int i = 0; i < t->n; i++) {
         const param_info *p = &t->p[i];

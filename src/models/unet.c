@@ -577,6 +577,8 @@ int unet_save_dir_as(const unet *u, const char *dir, st_dtype store) {
         return mapo_error("%s: cannot create folder: %s", dir, strerror(errno));
     char p[4200];
     snprintf(p, sizeof p, "%s/diffusion_pytorch_model.safetensors", dir);
+    if (u->params.total16) /* only frozen models hold them, and those are never saved */
+        return mapo_error("%s: internal: the UNet holds its weights in bf16 only", dir);
     /* as params_save, each float32 parameter stored as `store` */
     st_writer *w = st_writer_new();
     for (int i = 0; i < u->params.n; i++) {

@@ -26,6 +26,7 @@ struct blocked_map {
     int64_t bstride[MAXD]; /* the blocked buffer's outer strides */
     int64_t ustride[MAXD]; /* the plain buffer's strides */
     int64_t nblocks;
+    int64_t extent; /* elements of the plain buffer: its largest offset + 1 */
     int32_t *tab;   /* [ib]: plain offset of inner element k from its block's origin */
     int16_t *delta; /* [ib][nd]: its position inside the block, per dim */
 };
@@ -42,11 +43,11 @@ static int plain_ok(const dnnl_memory_desc_t *d) {
 blocked_map *blocked_map_new(const dnnl_memory_desc_t *plain, const dnnl_memory_desc_t *b) {
     const int nd = b->ndims;
     const dnnl_blocking_desc_t *bk = &b->format_desc.blocking;
-    if (nd < 1 || nd > MAXD || plain->ndims != nd || plain->data_type != dnnl_f32 ||
-        !plain_ok(plain) || b->format_kind != dnnl_blocked || b->offset0 || b->extra.flags ||
+    if (nd < 1 || nd > MAXD || plain->ndims != nd ||
+        (plain->data_type != dnnl_f32 && plain->data_type != dnnl_bf16) || !plain_ok(plain) || b->format_kind != dnnl_blocked || b->offset0 || b->extra.flags ||
         bk->inner_nblks < 1)
         return NULL;
-    blocked_map m = {.nd = nd, .ib = 1, .nblocks = 1};
+    blocked_map m = {.nd = nd, .ib = 1, .nblocks = 1, .extent = 1};
     for (int d = 0; d < nd; d++) m.blk[d] = 1;
     for (int j = 0; j < bk->inner_nblks; j++) {
         const int64_t d = bk->inner_idxs[j], n = bk->inner_blks[j];
@@ -65,6 +66,7 @@ blocked_map *blocked_map_new(const dnnl_memory_desc_t *plain, const dnnl_memory_
         m.ustride[d] = plain->format_desc.blocking.strides[d];
         if (m.ustride[d] < 0) return NULL;
         reach += (m.blk[d] - 1) * m.ustride[d];
+        m.extent += (m.dims[d] - 1) * m.ustride[d];
         m.nblocks *= m.nob[d];
     }
     if (reach > INT32_MAX) return NULL;
@@ -143,6 +145,40 @@ void blocked_from_plain_bf16(const blocked_map *m, uint16_t *blocked, const floa
             continue;
         }
         for (; k < m->ib; k++) o[k] = inside(m, org, k) ? mapo_bf16_bits(s[m->tab[k]]) : 0;
+    }
+}
+
+/* the largest plain offset inside a full block: element k sits at its origin + tab[k] */
+static int64_t block_reach(const blocked_map *m) {
+    int64_t r = 0;
+    for (int k = 0; k < m->ib; k++) r = m->tab[k] > r ? m->tab[k] : r;
+    return r;
+}
+
+void blocked_from_plain_u16(const blocked_map *m, uint16_t *blocked, const uint16_t *plain) {
+    const int64_t reach = block_reach(m);
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < m->nblocks; b++) {
+        int64_t at_b, at_u, org[MAXD];
+        const int full = block_at(m, b, &at_b, &at_u, org);
+        uint16_t *o = blocked + at_b;
+        const uint16_t *s = plain + at_u;
+        int k = 0;
+        if (full) {
+#ifdef __AVX512F__
+            /* 16 lanes gather 32 bits at each element (its 16 and the next element's): only
+               where the block's last element is not the buffer's, so no read passes its end */
+            if (at_u + reach + 1 < m->extent)
+                for (; k + 16 <= m->ib; k += 16) {
+                    const __m512i idx = _mm512_loadu_si512((const void *)(m->tab + k));
+                    _mm256_storeu_si256((__m256i *)(o + k),
+                                        _mm512_cvtepi32_epi16(_mm512_i32gather_epi32(idx, s, 2)));
+                }
+#endif
+            for (; k < m->ib; k++) o[k] = s[m->tab[k]];
+            continue;
+        }
+        for (; k < m->ib; k++) o[k] = inside(m, org, k) ? s[m->tab[k]] : 0;
     }
 }
 

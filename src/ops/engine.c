@@ -97,7 +97,7 @@ static void prim_exec(const prim_t *p, int na, dnnl_exec_arg_t *args) {
    (XP_NONE), one of layout.c's transposes between NCHW and NHWC, mapo_round_bf16, or
    blocked.c's map between a plain float32 buffer and a blocked layout (io.map). */
 enum { XP_NONE, XP_IN_F32, XP_IN_U16, XP_OUT, XP_OUT_ACC, XP_IN_ROUND, XP_IN_BLOCKED,
-       XP_OUT_BLOCKED, XP_OUT_BLOCKED_ACC };
+       XP_IN_BLOCKED16, XP_OUT_BLOCKED, XP_OUT_BLOCKED_ACC };
 
 typedef struct {
     dnnl_memory_t user, prim;  /* prim == user when no conversion is needed */
@@ -195,7 +195,8 @@ static void io_init(io *x, const_dnnl_primitive_desc_t pd, int arg,
     x->xpose = io_xpose(umd, pmd, is_out, accumulate);
     if (!x->xpose && pmd->data_type == (is_out ? dnnl_f32 : dnnl_bf16) &&
         (x->map = blocked_map_new(umd, pmd)))
-        x->xpose = !is_out ? XP_IN_BLOCKED : accumulate ? XP_OUT_BLOCKED_ACC : XP_OUT_BLOCKED;
+        x->xpose = is_out ? (accumulate ? XP_OUT_BLOCKED_ACC : XP_OUT_BLOCKED)
+                          : umd->data_type == dnnl_bf16 ? XP_IN_BLOCKED16 : XP_IN_BLOCKED;
     if (x->xpose) {
         for (int i = 0; i < 4; i++) x->dims[i] = i < umd->ndims ? umd->dims[i] : 1;
         return;
@@ -229,6 +230,7 @@ static void io_convert(const io *x, int is_out) {
     case XP_OUT_ACC: layout_nhwc_to_nchw_f32(u, p, B, C, HW, 1); break;
     case XP_IN_ROUND: mapo_round_bf16(p, u, B * C * HW); break;
     case XP_IN_BLOCKED: blocked_from_plain_bf16(x->map, p, u); break;
+    case XP_IN_BLOCKED16: blocked_from_plain_u16(x->map, p, u); break;
     case XP_OUT_BLOCKED: blocked_to_plain_f32(x->map, u, p, 0); break;
     case XP_OUT_BLOCKED_ACC: blocked_to_plain_f32(x->map, u, p, 1); break;
     }
@@ -375,21 +377,25 @@ static dnnl_primitive_desc_t conv_fwd_pd(const conv_geo *g, int with_bias) {
 }
 
 /* Build the cached op of a problem not in the cache yet (conv_op / matmul_op look it up);
-   the key is {kind, B, Cin, H, W, Cout, K, stride, pad, with_bias}. */
+   the key is {kind, B, Cin, H, W, Cout, K, stride, pad, with_bias, w16}; w16: the weights
+   are given as bf16 bits (OIHW) rather than float32 (a frozen weight held in bf16). The
+   primitive is the same either way, so are its bf16 weights (the float32 ones are rounded
+   to them), so are the results. */
 static op *conv_op_build(const int64_t key[12]) {
     const int kind = (int)key[0], B = (int)key[1], Cin = (int)key[2], H = (int)key[3];
     const int W = (int)key[4], Cout = (int)key[5], K = (int)key[6], stride = (int)key[7];
-    const int pad = (int)key[8], with_bias = (int)key[9];
+    const int pad = (int)key[8], with_bias = (int)key[9], w16 = (int)key[10];
     engine_init();
     op *o;
     conv_geo g;
     conv_geo_init(&g, B, Cin, H, W, Cout, K, stride, pad);
     o = op_new(key);
+    const dnnl_memory_desc_t wu = w16 ? md_tag(4, g.w.dims, dnnl_bf16, dnnl_oihw) : g.w;
     dnnl_primitive_desc_t fwd = conv_fwd_pd(&g, with_bias), pd;
     if (kind == K_CONV_FWD || kind == K_CONV_FWD16) {
         const int a[2] = {DNNL_ARG_SRC, DNNL_ARG_WEIGHTS};
         const dnnl_memory_desc_t u[2] = {
-            kind == K_CONV_FWD16 ? md_tag(4, g.x.dims, dnnl_bf16, dnnl_nhwc) : g.x, g.w};
+            kind == K_CONV_FWD16 ? md_tag(4, g.x.dims, dnnl_bf16, dnnl_nhwc) : g.x, wu};
         op_finish(o, fwd, 2, a, u, DNNL_ARG_DST, &g.y, 0, with_bias ? DNNL_ARG_BIAS : 0, &g.b);
         return o;
     }
@@ -402,7 +408,7 @@ static op *conv_op_build(const int64_t key[12]) {
                                                     &g.ya, g.st, g.pl, g.pl));
         DN(dnnl_primitive_desc_create(&pd, &cd, attr, g_eng, fwd));
         const int a[2] = {DNNL_ARG_DIFF_DST, DNNL_ARG_WEIGHTS};
-        const dnnl_memory_desc_t u[2] = {kind == K_CONV_BWD_DATA ? g.y : y16, g.w};
+        const dnnl_memory_desc_t u[2] = {kind == K_CONV_BWD_DATA ? g.y : y16, wu};
         op_finish(o, pd, 2, a, u, DNNL_ARG_DIFF_SRC, &g.x, kind != K_CONV_BWD_DATA16_SET, 0,
                   NULL);
     } else {
@@ -423,9 +429,11 @@ static op *conv_op_build(const int64_t key[12]) {
 
 /* C[M,N] (+)= A[M,K] @ B[K,N], A and B float32 with the given strides (transposes are views),
    computed with bf16 operands (p == MAPO_BF16) or float32; C float32 row-major. The key is
-   {kind, p, M, K, N, A's strides, B's strides, with_bias, accumulate}. */
+   {kind, p, M, K, N, A's strides, B's strides, with_bias, accumulate, w16}; w16: B (the
+   weight of a forward or a dx product) is given as bf16 bits, as conv_op_build's. */
 static op *matmul_op_build(const int64_t key[12]) {
     const int kind = (int)key[0], with_bias = (int)key[9], accumulate = (int)key[10];
+    const int w16 = (int)key[11];
     const mapo_precision p = (mapo_precision)key[1];
     const int64_t M = key[2], K = key[3], N = key[4], *as = key + 5, *bs = key + 7;
     engine_init();
@@ -434,7 +442,8 @@ static op *matmul_op_build(const int64_t key[12]) {
     const int64_t ad[2] = {M, K}, bd[2] = {K, N}, cd_[2] = {M, N}, biasd[2] = {1, N};
     const int a16 = kind == K_MM_FWD16 || kind == K_MM_DX16 || kind == K_MM_DW16;
     dnnl_memory_desc_t au = md_strides(2, ad, a16 ? dnnl_bf16 : dnnl_f32, as);
-    dnnl_memory_desc_t bu = md_strides(2, bd, kind == K_MM_DW16 ? dnnl_bf16 : dnnl_f32, bs);
+    dnnl_memory_desc_t bu =
+        md_strides(2, bd, kind == K_MM_DW16 || w16 ? dnnl_bf16 : dnnl_f32, bs);
     /* The weight gradient's A is dy^T, a transposed view: kept transposed on the primitive's
        side (brgemm reads a transposed A), its conversion to bf16 is then a contiguous pass
        rather than a transposing one. Its B, when already bf16 (x16, row-major), is read
@@ -488,16 +497,25 @@ static op *op_get(int conv, const int64_t key[12]) {
     engine_run_apart(build_main, &r);
     return r.res;
 }
+static op *conv_op_w(int kind, int B, int Cin, int H, int W, int Cout, int K, int stride,
+                     int pad, int with_bias, int w16) {
+    const int64_t key[12] = {kind, B, Cin, H, W, Cout, K, stride, pad, with_bias, w16};
+    return op_get(1, key);
+}
 static op *conv_op(int kind, int B, int Cin, int H, int W, int Cout, int K, int stride, int pad,
                    int with_bias) {
-    const int64_t key[12] = {kind, B, Cin, H, W, Cout, K, stride, pad, with_bias};
-    return op_get(1, key);
+    return conv_op_w(kind, B, Cin, H, W, Cout, K, stride, pad, with_bias, 0);
+}
+static op *matmul_op_w(int kind, mapo_precision p, int64_t M, int64_t K, int64_t N,
+                       const int64_t as[2], const int64_t bs[2], int with_bias, int accumulate,
+                       int w16) {
+    const int64_t key[12] = {kind, p, M, K, N, as[0], as[1], bs[0], bs[1], with_bias,
+                             accumulate, w16};
+    return op_get(0, key);
 }
 static op *matmul_op(int kind, mapo_precision p, int64_t M, int64_t K, int64_t N,
                      const int64_t as[2], const int64_t bs[2], int with_bias, int accumulate) {
-    const int64_t key[12] = {kind, p, M, K, N, as[0], as[1], bs[0], bs[1], with_bias,
-                             accumulate};
-    return op_get(0, key);
+    return matmul_op_w(kind, p, M, K, N, as, bs, with_bias, accumulate, 0);
 }
 
 /* ------------------------------------------------------------------ ops.h entry points */
@@ -661,6 +679,40 @@ void linear_backward_bf16x(float *dx, float *dw, float *db, const float *dy, con
         const void *a[2] = {dy16, x16};
         op_run(o, a, dw, NULL);
     }
+}
+
+/* ------------------------------------------------------------------ weights held in bf16 */
+void conv2d_forward_w16(float *y, const float *x, const uint16_t *x16, const uint16_t *w16,
+                        const float *b, int B, int Cin, int H, int W, int Cout, int K, int stride,
+                        int pad) {
+    op *o = conv_op_w(x16 ? K_CONV_FWD16 : K_CONV_FWD, B, Cin, H, W, Cout, K, stride, pad,
+                      b != NULL, 1);
+    const void *in[2] = {x16 ? (const void *)x16 : x, w16};
+    op_run(o, in, y, b);
+}
+
+void conv2d_backward_data_w16(float *dx, const float *dy, const uint16_t *w16, int B, int Cin,
+                              int H, int W, int Cout, int K, int stride, int pad) {
+    op *o = conv_op_w(K_CONV_BWD_DATA, B, Cin, H, W, Cout, K, stride, pad, 0, 1);
+    const void *in[2] = {dy, w16};
+    op_run(o, in, dx, NULL);
+}
+
+void linear_forward_w16(float *y, const float *x, const uint16_t *x16, const uint16_t *w16,
+                        const float *b, int64_t N, int in, int out) {
+    const int64_t xs[2] = {in, 1}, ws[2] = {1, in};
+    op *o = matmul_op_w(x16 ? K_MM_FWD16 : K_MM_FWD, MAPO_BF16, N, in, out, xs, ws, b != NULL,
+                        0, 1);
+    const void *a[2] = {x16 ? (const void *)x16 : x, w16};
+    op_run(o, a, y, b);
+}
+
+void linear_backward_data_w16(float *dx, const float *dy, const uint16_t *w16, int64_t N, int in,
+                              int out) {
+    const int64_t ds[2] = {out, 1}, ws[2] = {in, 1};
+    op *o = matmul_op_w(K_MM_DX, MAPO_BF16, N, out, in, ds, ws, 0, 1, 1);
+    const void *a[2] = {dy, w16};
+    op_run(o, a, dx, NULL);
 }
 
 void mapo_round_bf16(uint16_t *dst, const float *src, int64_t n) {

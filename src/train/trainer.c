@@ -313,7 +313,9 @@ static int run_reference(run *r, const char *pairs_path) {
         mapo_log(1, "the cached reference errors do not fit this run (reference, seed or "
                     "epochs differ): using the reference UNet\n");
     }
-    if (unet_load_dir(&r->ref, rd, 0)) return -1;
+    /* frozen: its weights in bf16 when the run is (PARAMS_FROZEN_BF16, the same numbers) */
+    if (unet_load_dir(&r->ref, rd, c->precision != MAPO_F32 ? PARAMS_FROZEN_BF16 : 0))
+        return -1;
     r->have_ref = 1;
     r->ref.precision = c->precision; /* autocast covers the reference pass too */
     if (r->ref.params.total != r->u.params.total)
@@ -370,7 +372,10 @@ static int run_open(run *r, const char *pairs_path) {
     const train_config *c = r->c;
     if (ddpm_from_model_dir(&r->sch, c->model_dir)) return -1;
     r->have_sch = 1;
-    if (unet_load_dir(&r->u, c->model_dir, c->lora_rank == 0)) return -1;
+    /* trained whole, or frozen under LoRA adapters: then its weights in bf16 when the run is,
+       as the official LoRA script casts the frozen UNet (PARAMS_FROZEN_BF16, the same numbers) */
+    const int mode = c->lora_rank == 0 ? 1 : c->precision != MAPO_F32 ? PARAMS_FROZEN_BF16 : 0;
+    if (unet_load_dir(&r->u, c->model_dir, mode)) return -1;
     r->have_u = 1;
     r->u.precision = c->precision;
     r->u.grad_ckpt = c->gradient_checkpointing;
@@ -432,7 +437,8 @@ static int run_memory_plan(run *r) {
     const train_config *c = r->c;
     const double MiB = 1048576.0;
     const int n = r->halves * (int)c->train_batch_size;
-    double w = (double)r->u.params.total * 4, rf = r->have_ref ? (double)r->ref.params.total * 4 : 0;
+    double w = (double)params_bytes(&r->u.params);
+    double rf = r->have_ref ? (double)params_bytes(&r->ref.params) : 0;
     /* gradients + AdamW moments (8-bit: about a quarter) */
     double opt = (double)r->P * 4 + (r->opt.s8 ? (double)adamw8_bytes(r->opt.s8)
                                                 : (double)r->P * 4 * 2);

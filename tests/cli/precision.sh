@@ -5,7 +5,9 @@
 #    models, MaPO and Diffusion-DPO) and bit-identical trained weights (mapo train), in float32
 #    and in bf16, and the memory plan shows the smaller activation figure;
 #  - a bf16 training run resumes bit-identically after a stop;
-#  - mapo sample and mapo bench run in bf16.
+#  - mapo sample and mapo bench run in bf16;
+#  - under LoRA in bf16 the frozen UNet's weights are held in bf16, and such a run resumes
+#    bit-identically.
 source tests/cli/common.bash
 M=tests/fixtures/unet/sd15/model
 P=tests/fixtures/pipeline/sd15
@@ -80,6 +82,27 @@ $MAPO bench --config $M/config.json --res 8 --seq 7 --steps 1 --warmup 0 --mixed
   --gradient_checkpointing --gemm_probe 0 >$TMP/bench.json 2>/dev/null \
   && grep -q '"precision":"bf16","gradient_checkpointing":1' $TMP/bench.json \
   && ok "mapo bench --mixed_precision bf16 --gradient_checkpointing" || bad "bench: $(cat $TMP/bench.json)"
+
+# ---- the frozen UNet under LoRA held in bf16 in a bf16 run (PARAMS_FROZEN_BF16; test_lora holds
+# the bits to the float32-held base's): half the weight bytes in bench, and a bf16 LoRA run
+# resumes bit-identically (the base reloaded in bf16)
+wb() { sed -n 's/.*"weight_bytes":\([0-9]*\).*/\1/p' "$1"; }
+for mp in no bf16; do
+  $MAPO bench --config $M/config.json --res 8 --seq 7 --steps 1 --warmup 0 --lora_rank 4 \
+    --mixed_precision $mp --gemm_probe 0 >$TMP/lb_$mp.json 2>/dev/null || bad "bench LoRA $mp"
+done
+a=$(wb $TMP/lb_no.json); b=$(wb $TMP/lb_bf16.json)
+[ -n "$a" ] && [ -n "$b" ] && [ "$b" -lt "$a" ] && [ "$((2 * b))" -gt "$a" ] \
+  && ok "LoRA bf16: the frozen weights in bf16 ($a -> $b bytes; norms and biases float32)" \
+  || bad "LoRA weight bytes: float32 $a, bf16 $b"
+lr=(--lora_rank 4 --mixed_precision bf16 --checkpointing_steps 1)
+L=pytorch_lora_weights.safetensors
+$MAPO train "${tr[@]}" "${lr[@]}" --output_dir $TMP/lo 2>/dev/null || bad "bf16 LoRA run"
+$MAPO train "${tr[@]}" "${lr[@]}" --output_dir $TMP/lr --stop_after_steps 1 2>/dev/null
+$MAPO train "${tr[@]}" "${lr[@]}" --output_dir $TMP/lr --resume_from_checkpoint latest 2>/dev/null \
+  || bad "bf16 LoRA resume"
+[ -s $TMP/lo/$L ] && same $TMP/lr/$L $TMP/lo/$L && ok "a bf16 LoRA run resumes bit-identically" \
+  || bad "bf16 LoRA resume not exact"
 
 expect_error "unknown --mixed_precision" "--mixed_precision must be no, bf16 or fp16" \
   $MAPO train "${tr[@]}" --output_dir $TMP/x --mixed_precision fp8
