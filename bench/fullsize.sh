@@ -5,15 +5,17 @@
 #  2. SDXL at 1024 px (4x128x128), one pair, LoRA r=8, --gradient_checkpointing --mixed_precision
 #     bf16 through `mapo train` (its memory plan printed before the step), peak RSS measured by
 #     /usr/bin/time. Needs ~11 GB of disk in WORK_DIR for the random SDXL UNet.
-# Prints one line per run; the raw JSON and logs stay in WORK_DIR.
+# Prints one line per run; the raw JSON and logs stay in WORK_DIR. MAPO=BINARY runs another build
+# (default ./mapo); SKIP_SD15=1 / SKIP_SDXL=1 leave a part out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-/tmp/mapo_fullsize}
+MAPO=${MAPO:-./mapo}
 mkdir -p "$W"
 C=tests/fixtures/configs
 run() { # name, then mapo bench arguments
   local name=$1; shift
-  /usr/bin/time -f "%M" -o "$W/$name.maxrss" ./mapo bench "$@" --pairs 1 --steps 1 --warmup 1 \
+  /usr/bin/time -f "%M" -o "$W/$name.maxrss" "$MAPO" bench "$@" --pairs 1 --steps 1 --warmup 1 \
     --gemm_probe 0 >"$W/$name.json"
   python3 - "$W/$name.json" "$W/$name.maxrss" "$name" <<'PY'
 import json, sys
@@ -23,16 +25,17 @@ print(f"{sys.argv[3]:28s} step {d['step_s']:.1f} s  peak RSS {rss:.1f} GiB  "
 PY
 }
 for kind in full lora; do
+  [ "${SKIP_SD15:-0}" = 1 ] && break
   extra=(); [ $kind = lora ] && extra=(--lora_rank 8)
   for mp in no bf16; do
     run "sd15_512_${kind}_$mp" --config $C/sd15_unet.json --res 64 "${extra[@]}" --mixed_precision $mp
   done
 done
 if [ "${SKIP_SDXL:-0}" != 1 ]; then
-  [ -f "$W/sdxl/diffusion_pytorch_model.safetensors" ] || ./mapo init-unet --config $C/sdxl_unet.json --out "$W/sdxl" --seed 0
-  [ -f "$W/sdxl_pairs.safetensors" ] || ./mapo make-pairs --model "$W/sdxl" --out "$W/sdxl_pairs.safetensors" --n 2 --res 128 --seq 77
+  [ -f "$W/sdxl/diffusion_pytorch_model.safetensors" ] || "$MAPO" init-unet --config $C/sdxl_unet.json --out "$W/sdxl" --seed 0
+  [ -f "$W/sdxl_pairs.safetensors" ] || "$MAPO" make-pairs --model "$W/sdxl" --out "$W/sdxl_pairs.safetensors" --n 2 --res 128 --seq 77
   rm -rf "$W/sdxl_out"
-  /usr/bin/time -f "%M %e" -o "$W/sdxl_train.time" ./mapo train --pretrained_model_name_or_path "$W/sdxl" \
+  /usr/bin/time -f "%M %e" -o "$W/sdxl_train.time" "$MAPO" train --pretrained_model_name_or_path "$W/sdxl" \
     --dataset_name "$W/sdxl_pairs.safetensors" --output_dir "$W/sdxl_out" --train_batch_size 1 \
     --max_train_steps 1 --checkpointing_steps 0 --lora_rank 8 --gradient_checkpointing \
     --mixed_precision bf16 --report_to none 2>"$W/sdxl_train.log" >/dev/null

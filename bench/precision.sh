@@ -3,12 +3,13 @@
 # ("Mixed precision and gradient checkpointing"): mapo float32 / bf16 (with and without
 # gradient checkpointing) against PyTorch float32 and autocast-bf16 on both bench configs, then
 # MaPO against Diffusion-DPO inside mapo at the same settings. Each compare.sh run prints its
-# table; OUT_DIR keeps every program's raw JSON line.
+# table; OUT_DIR keeps every program's raw JSON line. ONLY_DPO=1 runs the last part alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-/tmp/mapo_precision}; r=${2:-3}
 mkdir -p "$out"
 for cfg in bench/bench_unet_dh64.json bench/bench_unet.json; do
+  [ "${ONLY_DPO:-0}" = 1 ] && break
   n=$(basename "$cfg" .json)
   bash bench/compare.sh "$cfg" mapo "$r" --mixed_precision bf16 --raw "$out/$n.bf16.tsv"
   bash bench/compare.sh "$cfg" mapo "$r" --mixed_precision no --raw "$out/$n.f32.tsv"

@@ -238,7 +238,7 @@ void graph_backward(graph *g, tensor *out) {
 /* w is a frozen weight held in bf16 (params.h, PARAMS_FROZEN_BF16): its bits in w->bf16, no
    float32 data. Only the bf16 ops read it. */
 static int weight_w16(const graph *g, const tensor *w) {
-    if (w->data || !w->bf16) return 0;
+    if (!w->is_param || w->data || !w->bf16) return 0;
     if (g->precision == MAPO_F32) {
         fprintf(stderr, "mapo: error: internal: a weight held in bf16 reached a float32 pass\n");
         exit(2);
