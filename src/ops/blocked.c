@@ -27,6 +27,7 @@ struct blocked_map {
     int64_t ustride[MAXD]; /* the plain buffer's strides */
     int64_t nblocks;
     int64_t extent; /* elements of the plain buffer: its largest offset + 1 */
+    int64_t reach;  /* the largest plain offset inside a block, from its origin */
     int32_t *tab;   /* [ib]: plain offset of inner element k from its block's origin */
     int16_t *delta; /* [ib][nd]: its position inside the block, per dim */
 };
@@ -70,6 +71,7 @@ blocked_map *blocked_map_new(const dnnl_memory_desc_t *plain, const dnnl_memory_
         m.nblocks *= m.nob[d];
     }
     if (reach > INT32_MAX) return NULL;
+    m.reach = reach;
     m.tab = xmalloc((size_t)m.ib * sizeof *m.tab);
     m.delta = xmalloc((size_t)m.ib * nd * sizeof *m.delta);
     for (int k = 0; k < m.ib; k++) {
@@ -148,15 +150,7 @@ void blocked_from_plain_bf16(const blocked_map *m, uint16_t *blocked, const floa
     }
 }
 
-/* the largest plain offset inside a full block: element k sits at its origin + tab[k] */
-static int64_t block_reach(const blocked_map *m) {
-    int64_t r = 0;
-    for (int k = 0; k < m->ib; k++) r = m->tab[k] > r ? m->tab[k] : r;
-    return r;
-}
-
 void blocked_from_plain_u16(const blocked_map *m, uint16_t *blocked, const uint16_t *plain) {
-    const int64_t reach = block_reach(m);
 #pragma omp parallel for schedule(static)
     for (int64_t b = 0; b < m->nblocks; b++) {
         int64_t at_b, at_u, org[MAXD];
@@ -168,7 +162,7 @@ void blocked_from_plain_u16(const blocked_map *m, uint16_t *blocked, const uint1
 #ifdef __AVX512F__
             /* 16 lanes gather 32 bits at each element (its 16 and the next element's): only
                where the block's last element is not the buffer's, so no read passes its end */
-            if (at_u + reach + 1 < m->extent)
+            if (at_u + m->reach + 1 < m->extent)
                 for (; k + 16 <= m->ib; k += 16) {
                     const __m512i idx = _mm512_loadu_si512((const void *)(m->tab + k));
                     _mm256_storeu_si256((__m256i *)(o + k),
