@@ -45,8 +45,8 @@ blocked_map *blocked_map_new(const dnnl_memory_desc_t *plain, const dnnl_memory_
     const int nd = b->ndims;
     const dnnl_blocking_desc_t *bk = &b->format_desc.blocking;
     if (nd < 1 || nd > MAXD || plain->ndims != nd ||
-        (plain->data_type != dnnl_f32 && plain->data_type != dnnl_bf16) || !plain_ok(plain) || b->format_kind != dnnl_blocked || b->offset0 || b->extra.flags ||
-        bk->inner_nblks < 1)
+        (plain->data_type != dnnl_f32 && plain->data_type != dnnl_bf16) || !plain_ok(plain) ||
+        b->format_kind != dnnl_blocked || b->offset0 || b->extra.flags || bk->inner_nblks < 1)
         return NULL;
     blocked_map m = {.nd = nd, .ib = 1, .nblocks = 1, .extent = 1};
     for (int d = 0; d < nd; d++) m.blk[d] = 1;

@@ -1,7 +1,7 @@
 /* blocked.h -- mapo's conversions between a plain float32 buffer (a weight, a weight gradient)
  * or a plain bf16 one (a frozen weight held in bf16) and the blocked layout a oneDNN primitive
- * chose for it (blocked.c), in place of oneDNN 2.6's generic reorders (jit:uni), which moved these weights at ~10 GB/s: 6% of a bf16 training
- * step went to them (docs/BENCHMARKS.md).
+ * chose for it (blocked.c), in place of oneDNN 2.6's generic reorders (jit:uni), which moved
+ * these weights at ~10 GB/s: 6% of a bf16 training step went to them (docs/BENCHMARKS.md).
  *
  * The map is read from the two memory descriptors (oneDNN's blocking description: outer
  * strides, inner blocks), so one routine serves every blocked layout oneDNN picks (the
