@@ -36,22 +36,23 @@ static double cmp(const st_file *f, const char *name, const float *x, int64_t n,
     return e;
 }
 
-/* mode: unet_load_dir's with_grad for the base UNet (0, or PARAMS_FROZEN_BF16) */
-static void load_as(const char *cs, int mode, unet *u, debug_batch *b, unet_inputs *in,
-                    st_file *exp) {
+/* the fixture's UNet with its adapters (trainable); mode: unet_load_dir's with_grad for the
+   base UNet (0, or PARAMS_FROZEN_BF16) */
+static void load_model(const char *cs, int mode, unet *u) {
     char p[512];
     snprintf(p, sizeof p, "tests/fixtures/unet/%s/model", cs);
     if (unet_load_dir(u, p, mode)) fail_msg("%s", mapo_last_error());
     snprintf(p, sizeof p, "tests/fixtures/lora/%s", cs); /* a folder: finds the file in it */
     if (unet_lora_load(u, p, 1)) fail_msg("%s", mapo_last_error());
+}
+static void load(const char *cs, unet *u, debug_batch *b, unet_inputs *in, st_file *exp) {
+    char p[512];
+    load_model(cs, 0, u);
     snprintf(p, sizeof p, "tests/fixtures/unet/%s/batch.safetensors", cs);
     if (debug_batch_load(b, p, &u->cfg)) fail_msg("%s", mapo_last_error());
     debug_batch_inputs(b, in);
     snprintf(p, sizeof p, "tests/fixtures/lora/%s/expect.safetensors", cs);
     if (st_open(exp, p)) fail_msg("%s", mapo_last_error());
-}
-static void load(const char *cs, unet *u, debug_batch *b, unet_inputs *in, st_file *exp) {
-    load_as(cs, 0, u, b, in, exp);
 }
 
 static double cmp_grads(const unet *u, const st_file *f, const char *prefix, double tol,
@@ -229,11 +230,11 @@ static void test_off_merge_save(void **s) {
    step with gradient checkpointing give the same bits as with the float32-held base. */
 static void frozen_case(const char *cs) {
     unet u, h;
-    debug_batch b, b2;
-    unet_inputs in, in2;
-    st_file f, f2;
-    load_as(cs, 0, &u, &b, &in, &f);
-    load_as(cs, PARAMS_FROZEN_BF16, &h, &b2, &in2, &f2);
+    debug_batch b;
+    unet_inputs in;
+    st_file f;
+    load(cs, &u, &b, &in, &f);
+    load_model(cs, PARAMS_FROZEN_BF16, &h);
     assert_int_equal(h.params.total, u.params.total);
     size_t n16 = 0;
     for (int i = 0; i < u.params.n; i++) {
@@ -282,8 +283,8 @@ static void frozen_case(const char *cs) {
     printf("  %-5s %zu of %zu parameters held in bf16: weights %zu -> %zu bytes, the same bits\n",
            cs, n16, u.params.total, params_bytes(&u.params), params_bytes(&h.params));
     free(pa), free(pb);
-    st_close(&f), st_close(&f2);
-    debug_batch_free(&b), debug_batch_free(&b2);
+    st_close(&f);
+    debug_batch_free(&b);
     unet_free(&u), unet_free(&h);
 }
 static void test_frozen_bf16(void **s) {

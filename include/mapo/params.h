@@ -54,6 +54,10 @@ int params_check_size(const param_table *t, const char *what, const char *weight
 void params_alloc(param_table *t, int with_grad);
 /* bytes of the weights: 4 a float32 parameter, 2 a half one */
 size_t params_bytes(const param_table *t);
+/* What reads or writes the weights as float32 (saving, merging) calls this first: a table
+   holding half parameters stops the program with an internal error naming `what` (only
+   frozen models hold them, and nothing saves or merges into those). */
+void params_require_f32(const param_table *t, const char *what);
 int params_find(const param_table *t, const char *name);
 static inline tensor *params_view(param_table *t, int idx) {
     return idx < 0 ? NULL : &t->views[idx];

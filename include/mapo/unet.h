@@ -86,8 +86,15 @@ void unet_config_free(unet_config *c);
 /* Build the parameter table from the config (no memory for values yet). */
 int unet_build(unet *u, const unet_config *c);
 /* Load a diffusers UNet folder (config.json + diffusion_pytorch_model.safetensors), or a
- * pipeline folder with a unet/ subfolder. with_grad allocates gradients. */
+ * pipeline folder with a unet/ subfolder. with_grad allocates gradients (params_alloc's
+ * argument: 0, 1 or PARAMS_FROZEN_BF16). */
 int unet_load_dir(unet *u, const char *dir, int with_grad);
+/* with_grad for a UNet that is not trained, in a run of this precision (mapo_precision, 0:
+ * float32): its weights held in bf16 in a bf16 run (PARAMS_FROZEN_BF16: the same numbers), as
+ * the official LoRA / DPO scripts cast the frozen UNet to the mixed-precision dtype. */
+static inline int unet_frozen_mode(int precision) {
+    return precision ? PARAMS_FROZEN_BF16 : 0;
+}
 /* Create from config.json with random init. */
 int unet_init_dir(unet *u, const char *config_path, uint64_t seed, int with_grad);
 /* Write config.json + diffusion_pytorch_model.safetensors into dir (created), the weights

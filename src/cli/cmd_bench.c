@@ -76,8 +76,8 @@ int cmd_bench(int argc, char **argv) {
     if (objective_parse(loss, &oc.kind)) return -1;
     unet u, ref;
     if (lora < 0 || lora > 4096) return mapo_error("--lora_rank must be in 0..4096");
-    /* as mapo train: frozen weights (under LoRA, DPO's reference) held in bf16 in a bf16 run */
-    const int frozen = precision != MAPO_F32 ? PARAMS_FROZEN_BF16 : 0;
+    /* as mapo train: the UNet under LoRA, DPO's reference */
+    const int frozen = unet_frozen_mode(precision);
     if (unet_init_dir(&u, config, 1, lora == 0 ? 1 : frozen)) return -1;
     if (lora && unet_lora_add(&u, (int)lora, 1)) return -1;
     u.precision = precision;

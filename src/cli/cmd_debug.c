@@ -6,7 +6,6 @@
 #include "args.h"
 #include "cmds.h"
 #include "mapo/common.h"
-#include "mapo/ops.h"
 #include "mapo/pairs.h"
 #include "mapo/safetensors.h"
 #include "mapo/step.h"
@@ -60,8 +59,7 @@ int cmd_debug_step(int argc, char **argv) {
     int64_t npred = (int64_t)b.n * u.cfg.out_channels * b.H * b.W;
     float *pred = xmalloc(npred * sizeof(float));
     if (!rc && (oc.kind == OBJ_DPO || oc.kind == OBJ_KTO)) {
-        /* as mapo train's reference: its weights in bf16 in a bf16 run (the same numbers) */
-        rc = unet_load_dir(&ru, ref, precision != MAPO_F32 ? PARAMS_FROZEN_BF16 : 0);
+        rc = unet_load_dir(&ru, ref, unet_frozen_mode(precision)); /* as mapo train's */
         if (!rc) {
             ru.precision = precision;
             ref_err = xcalloc(b.n, sizeof(double));

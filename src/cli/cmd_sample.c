@@ -10,7 +10,6 @@
 #include "mapo/common.h"
 #include "mapo/generate.h"
 #include "mapo/image.h"
-#include "mapo/ops.h"
 #include "mapo/safetensors.h"
 #include "mapo/single_file.h"
 
@@ -118,9 +117,8 @@ int cmd_sample(int argc, char **argv) {
     uint8_t *u8 = NULL;
     const char **negs = xcalloc(n, sizeof *negs);
     for (int i = 0; i < n; i++) negs[i] = neg;
-    /* bf16: the UNet's weights held in bf16 (PARAMS_FROZEN_BF16, the same images) */
     if (pipeline_load(&p, model, PIPE_TEXT | PIPE_VAE | PIPE_UNET, unet_dir,
-                      precision != MAPO_F32 ? PARAMS_FROZEN_BF16 : 0)) {
+                      unet_frozen_mode(precision))) {
         rc = -1;
         goto done;
     }

@@ -272,10 +272,7 @@ static int merge_block(unet *u, unet_tblock *b, void *ctx) {
 
 void unet_lora_merge(unet *u) {
     if (!u->lora.n) return;
-    if (u->params.total16) {
-        fprintf(stderr, "mapo: error: internal: merging LoRA into weights held in bf16\n");
-        exit(2);
-    }
+    params_require_f32(&u->params, "merging LoRA into the weights");
     each_tblock(u, merge_block, NULL);
     unet_lora_drop(u);
 }

@@ -98,14 +98,11 @@ size_t params_bytes(const param_table *t) {
     return (t->total - t->total16) * sizeof(float) + t->total16 * sizeof(uint16_t);
 }
 
-/* parameter i = v (numel float32 values): a half one rounded to bf16 */
+/* parameter i's values v, built where param_stage said: a half one rounded to bf16 (a float32
+   one was built in place) */
 static void param_set(param_table *t, int i, const float *v) {
     const param_info *p = &t->p[i];
-    if (!p->half) {
-        if (v != t->data + p->offset) memcpy(t->data + p->offset, v, p->numel * sizeof(float));
-        return;
-    }
-    mapo_round_bf16(t->data16 + p->offset, v, p->numel);
+    if (p->half) mapo_round_bf16(t->data16 + p->offset, v, p->numel);
 }
 
 /* where parameter i's float32 values are built before param_set: its own data, or, for a half
@@ -120,7 +117,7 @@ static float *param_stage(const param_table *t, int i, float **tmp, size_t *cap)
     return *tmp;
 }
 
-static void no_half(const param_table *t, const char *what) {
+void params_require_f32(const param_table *t, const char *what) {
     if (!t->total16) return;
     fprintf(stderr, "mapo: error: internal: %s of a model holding weights in bf16\n", what);
     exit(2);
@@ -257,7 +254,7 @@ int params_load(param_table *t, const char *path, const char *prefix, int allow_
 }
 
 void params_write(const param_table *t, st_writer *w, const char *prefix, const float *base) {
-    no_half(t, "saving the parameters");
+    params_require_f32(t, "saving the parameters");
     char name[640];
     for (int i = 0; i < t->n; i++) {
         const param_info *p = &t->p[i];

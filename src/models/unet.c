@@ -573,12 +573,11 @@ int unet_init_dir(unet *u, const char *config_path, uint64_t seed, int with_grad
 }
 
 int unet_save_dir_as(const unet *u, const char *dir, st_dtype store) {
+    params_require_f32(&u->params, "saving the UNet");
     if (mkdir(dir, 0755) && errno != EEXIST)
         return mapo_error("%s: cannot create folder: %s", dir, strerror(errno));
     char p[4200];
     snprintf(p, sizeof p, "%s/diffusion_pytorch_model.safetensors", dir);
-    if (u->params.total16) /* only frozen models hold them, and those are never saved */
-        return mapo_error("%s: internal: the UNet holds its weights in bf16 only", dir);
     /* as params_save, each float32 parameter stored as `store` */
     st_writer *w = st_writer_new();
     for (int i = 0; i < u->params.n; i++) {

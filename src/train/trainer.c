@@ -313,9 +313,7 @@ static int run_reference(run *r, const char *pairs_path) {
         mapo_log(1, "the cached reference errors do not fit this run (reference, seed or "
                     "epochs differ): using the reference UNet\n");
     }
-    /* frozen: its weights in bf16 when the run is (PARAMS_FROZEN_BF16, the same numbers) */
-    if (unet_load_dir(&r->ref, rd, c->precision != MAPO_F32 ? PARAMS_FROZEN_BF16 : 0))
-        return -1;
+    if (unet_load_dir(&r->ref, rd, unet_frozen_mode(c->precision))) return -1;
     r->have_ref = 1;
     r->ref.precision = c->precision; /* autocast covers the reference pass too */
     if (r->ref.params.total != r->u.params.total)
@@ -372,9 +370,8 @@ static int run_open(run *r, const char *pairs_path) {
     const train_config *c = r->c;
     if (ddpm_from_model_dir(&r->sch, c->model_dir)) return -1;
     r->have_sch = 1;
-    /* trained whole, or frozen under LoRA adapters: then its weights in bf16 when the run is,
-       as the official LoRA script casts the frozen UNet (PARAMS_FROZEN_BF16, the same numbers) */
-    const int mode = c->lora_rank == 0 ? 1 : c->precision != MAPO_F32 ? PARAMS_FROZEN_BF16 : 0;
+    /* trained whole, or frozen under LoRA adapters */
+    const int mode = c->lora_rank == 0 ? 1 : unet_frozen_mode(c->precision);
     if (unet_load_dir(&r->u, c->model_dir, mode)) return -1;
     r->have_u = 1;
     r->u.precision = c->precision;
