@@ -5,7 +5,12 @@
  *    float32 tape's, which zeroes and adds, bit for bit (adds do not depend on the precision;
  *    the values are non-zero, so 0 + v is v);
  *  - t_group_norm_silu equals t_group_norm then t_silu bit for bit (output, input, gamma and
- *    beta gradients) in float32 and in bf16, and holds one activation less after the forward. */
+ *    beta gradients) in float32 and in bf16, and holds one activation less after the forward;
+ *  - selective recomputation (g->recompute): a GroupNorm + SiLU feeding two convolutions and a
+ *    LayerNorm feeding two linears are dropped at their release and regenerated in backward,
+ *    giving every gradient of the graph without it bit for bit, holding exactly those two
+ *    tensors (float32) or their bf16 copies (bf16) less after the forward; a LayerNorm output
+ *    that a SiLU also reads stays. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -129,10 +134,73 @@ static void test_group_norm_silu(void **st) {
     free(x), free(gamma), free(beta), free(dy);
 }
 
+/* x -> GroupNorm + SiLU -> two 3x3 convs (c1 + bias, c2); c1 -> tokens -> LayerNorm -> two
+   linears (q, k); the tokens -> a second LayerNorm -> a SiLU and a linear (v); out = q + k +
+   silu + v + tokens of c2. Every parameter's gradient goes into grads (zeroed here); returns
+   the activation bytes held after the forward. */
+enum { NP = 10 };
+static size_t recompute_graph(int precision, int recompute, float *const prm[NP],
+                              const float *dy, float *const grads[NP]) {
+    static const int64_t sizes[NP] = {N, C, C, C * C * 9, C, C * C * 9, C, C, C * C, C * C};
+    const int64_t s4[4] = {B, C, H, W}, s1[1] = {C}, sw[4] = {C, C, 3, 3}, s2[2] = {C, C};
+    const int64_t *shp[NP] = {s4, s1, s1, sw, s1, sw, s1, s1, s2, s2};
+    const int nd[NP] = {4, 1, 1, 4, 1, 4, 1, 1, 2, 2};
+    tensor t[NP + 1];
+    for (int k = 0; k < NP; k++) {
+        memset(grads[k], 0, sizes[k] * 4);
+        tensor_param(&t[k], prm[k], grads[k], nd[k], shp[k]);
+    }
+    tensor_param(&t[NP], prm[9], grads[9], 2, s2); /* the third linear shares wk's memory */
+    graph g;
+    graph_init(&g, 1);
+    g.precision = precision;
+    g.recompute = recompute;
+    tensor *s = t_group_norm_silu(&g, &t[0], &t[1], &t[2], 8, 1e-5);
+    tensor *c1 = t_conv2d(&g, s, &t[3], &t[4], 1, 1), *c2 = t_conv2d(&g, s, &t[5], NULL, 1, 1);
+    graph_release(&g, s);
+    tensor *tk = t_nchw_to_nhwc(&g, c1), *tk2 = t_nchw_to_nhwc(&g, c2);
+    graph_release(&g, c1), graph_release(&g, c2);
+    tensor *n = t_layer_norm(&g, tk, &t[6], &t[7], 1e-5);
+    tensor *q = t_linear(&g, n, &t[8], NULL), *k = t_linear(&g, n, &t[9], NULL);
+    graph_release(&g, n);
+    tensor *n2 = t_layer_norm(&g, tk, &t[7], &t[6], 1e-5);
+    /* the SiLU recorded last, so its backward runs before the linear's could regenerate n2 */
+    tensor *v = t_linear(&g, n2, &t[NP], NULL), *sl = t_silu(&g, n2);
+    graph_release(&g, n2);
+    tensor *a = t_add(&g, q, k), *b = t_add(&g, sl, v);
+    tensor *c = t_add(&g, a, b), *out = t_add(&g, c, tk2);
+    const size_t held = g.bytes_live;
+    memcpy(graph_grad(&g, out), dy, N * 4);
+    graph_backward(&g, out);
+    graph_free(&g);
+    return held;
+}
+
+static void test_recompute(void **st) {
+    (void)st;
+    static const int64_t sizes[NP] = {N, C, C, C * C * 9, C, C * C * 9, C, C, C * C, C * C};
+    float *prm[NP], *gr[2][NP], *dy = rnd(N);
+    for (int k = 0; k < NP; k++) {
+        prm[k] = rnd(sizes[k]);
+        gr[0][k] = malloc(sizes[k] * 4), gr[1][k] = malloc(sizes[k] * 4);
+    }
+    for (int p = 0; p < 2; p++) {
+        const int precision = p ? MAPO_BF16 : MAPO_F32;
+        const size_t kept = recompute_graph(precision, 0, prm, dy, gr[0]);
+        const size_t dropped = recompute_graph(precision, 1, prm, dy, gr[1]);
+        for (int k = 0; k < NP; k++) assert_memory_equal(gr[1][k], gr[0][k], sizes[k] * 4);
+        /* s and n: float32 data (their consumers' weight gradients read it) or bf16 copies */
+        assert_int_equal(kept - dropped, 2 * N * (p ? sizeof(uint16_t) : sizeof(float)));
+    }
+    for (int k = 0; k < NP; k++) free(prm[k]), free(gr[0][k]), free(gr[1][k]);
+    free(dy);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_identity_paths),
         cmocka_unit_test(test_group_norm_silu),
+        cmocka_unit_test(test_recompute),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
