@@ -9,8 +9,8 @@
  *  - selective recomputation (g->recompute): a GroupNorm + SiLU feeding two convolutions and a
  *    LayerNorm feeding two linears are dropped at their release and regenerated in backward,
  *    giving every gradient of the graph without it bit for bit, holding exactly those two
- *    tensors (float32) or their bf16 copies (bf16) less after the forward; a LayerNorm output
- *    that a SiLU also reads stays. */
+ *    tensors (float32) or their bf16 copies (bf16) less after the forward, plus the LayerNorms'
+ *    row statistics in double; a LayerNorm output that a SiLU also reads stays. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -189,8 +189,10 @@ static void test_recompute(void **st) {
         const size_t kept = recompute_graph(precision, 0, prm, dy, gr[0]);
         const size_t dropped = recompute_graph(precision, 1, prm, dy, gr[1]);
         for (int k = 0; k < NP; k++) assert_memory_equal(gr[1][k], gr[0][k], sizes[k] * 4);
-        /* s and n: float32 data (their consumers' weight gradients read it) or bf16 copies */
-        assert_int_equal(kept - dropped, 2 * N * (p ? sizeof(uint16_t) : sizeof(float)));
+        /* s and n: float32 data (their consumers' weight gradients read it) or bf16 copies,
+           less each LayerNorm's rows' statistics in double (mean and rstd) kept for them */
+        const size_t st = 2 * (B * H * W) * 2 * sizeof(double);
+        assert_int_equal(kept + st, dropped + 2 * N * (p ? sizeof(uint16_t) : sizeof(float)));
     }
     for (int k = 0; k < NP; k++) free(prm[k]), free(gr[0][k]), free(gr[1][k]);
     free(dy);

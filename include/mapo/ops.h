@@ -41,6 +41,14 @@ void group_norm_apply##S(T *y, const T *x, const T *mean, const T *rstd, const T
 /* LayerNorm over the last dim of x[N,C]; gamma/beta [C]; saves mean/rstd [N]. */        \
 void layer_norm_forward##S(T *y, T *mean, T *rstd, const T *x, const T *gamma,           \
                            const T *beta, int64_t N, int C, double eps);                  \
+/* ... also writing each row's mean and rstd in double to st [N][2] (NULL: not) */         \
+void layer_norm_forward_st##S(T *y, T *mean, T *rstd, double *st, const T *x,             \
+                              const T *gamma, const T *beta, int64_t N, int C,             \
+                              double eps);                                                 \
+/* LayerNorm's output from x and the forward's st: the forward's y, bit for bit (either     \
+   precision's forward) */                                                                 \
+void layer_norm_apply##S(T *y, const T *x, const double *st, const T *gamma, const T *beta, \
+                         int64_t N, int C);                                                \
 void layer_norm_backward##S(T *dx, T *dgamma, T *dbeta, const T *dy, const T *x,         \
                             const T *mean, const T *rstd, const T *gamma, int64_t N,      \
                             int C);                                                       \
@@ -116,6 +124,9 @@ void group_norm_backward_mp(mapo_precision p, float *dx, float *dgamma, float *d
                             int G);
 void layer_norm_forward_mp(mapo_precision p, float *y, float *mean, float *rstd, const float *x,
                            const float *gamma, const float *beta, int64_t N, int C, double eps);
+void layer_norm_forward_st_mp(mapo_precision p, float *y, float *mean, float *rstd, double *st,
+                              const float *x, const float *gamma, const float *beta, int64_t N,
+                              int C, double eps);
 void layer_norm_backward_mp(mapo_precision p, float *dx, float *dgamma, float *dbeta,
                             const float *dy, const float *x, const float *mean,
                             const float *rstd, const float *gamma, int64_t N, int C);

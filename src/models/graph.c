@@ -315,8 +315,9 @@ static void conv2d_bw(graph *g, node *n) {
                               n->i[1], set);
     } else
         conv2d_backward_mp(g->precision, gin(g, n, 0), gin(g, n, 1), gin(g, n, 2),
-                           n->out->grad, gin(g, n, 1) ? graph_data(g, x) : x->data, w->data, (int)x->shape[0], (int)x->shape[1],
-                           (int)x->shape[2], (int)x->shape[3], (int)w->shape[0],
+                           n->out->grad, gin(g, n, 1) ? graph_data(g, x) : x->data, w->data,
+                           (int)x->shape[0], (int)x->shape[1], (int)x->shape[2],
+                           (int)x->shape[3], (int)w->shape[0],
                            (int)w->shape[2], n->i[0], n->i[1]);
 }
 
@@ -397,8 +398,8 @@ static void linear_bw(graph *g, node *n) {
                               rows_of(x), (int)w->shape[1], (int)w->shape[0], set);
     } else
         linear_backward_mp(g->precision, gin(g, n, 0), gin(g, n, 1), gin(g, n, 2),
-                           n->out->grad, gin(g, n, 1) ? graph_data(g, x) : x->data, w->data, rows_of(x), (int)w->shape[1],
-                           (int)w->shape[0]);
+                           n->out->grad, gin(g, n, 1) ? graph_data(g, x) : x->data, w->data,
+                           rows_of(x), (int)w->shape[1], (int)w->shape[0]);
 }
 tensor *t_linear(graph *g, tensor *x, tensor *w, tensor *b) {
     int64_t shape[TENSOR_MAX_DIMS];
@@ -459,18 +460,16 @@ static void group_norm_silu_bw(graph *g, node *n) {
     free(dh);
     account(g, -2 * bytes);
 }
-/* the forward again into n->out->data (its statistics, equal to the saved ones, discarded) */
+/* the forward's output again into n->out->data: group_norm_apply from the saved statistics
+   gives the forward's GroupNorm bits, and the SiLU runs in place on it */
 static void group_norm_silu_regen(graph *g, node *n) {
+    (void)g;
     tensor *x = n->in[0];
-    const int B = (int)x->shape[0], C = (int)x->shape[1], G = n->i[0];
-    const int64_t HW = x->numel / ((int64_t)B * C);
-    float *h = xmalloc((size_t)x->numel * sizeof(float));
-    float *st = xmalloc(2 * (size_t)B * G * sizeof(float));
-    group_norm_forward_mp(g->precision, h, st, st + (size_t)B * G, x->data, n->in[1]->data,
-                          n->in[2]->data, B, C, HW, G, n->d[0]);
-    silu_forward(n->out->data, h, x->numel);
-    free(st);
-    free(h);
+    const int B = (int)x->shape[0], C = (int)x->shape[1];
+    float *y = n->out->data;
+    group_norm_apply(y, x->data, n->saved[0], n->saved[1], n->in[1]->data, n->in[2]->data, B, C,
+                     x->numel / ((int64_t)B * C), n->i[0]);
+    silu_forward(y, y, x->numel);
 }
 tensor *t_group_norm_silu(graph *g, tensor *x, tensor *gamma, tensor *beta, int groups,
                           double eps) {
@@ -487,10 +486,7 @@ tensor *t_group_norm_silu(graph *g, tensor *x, tensor *gamma, tensor *beta, int 
     account(g, -x->numel * (int64_t)sizeof(float));
     node *n = record(g, group_norm_silu_bw, y, x, gamma, beta, NULL);
     keep_saved(g, n, mean, rstd);
-    if (n) {
-        n->i[0] = groups;
-        n->d[0] = eps;
-    }
+    if (n) n->i[0] = groups;
     mark_regen(g, n, group_norm_silu_regen);
     return y;
 }
@@ -501,24 +497,26 @@ static void layer_norm_bw(graph *g, node *n) {
                            n->out->grad, x->data, n->saved[0], n->saved[1], n->in[1]->data,
                            rows_of(x), (int)x->shape[x->ndim - 1]);
 }
+/* the output again from the row statistics in double the forward kept after mean and rstd */
 static void layer_norm_regen(graph *g, node *n) {
+    (void)g;
     tensor *x = n->in[0];
     const int64_t N = rows_of(x);
-    float *st = xmalloc(2 * (size_t)N * sizeof(float));
-    layer_norm_forward_mp(g->precision, n->out->data, st, st + N, x->data, n->in[1]->data,
-                          n->in[2]->data, N, (int)x->shape[x->ndim - 1], n->d[0]);
-    free(st);
+    layer_norm_apply(n->out->data, x->data, (const double *)(n->saved[0] + 2 * N),
+                     n->in[1]->data, n->in[2]->data, N, (int)x->shape[x->ndim - 1]);
 }
 tensor *t_layer_norm(graph *g, tensor *x, tensor *gamma, tensor *beta, double eps) {
     int64_t N = rows_of(x);
     int C = x->shape[x->ndim - 1];
     tensor *y = graph_new(g, x->ndim, x->shape);
-    float *mean = save_buf(g, N), *rstd = save_buf(g, N);
-    layer_norm_forward_mp(g->precision, y->data, mean, rstd, x->data, gamma->data, beta->data, N,
-                          C, eps);
+    /* with recomputation one buffer: mean [N], rstd [N], then [N][2] doubles for regen */
+    const int st = g->grad_enabled && g->recompute;
+    float *mean = save_buf(g, st ? 6 * N : N), *rstd = st ? mean + N : save_buf(g, N);
+    layer_norm_forward_st_mp(g->precision, y->data, mean, rstd,
+                             st ? (double *)(mean + 2 * N) : NULL, x->data, gamma->data,
+                             beta->data, N, C, eps);
     node *n = record(g, layer_norm_bw, y, x, gamma, beta, NULL);
     keep_saved(g, n, mean, rstd);
-    if (n) n->d[0] = eps;
     mark_regen(g, n, layer_norm_regen);
     return y;
 }

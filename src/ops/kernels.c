@@ -187,6 +187,9 @@ void group_norm_forward_vred(float *y, float *mean, float *rstd, const float *x,
 void layer_norm_forward_vred(float *y, float *mean, float *rstd, const float *x,
                              const float *gamma, const float *beta, int64_t N, int C,
                              double eps);
+void layer_norm_forward_st_vred(float *y, float *mean, float *rstd, double *st, const float *x,
+                                const float *gamma, const float *beta, int64_t N, int C,
+                                double eps);
 #define REAL float
 #define SFX _vred
 #define RED1(a) PRAGMA_(omp simd reduction(+ : a))
@@ -219,6 +222,12 @@ void layer_norm_forward_mp(mapo_precision p, float *y, float *mean, float *rstd,
                            const float *gamma, const float *beta, int64_t N, int C, double eps) {
     (p == MAPO_F32 ? layer_norm_forward : layer_norm_forward_vred)(y, mean, rstd, x, gamma, beta,
                                                                    N, C, eps);
+}
+void layer_norm_forward_st_mp(mapo_precision p, float *y, float *mean, float *rstd, double *st,
+                              const float *x, const float *gamma, const float *beta, int64_t N,
+                              int C, double eps) {
+    (p == MAPO_F32 ? layer_norm_forward_st : layer_norm_forward_st_vred)(y, mean, rstd, st, x,
+                                                                         gamma, beta, N, C, eps);
 }
 void layer_norm_backward_mp(mapo_precision p, float *dx, float *dgamma, float *dbeta,
                             const float *dy, const float *x, const float *mean,
