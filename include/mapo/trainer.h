@@ -52,6 +52,7 @@ typedef struct {
     int lora_format;            /* LORA_FMT_* of lora_formats.h for the final adapters */
     int precision;              /* --mixed_precision: mapo_precision of ops.h (0: float32) */
     int gradient_checkpointing; /* --gradient_checkpointing */
+    int recompute_norms;        /* --recompute_norms */
     st_dtype save_precision;    /* --save_precision: dtype of the final unet/ or LoRA file (F32,
                                    F16, BF16; checkpoints stay F32) */
     st_dtype cache_precision;   /* --cache_precision: dtype of the cache's latents and text

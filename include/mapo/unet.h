@@ -67,6 +67,8 @@ typedef struct unet {
     int precision;    /* mapo_precision (ops.h) of convolutions and matrix products (0: float32) */
     int grad_ckpt;    /* gradient checkpointing: with gradients on, each resnet and transformer
                          block keeps only its inputs and recomputes itself in backward */
+    int recompute_norms; /* --recompute_norms: LayerNorm and GroupNorm + SiLU outputs are not kept
+                            for backward but recomputed (graph.h, g->recompute; the same bits) */
 } unet;
 
 typedef struct {

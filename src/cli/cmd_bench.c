@@ -44,7 +44,7 @@ int cmd_bench(int argc, char **argv) {
     const char *config = "bench/bench_unet.json", *loss = "mapo";
     int64_t pairs = 2, res = 32, seq = 77, steps = 5, warm = 2, lora = 0, probe = 1;
     const char *mixed = NULL;
-    int grad_ckpt = 0;
+    int grad_ckpt = 0, recompute_norms = 0;
     const double rss_base = mapo_rss(); /* before the model: what the loaded binary holds */
     opt_def o[] = {
         {"config", OPT_STR, &config, "UNet config.json (bench/bench_unet.json)", 0},
@@ -57,13 +57,16 @@ int cmd_bench(int argc, char **argv) {
         {"lora_rank", OPT_INT, &lora, "train LoRA adapters of this rank only (0: full)", 0},
         {"mixed_precision", OPT_STR, &mixed, "no | bf16 | fp16 (no; fp16 runs as bf16)", 0},
         {"gradient_checkpointing", OPT_FLAG, &grad_ckpt, "recompute blocks in backward", 0},
+        {"recompute_norms", OPT_FLAG, &recompute_norms,
+         "recompute LayerNorm and GroupNorm + SiLU outputs in backward", 0},
         {"gemm_probe", OPT_INT, &probe, "1: time the engine's GEMM ceiling (n = 1024) after the "
                                         "steps, 0: skip (1)", 0},
     };
-    int r = args_parse(o, 11, argc, argv, 2,
+    int r = args_parse(o, 12, argc, argv, 2,
                        "usage: mapo bench [--config F] [--pairs N] [--res N] [--seq N] "
                        "[--steps N] [--warmup N] [--loss mapo|dpo|sft] [--lora_rank R] "
-                       "[--mixed_precision no|bf16|fp16] [--gradient_checkpointing]\n"
+                       "[--mixed_precision no|bf16|fp16] [--gradient_checkpointing] "
+                       "[--recompute_norms]\n"
                        "Times full training steps (forward, objective, backward, clip, AdamW) "
                        "of a random-initialised UNet and prints one JSON line.");
     if (r) return r > 0 ? 0 : -1;
@@ -82,6 +85,7 @@ int cmd_bench(int argc, char **argv) {
     if (lora && unet_lora_add(&u, (int)lora, 1)) return -1;
     u.precision = precision;
     u.grad_ckpt = grad_ckpt;
+    u.recompute_norms = recompute_norms;
     param_table *tp = lora ? &u.lora : &u.params;
     /* DPO's reference: a second UNet, or with LoRA the same one with adapters off */
     const int refd = oc.kind == OBJ_DPO || oc.kind == OBJ_KTO; /* objectives with a reference */
@@ -122,12 +126,13 @@ int cmd_bench(int argc, char **argv) {
     const double peak = (double)mapo_peak_rss();
     const double ceiling = probe ? mapo_gemm_ceiling_gflops(precision, 1024, 5) : 0;
     printf("{\"impl\":\"mapo\",\"loss_type\":\"%s\",\"loss\":%.6g,\"pairs\":%lld,\"res\":%lld,"
-           "\"precision\":\"%s\",\"gradient_checkpointing\":%d,"
+           "\"precision\":\"%s\",\"gradient_checkpointing\":%d,\"recompute_norms\":%d,"
            "\"pairs_per_s\":%.4g,\"step_s\":%.4g,\"fwd_gflop\":%.4g,\"step_gflop\":%.4g,"
            "\"gflop_per_s\":%.4g,\"gemm_ceiling_gflops\":%.4g,\"peak_rss_mb\":%.1f,"
            "\"rss_base_mb\":%.1f,\"train_mem_mb\":%.1f,\"activation_peak_mb\":%.1f,"
            "\"params\":%zu,\"trained_params\":%zu,\"weight_bytes\":%zu,\"threads\":%d}\n",
            loss, st.loss, (long long)pairs, (long long)res, precision ? "bf16" : "f32", grad_ckpt,
+           recompute_norms,
            pairs / dt, dt, fwd / 1e9, step_flop / 1e9, step_flop / dt / 1e9, ceiling,
            peak / 1048576.0, rss_base / 1048576.0, (peak - rss_base) / 1048576.0,
            act / 1048576.0, u.params.total, tp->total, params_bytes(&u.params),

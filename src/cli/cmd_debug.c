@@ -16,7 +16,7 @@ int cmd_debug_step(int argc, char **argv) {
     objective_cfg_default(&oc);
     int64_t T = 1000;
     const char *mixed = NULL;
-    int grad_ckpt = 0;
+    int grad_ckpt = 0, recompute_norms = 0;
     opt_def o[] = {
         {"model", OPT_STR, &model, "diffusers UNet (or pipeline) folder", 0},
         {"batch", OPT_STR, &batch, "safetensors: sample, timestep, encoder_hidden_states, "
@@ -30,11 +30,14 @@ int cmd_debug_step(int argc, char **argv) {
         {"num_train_timesteps", OPT_INT, &T, "T multiplying MaPO's log odds (1000)", 0},
         {"mixed_precision", OPT_STR, &mixed, "no | bf16 | fp16 (no; fp16 runs as bf16)", 0},
         {"gradient_checkpointing", OPT_FLAG, &grad_ckpt, "recompute blocks in backward", 0},
+        {"recompute_norms", OPT_FLAG, &recompute_norms,
+         "recompute LayerNorm and GroupNorm + SiLU outputs in backward", 0},
     };
-    int r = args_parse(o, 11, argc, argv, 2,
+    int r = args_parse(o, 12, argc, argv, 2,
                        "usage: mapo debug-step --model DIR --batch FILE --out FILE "
                        "[--loss mapo|dpo|sft] [--ref DIR] [--beta_mapo X --snr_value X "
-                       "--beta_dpo X] [--mixed_precision no|bf16|fp16] [--gradient_checkpointing]");
+                       "--beta_dpo X] [--mixed_precision no|bf16|fp16] [--gradient_checkpointing] "
+                       "[--recompute_norms]");
     if (r) return r > 0 ? 0 : -1;
     int precision;
     if (mixed_precision_parse(mixed, &precision)) return -1;
@@ -47,6 +50,7 @@ int cmd_debug_step(int argc, char **argv) {
     if (unet_load_dir(&u, model, 1)) return -1;
     u.precision = precision;
     u.grad_ckpt = grad_ckpt;
+    u.recompute_norms = recompute_norms;
     debug_batch b;
     if (debug_batch_load(&b, batch, &u.cfg)) {
         unet_free(&u);

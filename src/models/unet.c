@@ -380,9 +380,7 @@ tensor *unet_forward(unet *u, graph *g, const unet_inputs *in) {
     const int B = in->B, n = c->n_blocks;
     g->precision = u->precision;
     g->checkpointing = u->grad_ckpt;
-    /* LayerNorm and GroupNorm + SiLU outputs regenerated in backward (same bits; dh64: 18 MiB
-       less training memory for about 1% of the step, docs/BENCHMARKS.md) */
-    g->recompute = 1;
+    g->recompute = u->recompute_norms;
     /* time embedding */
     tensor *tp = t_timestep_embedding(g, in->timesteps, B, c->block_out[0], c->flip_sin_to_cos,
                                       c->freq_shift);

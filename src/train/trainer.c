@@ -376,6 +376,7 @@ static int run_open(run *r, const char *pairs_path) {
     r->have_u = 1;
     r->u.precision = c->precision;
     r->u.grad_ckpt = c->gradient_checkpointing;
+    r->u.recompute_norms = c->recompute_norms;
     if (c->lora_rank && unet_lora_add(&r->u, c->lora_rank, (uint64_t)c->seed)) return -1;
     if (pair_file_open(&r->pf, pairs_path, &r->u.cfg)) return -1;
     r->have_pf = 1;

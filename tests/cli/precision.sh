@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Mixed precision and gradient checkpointing through the CLI (docs/PRECISION.md):
 #  - --mixed_precision no is the float32 run bit for bit; fp16 says so once and runs as bf16;
-#  - --gradient_checkpointing gives bit-identical gradients (debug-step on the three parity
-#    models, MaPO and Diffusion-DPO) and bit-identical trained weights (mapo train), in float32
-#    and in bf16, and the memory plan shows the smaller activation figure;
+#  - --gradient_checkpointing and --recompute_norms give bit-identical gradients (debug-step on
+#    the three parity models, MaPO and Diffusion-DPO) and bit-identical trained weights (mapo
+#    train), in float32 and in bf16, and the memory plan shows the smaller activation figure;
 #  - a bf16 training run resumes bit-identically after a stop;
 #  - mapo sample and mapo bench run in bf16;
 #  - under LoRA in bf16 the frozen UNet's weights are held in bf16, and such a run resumes
@@ -29,10 +29,14 @@ for c in sd15 sdxl mixed; do
         --mixed_precision $mp --gradient_checkpointing --out $TMP/b.st >/dev/null 2>&1 \
         || bad "debug-step $c $mp $loss --gradient_checkpointing"
       same $TMP/a.st $TMP/b.st || bad "$c $mp $loss: gradients differ with --gradient_checkpointing"
+      $MAPO debug-step --model $F/model --ref $F/ref --loss $loss --batch $F/batch.safetensors \
+        --mixed_precision $mp --recompute_norms --out $TMP/b.st >/dev/null 2>&1 \
+        || bad "debug-step $c $mp $loss --recompute_norms"
+      same $TMP/a.st $TMP/b.st || bad "$c $mp $loss: gradients differ with --recompute_norms"
     done
   done
 done
-[ $fails -eq $f0 ] && ok "checkpointed gradients bit-identical (3 models x float32 / bf16 x MaPO / Diffusion-DPO)"
+[ $fails -eq $f0 ] && ok "checkpointed and --recompute_norms gradients bit-identical (3 models x float32 / bf16 x MaPO / Diffusion-DPO)"
 
 # ---- training: no = default; checkpointing identical; fp16 = bf16 with a note
 $MAPO train "${tr[@]}" --output_dir $TMP/f32 2>/dev/null || bad "float32 run"
@@ -46,6 +50,13 @@ $MAPO train "${tr[@]}" --output_dir $TMP/bfck --mixed_precision bf16 --gradient_
   || bad "bf16 checkpointed run"
 same $TMP/bf/$W $TMP/bfck/$W && ok "--gradient_checkpointing trains bit-identically (bf16)" \
   || bad "bf16 checkpointed training differs"
+for mp in no bf16; do
+  ref=$TMP/f32; [ $mp = bf16 ] && ref=$TMP/bf
+  $MAPO train "${tr[@]}" --output_dir $TMP/rn_$mp --mixed_precision $mp --recompute_norms \
+    2>/dev/null || bad "--recompute_norms run ($mp)"
+  same $ref/$W $TMP/rn_$mp/$W && ok "--recompute_norms trains bit-identically ($mp)" \
+    || bad "--recompute_norms training differs ($mp)"
+done
 same $TMP/bf/$W $TMP/f32/$W && bad "bf16 run equals the float32 run: bf16 not in effect"
 $MAPO diff $TMP/bf/$W $TMP/f32/$W --tol 0.05 --quiet >/dev/null && ok "bf16 weights within 5% of float32's" \
   || bad "bf16 weights far from float32: $($MAPO diff $TMP/bf/$W $TMP/f32/$W --tol 0.05 --quiet)"
@@ -66,6 +77,11 @@ grep -q "activations" $TMP/plan.log && grep -q "activations" $TMP/plan_ck.log ||
 a=$(act $TMP/plan.log); b=$(act $TMP/plan_ck.log)
 [ -n "$a" ] && [ -n "$b" ] && [ "$b" -lt "$a" ] && ok "memory plan: activations $a MiB -> $b MiB with checkpointing" \
   || bad "memory plan activations: $a vs $b MiB"
+$MAPO train "${pl[@]}" --output_dir $TMP/plan_rn --recompute_norms 2>$TMP/plan_rn.log >/dev/null \
+  || bad "--recompute_norms plan run"
+r=$(act $TMP/plan_rn.log)
+[ -n "$r" ] && [ "$r" -lt "$a" ] && ok "memory plan: activations $a MiB -> $r MiB with --recompute_norms" \
+  || bad "memory plan activations with --recompute_norms: $a vs $r MiB"
 
 # ---- bf16 resume: stop after 1 step, resume to 3 = uninterrupted
 $MAPO train "${tr[@]}" --output_dir $TMP/rs --mixed_precision bf16 --checkpointing_steps 1 \
@@ -79,9 +95,10 @@ $MAPO sample --model $P --prompt "a red square" --num_inference_steps 2 --mixed_
   --out $TMP/s.png --quiet 2>/dev/null && [ -s $TMP/s.png ] && ok "mapo sample --mixed_precision bf16" \
   || bad "sample bf16"
 $MAPO bench --config $M/config.json --res 8 --seq 7 --steps 1 --warmup 0 --mixed_precision bf16 \
-  --gradient_checkpointing --gemm_probe 0 >$TMP/bench.json 2>/dev/null \
-  && grep -q '"precision":"bf16","gradient_checkpointing":1' $TMP/bench.json \
-  && ok "mapo bench --mixed_precision bf16 --gradient_checkpointing" || bad "bench: $(cat $TMP/bench.json)"
+  --gradient_checkpointing --recompute_norms --gemm_probe 0 >$TMP/bench.json 2>/dev/null \
+  && grep -q '"precision":"bf16","gradient_checkpointing":1,"recompute_norms":1' $TMP/bench.json \
+  && ok "mapo bench --mixed_precision bf16 --gradient_checkpointing --recompute_norms" \
+  || bad "bench: $(cat $TMP/bench.json)"
 
 # ---- the frozen UNet under LoRA held in bf16 in a bf16 run (PARAMS_FROZEN_BF16; test_lora holds
 # the bits to the float32-held base's): half the weight bytes in bench, and a bf16 LoRA run
