@@ -14,6 +14,7 @@
 #                                   float32 and under bf16 autocast (--no_torch_f32: bf16 only);
 #                                   with fp16 PyTorch runs at float32 only
 #   --gradient_checkpointing
+#   --recompute_norms               mapo only (PyTorch has no counterpart)
 #   --lora_rank R  --res N  --pairs N  --seq N  --steps N (6)  --warmup N (2)
 #   --threads N                     OMP_NUM_THREADS for mapo, --threads for PyTorch (2)
 # flags of this script:
@@ -32,12 +33,13 @@ pos=()
 while [ $# -gt 0 ] && [ "${1#--}" = "$1" ] && [ ${#pos[@]} -lt 3 ]; do pos+=("$1"); shift; done
 cfg=${pos[0]:-bench/bench_unet.json}; loss=${pos[1]:-mapo}; rounds=${pos[2]:-3}
 
-common=(); mp=""; steps=6; warmup=2; threads=2; torch_f32=1; torch_list=""; run_mapo=1; raw=""
+common=(); mapo_only=(); mp=""; steps=6; warmup=2; threads=2; torch_f32=1; torch_list=""; run_mapo=1; raw=""
 need() { [ $# -ge 2 ] || { echo "compare.sh: $1 needs a value" >&2; exit 2; }; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --mixed_precision) need "$@"; mp=$2; shift 2 ;;
     --gradient_checkpointing) common+=("$1"); shift ;;
+    --recompute_norms) mapo_only+=("$1"); shift ;;
     --lora_rank|--res|--pairs|--seq) need "$@"; common+=("$1" "$2"); shift 2 ;;
     --steps) need "$@"; steps=$2; shift 2 ;;
     --warmup) need "$@"; warmup=$2; shift 2 ;;
@@ -46,7 +48,7 @@ while [ $# -gt 0 ]; do
     --torch_precisions) need "$@"; torch_list=$2; shift 2 ;;
     --no_mapo) run_mapo=0; shift ;;
     --raw) need "$@"; raw=$2; shift 2 ;;
-    -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "compare.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -63,7 +65,7 @@ for p in "${tps[@]}"; do
   case "$p" in no|bf16) ;; *) echo "compare.sh: --torch_precisions takes no,bf16" >&2; exit 2 ;; esac
 done
 common+=(--steps "$steps" --warmup "$warmup")
-mapo_args=(bench --config "$cfg" --loss "$loss" "${common[@]}")
+mapo_args=(bench --config "$cfg" --loss "$loss" "${common[@]}" "${mapo_only[@]}")
 [ -n "$mp" ] && mapo_args+=(--mixed_precision "$mp")
 
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bench/precision.sh [OUT_DIR] [ROUNDS]: the interleaved figures of docs/BENCHMARKS.md
 # ("Mixed precision and gradient checkpointing"): mapo float32 / bf16 (with and without
-# gradient checkpointing) against PyTorch float32 and autocast-bf16 on both bench configs, then
+# gradient checkpointing; on head dim 64 also with --recompute_norms) against PyTorch float32 and
+# autocast-bf16 on both bench configs, then
 # MaPO against Diffusion-DPO inside mapo at the same settings. Each compare.sh run prints its
 # table; OUT_DIR keeps every program's raw JSON line. ONLY_DPO=1 runs the last part alone.
 set -euo pipefail
@@ -15,6 +16,11 @@ for cfg in bench/bench_unet_dh64.json bench/bench_unet.json; do
   bash bench/compare.sh "$cfg" mapo "$r" --mixed_precision no --raw "$out/$n.f32.tsv"
   bash bench/compare.sh "$cfg" mapo "$r" --mixed_precision bf16 --gradient_checkpointing \
     --raw "$out/$n.bf16ckpt.tsv"
+  [ "$n" = bench_unet_dh64 ] || continue
+  for mp in no bf16; do # mapo's --recompute_norms (the same bits, less memory)
+    bash bench/compare.sh "$cfg" mapo "$r" --mixed_precision $mp --recompute_norms \
+      --raw "$out/$n.$mp.recompute.tsv"
+  done
 done
 # MaPO against Diffusion-DPO inside mapo (bf16, head dim 64), interleaved
 for i in $(seq "$r"); do
