@@ -453,11 +453,21 @@ static int run_memory_plan(run *r) {
                 "%.0f MiB available\n",
              w / MiB, r->opt.s8 ? " 8-bit" : "", opt / MiB, refs, act / MiB, bufs / MiB,
              total / MiB, avail / MiB);
-    if (avail > 0 && total > avail && !c->no_memory_check)
-        return mapo_error("this run needs about %.2f GiB but %.2f GiB are available: lower "
+    if (avail > 0 && total > avail && !c->no_memory_check) {
+        /* the memory switches this run does not use yet, the largest saving first */
+        const char *sw[3] = {c->gradient_checkpointing ? NULL : "--gradient_checkpointing",
+                             c->precision ? NULL : "--mixed_precision bf16",
+                             c->recompute_norms ? NULL : "--recompute_norms"};
+        char more[160] = "";
+        size_t k = 0;
+        for (int i = 0; i < 3; i++)
+            if (sw[i])
+                k += (size_t)snprintf(more + k, sizeof more - k, "%s%s, ", k ? "" : "add ", sw[i]);
+        return mapo_error("this run needs about %.2f GiB but %.2f GiB are available: %slower "
                           "--train_batch_size (use --gradient_accumulation_steps), train with "
                           "--lora_rank, or pass --no_memory_check to try anyway",
-                          total / 1073741824.0, avail / 1073741824.0);
+                          total / 1073741824.0, avail / 1073741824.0, more);
+    }
     return 0;
 }
 
