@@ -116,13 +116,14 @@ void tensor_param(tensor *t, float *data, float *grad, int ndim, const int64_t *
     t->requires_grad = grad != NULL;
 }
 
-/* Selective recomputation (g->recompute): the output of a cheap op (a LayerNorm, a GEGLU, a
-   GroupNorm + SiLU) whose backward reads only its own input is not kept for the backwards of the
-   convolutions / linears that consume it. It leaves memory at its release like a tensor no
-   backward reads, and the first consumer's backward that needs it runs the op's forward again
-   (node.regen, the same function on the same inputs and thread count, so the same bits); the
-   regenerated buffer is freed with the tensor when the backward reaches its producer. Only
-   tensors all of whose readers regenerate (regen_readers) are dropped. */
+/* Selective recomputation (g->recompute, --recompute_norms): the output of a cheap op (a
+   LayerNorm, a GroupNorm + SiLU) whose backward reads only its own input is not kept for the
+   backwards of the convolutions / linears that consume it. It leaves memory at its release like
+   a tensor no backward reads, and the first consumer's backward that needs it writes it again
+   (node.regen: the forward's last pass from the saved statistics, the same arithmetic on the
+   same values, so the same bits); the regenerated buffer is freed with the tensor when the
+   backward reaches its producer. Only tensors all of whose readers regenerate (regen_readers)
+   are dropped. */
 static int regenerable(const tensor *t) {
     return t->regen_node && t->readers == t->regen_readers;
 }
