@@ -149,7 +149,9 @@ static float *graph_data(graph *g, tensor *t) {
 }
 
 /* t's bf16 copy (nhwc: in NHWC order) for a bf16 weight gradient, regenerated likewise; a
-   float32 buffer regenerated only for it is freed again */
+   float32 buffer regenerated only for it is freed again. Every backward reads a bf16 copy
+   through here: only graph_release (for a regenerable tensor) and the producer's end in
+   graph_backward free one. */
 static const uint16_t *graph_data_bf16(graph *g, tensor *t, int nhwc) {
     if (t->bf16) return t->bf16;
     const int had = t->data != NULL;

@@ -454,13 +454,15 @@ static int run_memory_plan(run *r) {
              w / MiB, r->opt.s8 ? " 8-bit" : "", opt / MiB, refs, act / MiB, bufs / MiB,
              total / MiB, avail / MiB);
     if (avail > 0 && total > avail && !c->no_memory_check) {
-        /* the memory switches this run does not use yet, the largest saving first */
-        const char *sw[3] = {c->gradient_checkpointing ? NULL : "--gradient_checkpointing",
+        /* the memory switches this run does not use yet, the largest saving first
+           (--recompute_norms gains nothing beside checkpointing: docs/BENCHMARKS.md) */
+        const int ck = c->gradient_checkpointing;
+        const char *sw[3] = {ck ? NULL : "--gradient_checkpointing",
                              c->precision ? NULL : "--mixed_precision bf16",
-                             c->recompute_norms ? NULL : "--recompute_norms"};
+                             ck || c->recompute_norms ? NULL : "--recompute_norms"};
         char more[160] = "";
         size_t k = 0;
-        for (int i = 0; i < 3; i++)
+        for (int i = 0; i < 3 && k < sizeof more; i++)
             if (sw[i])
                 k += (size_t)snprintf(more + k, sizeof more - k, "%s%s, ", k ? "" : "add ", sw[i]);
         return mapo_error("this run needs about %.2f GiB but %.2f GiB are available: %slower "

@@ -56,6 +56,15 @@ for mp in no bf16; do
     2>/dev/null || bad "--recompute_norms run ($mp)"
   same $ref/$W $TMP/rn_$mp/$W && ok "--recompute_norms trains bit-identically ($mp)" \
     || bad "--recompute_norms training differs ($mp)"
+  # with LoRA (frozen weights: no input kept for them) and inside checkpointed segments
+  L=pytorch_lora_weights.safetensors
+  $MAPO train "${tr[@]}" --output_dir $TMP/lo_$mp --mixed_precision $mp --lora_rank 4 \
+    2>/dev/null || bad "LoRA run ($mp)"
+  $MAPO train "${tr[@]}" --output_dir $TMP/lorn_$mp --mixed_precision $mp --lora_rank 4 \
+    --recompute_norms --gradient_checkpointing 2>/dev/null || bad "LoRA --recompute_norms run ($mp)"
+  [ -s $TMP/lo_$mp/$L ] && same $TMP/lo_$mp/$L $TMP/lorn_$mp/$L \
+    && ok "--recompute_norms with LoRA and checkpointing trains bit-identically ($mp)" \
+    || bad "--recompute_norms with LoRA and checkpointing differs ($mp)"
 done
 same $TMP/bf/$W $TMP/f32/$W && bad "bf16 run equals the float32 run: bf16 not in effect"
 $MAPO diff $TMP/bf/$W $TMP/f32/$W --tol 0.05 --quiet >/dev/null && ok "bf16 weights within 5% of float32's" \
