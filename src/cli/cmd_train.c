@@ -158,7 +158,7 @@ int cmd_train(int argc, char **argv) {
          "recompute each block's activations in backward instead of keeping them", 0},
         {"recompute_norms", OPT_FLAG, &c.recompute_norms,
          "keep no LayerNorm or GroupNorm + SiLU output for backward but recompute it there (the "
-         "same gradients; less memory, about 1-2% slower) [mapo]", 0},
+         "same gradients; less memory, about 2-2.5% slower) [mapo]", 0},
         {"no_memory_check", OPT_FLAG, &c.no_memory_check,
          "start even when the memory plan exceeds the memory available [mapo]", 0},
         {"max_memory_mb", OPT_INT, &c.max_memory_mb,
